@@ -1,0 +1,97 @@
+"""Start-up: build every served model (backend + tokenizer + pipeline + batcher) and warm it
+up, so the first real request pays no lazy-initialisation cost."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from app.backends import Backend, load_backend
+from app.batching import BatchConfig, Batcher
+from app.metrics import MODEL_INFO
+from app.pipelines import ClassifyItem, ClassifyPipeline, EmbedItem, EmbedPipeline, Pipeline, QAItem, QAPipeline
+from app.registry import ModelSpec, ServedModel, discover, hub_folder, read_spec, served_names
+from app.settings import Settings
+from app.tasks import load_tokenizer, pad_batch, pad_id
+from app.tasks.classify import score_function
+
+log = logging.getLogger("distilserve")
+
+_WARMUP = {
+    "classification": ClassifyItem(0, "warm up the model"),
+    "embedding": EmbedItem(0, "warm up the model"),
+    "qa": QAItem(0, "what is warmed up?", "the model is warmed up before serving"),
+}
+
+
+def warm_up(pipeline: Pipeline, backend: Backend, pad: int, task: str) -> None:
+    """One short item through every stage, so lazy initialisation (ORT arenas, torch kernels)
+    happens before /ready turns green rather than in the first user's latency."""
+    payload = _WARMUP[task]
+    seqs = pipeline.encode([payload])[0]
+    assert not isinstance(seqs, Exception), seqs
+    inputs = pad_batch(list(seqs), pad)
+    outputs = pipeline.reduce(backend.forward(inputs), inputs)
+    rows = [{k: v[i] for k, v in outputs.items()} for i in range(len(seqs))]
+    pipeline.finish(payload, seqs, rows)
+
+
+def batch_config(settings: Settings) -> BatchConfig:
+    return BatchConfig(
+        max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
+        max_wait_ms=settings.max_wait_ms, sort_by_length=settings.sort_by_length,
+        sort_window=settings.sort_window,
+        queue_depth=settings.queue_depth, deadline_s=settings.request_deadline_s,
+        retry_after_s=settings.retry_after_s,
+    )
+
+
+def make_pipeline(spec: ModelSpec) -> tuple[Pipeline, int]:
+    """The task adapter and the pad id for one model folder."""
+    tokenizer = load_tokenizer(spec.path, None if spec.task == "qa" else spec.max_length)
+    if spec.task == "classification":
+        labels = spec.labels or {}
+        pipeline: Pipeline = ClassifyPipeline(tokenizer, spec.max_length, labels, score_function(len(labels), spec.problem_type))
+    elif spec.task == "qa":
+        pipeline = QAPipeline(tokenizer, spec.max_length)
+    else:
+        pipeline = EmbedPipeline(tokenizer, spec.max_length, spec.pooling)
+    return pipeline, pad_id(tokenizer)
+
+
+def all_specs(settings: Settings) -> list[tuple[ModelSpec, list[str]]]:
+    """Local folders with the configured backends; hub ids are served on torch only."""
+    specs = [(s, settings.backends) for s in discover(settings.models_dir)] if settings.models_dir.is_dir() else []
+    for model_id in settings.hub_models:
+        spec = read_spec(hub_folder(model_id))
+        spec.name = model_id
+        specs.append((spec, ["torch"]))
+    return specs
+
+
+def build(spec: ModelSpec, name: str, kind: str, settings: Settings, loop: asyncio.AbstractEventLoop) -> ServedModel:
+    model = ServedModel(name, spec, kind)
+    model.backend = load_backend(spec.path, spec.task, kind, settings.threads, settings.graph_optimization)
+    pipeline, pad = make_pipeline(spec)
+    model.batcher = Batcher(pipeline, model.backend, batch_config(settings), model.labels, pad)
+    if settings.warmup:
+        warm_up(pipeline, model.backend, pad, spec.task)
+    model.batcher.start(loop)
+    MODEL_INFO.labels(
+        model=name, task=spec.task, role=spec.role, backend=kind, layers=str(spec.layers),
+        hidden_size=str(spec.hidden_size), params=str(spec.params), max_length=str(spec.max_length),
+    ).info({})
+    return model
+
+
+async def load_all(settings: Settings, state: object) -> list[ServedModel]:
+    """Load and warm every served model, reporting progress through `state.reason`."""
+    loop = asyncio.get_running_loop()
+    todo = [(spec, name, kind) for spec, kinds in await asyncio.to_thread(all_specs, settings) for name, kind in served_names(spec, kinds)]
+    models = []
+    for n, (spec, name, kind) in enumerate(todo, 1):
+        state.reason = f"loading {name} ({n}/{len(todo)})"  # type: ignore[attr-defined]
+        model = await asyncio.to_thread(build, spec, name, kind, settings, loop)
+        models.append(model)
+        log.info("serving %s (%s, %s, %s)", name, spec.task, spec.role, kind)
+    return models

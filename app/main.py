@@ -1,0 +1,88 @@
+"""The FastAPI application: `uvicorn app.main:app` serves the models folder of the settings.
+
+Models load in the background after start-up so that /health answers at once and /ready tells
+an orchestrator, with a reason, when the service can take traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI
+from app.responses import FastJSON
+
+from app import errors
+from app.loading import load_all
+from app.middleware import ServingMiddleware
+from app.registry import Registry, ServedModel
+from app.routes import classify, embed, health, models, qa
+from app.settings import Settings
+
+log = logging.getLogger("distilserve")
+
+
+async def _load(app: FastAPI, settings: Settings) -> None:
+    state = app.state
+    try:
+        served: list[ServedModel] = await load_all(settings, state)
+    except Exception as exc:  # noqa: BLE001 - the reason is reported on /ready, not raised
+        log.exception("model loading failed")
+        state.reason = f"model loading failed: {type(exc).__name__}: {exc}"
+        return
+    state.served = served
+    state.registry = Registry(served)
+    state.ready = True
+    state.reason = "ready"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; settings are read (and validated) from the environment when not given."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.ready, app.state.reason, app.state.served = False, "starting", []
+        loader = asyncio.create_task(_load(app, settings))
+        try:
+            yield
+        finally:
+            loader.cancel()
+            for model in app.state.served:
+                model.batcher.stop()
+
+    app = FastAPI(
+        title="distilserve", version="0.1.0", lifespan=lifespan, default_response_class=FastJSON,
+        description="A BERT-size teacher and its distilled student, side by side, on PyTorch or ONNX Runtime.",
+    )
+    app.state.settings = settings
+    app.state.ready, app.state.reason, app.state.served = False, "starting", []
+    errors.install(app)
+    for module in (classify, qa, embed, models, health):
+        app.include_router(module.router)
+    app.add_middleware(ServingMiddleware, max_body_bytes=settings.max_body_bytes)
+    return app
+
+
+class _LazyApp:
+    """`uvicorn app.main:app` imports this module; settings are read when the server starts,
+    not at import, so importing the package never needs a models folder."""
+
+    def __init__(self) -> None:
+        self._app: FastAPI | None = None
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if self._app is None:
+            try:
+                self._app = create_app()
+            except ValueError as exc:  # pydantic's ValidationError names the bad setting
+                if scope["type"] != "lifespan":
+                    raise
+                await receive()
+                await send({"type": "lifespan.startup.failed", "message": f"invalid settings: {exc}"})
+                return
+        await self._app(scope, receive, send)
+
+
+app = _LazyApp()

@@ -1,0 +1,67 @@
+"""All Prometheus metrics of the service, in one place (names are a fixed contract:
+see the metrics contract; shadow-traffic metrics are added here by the shadow feature)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+    0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0,
+)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+BATCH_TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+
+MODEL_LABELS = ("model", "role", "backend")
+TASK_LABELS = ("task", "model", "role", "backend")
+
+REQUEST_DURATION = Histogram(
+    "distilserve_request_duration_seconds", "HTTP request latency",
+    (*TASK_LABELS, "status"), buckets=LATENCY_BUCKETS, registry=REGISTRY,
+)
+STAGE_DURATION = Histogram(
+    "distilserve_stage_duration_seconds", "Time per pipeline stage (tokenize|queue|inference|postprocess)",
+    ("stage", *TASK_LABELS), buckets=LATENCY_BUCKETS, registry=REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "distilserve_batch_size", "Sequences per model call", MODEL_LABELS,
+    buckets=BATCH_SIZE_BUCKETS, registry=REGISTRY,
+)
+BATCH_TOKENS = Histogram(
+    "distilserve_batch_tokens", "Padded tokens per model call", MODEL_LABELS,
+    buckets=BATCH_TOKEN_BUCKETS, registry=REGISTRY,
+)
+QUEUE_DEPTH = Gauge(
+    "distilserve_queue_depth", "Items waiting for the model's worker", MODEL_LABELS, registry=REGISTRY,
+)
+REQUESTS = Counter(
+    "distilserve_requests_total", "Requests by outcome", (*TASK_LABELS, "status"), registry=REGISTRY,
+)
+INPUT_TOKENS = Counter(
+    "distilserve_input_tokens_total", "Tokens fed to models", TASK_LABELS, registry=REGISTRY,
+)
+TRUNCATED_INPUTS = Counter(
+    "distilserve_truncated_inputs_total", "Inputs cut to the model window", TASK_LABELS, registry=REGISTRY,
+)
+ERRORS = Counter(
+    "distilserve_errors_total", "Error responses by error type", ("type", "task"), registry=REGISTRY,
+)
+MODEL_INFO = Info(
+    "distilserve_model", "Served models",
+    ("model", "task", "role", "backend", "layers", "hidden_size", "params", "max_length"),
+    registry=REGISTRY,
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text and its content type, for GET /metrics."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

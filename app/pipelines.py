@@ -1,0 +1,122 @@
+"""Adapters from the pure task functions (`app.tasks`) to the batcher: what one queued item
+is, how a collected group is tokenized (in the worker thread), how a model call's output is
+reduced per batch, and how each item's result is assembled."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from app.tasks import Encoded, classify, embed, qa
+
+Rows = list[dict[str, np.ndarray]]
+
+
+class Pipeline(Protocol):
+    task: str
+
+    def encode(self, payloads: Sequence[Any]) -> list[Sequence[Any] | Exception]: ...
+    def reduce(self, outputs: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def finish(self, payload: Any, seqs: Sequence[Any], rows: Rows) -> dict[str, Any]: ...
+
+
+@dataclass(slots=True)
+class ClassifyItem:
+    index: int
+    text: str | tuple[str, str]
+    truncate: bool = True
+    top_k: int | None = 1
+
+
+@dataclass(slots=True)
+class EmbedItem:
+    index: int
+    text: str
+    normalize: bool = True
+    truncate: bool = True
+
+
+@dataclass(slots=True)
+class QAItem:
+    index: int
+    question: str
+    context: str
+    top_k: int = 1
+    max_answer_len: int = 15
+    doc_stride: int = 128
+    handle_impossible_answer: bool = False
+
+
+def _meta(seqs: Sequence[Encoded]) -> dict[str, Any]:
+    return {"tokens": sum(s.tokens for s in seqs), "truncated": any(s.truncated for s in seqs)}
+
+
+def _check_length(item: ClassifyItem | EmbedItem, enc: Encoded, max_length: int) -> list[Encoded] | Exception:
+    if enc.truncated and not item.truncate:
+        return classify.InputTooLong(item.index, max_length)
+    return [enc]
+
+
+class ClassifyPipeline:
+    task = "classification"
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int, id2label: dict[int, str], function: str) -> None:
+        self.tokenizer, self.max_length, self.id2label, self.function = tokenizer, max_length, id2label, function
+
+    def encode(self, payloads: Sequence[ClassifyItem]) -> list[Sequence[Any] | Exception]:
+        encs = classify.encode(self.tokenizer, [p.text for p in payloads], self.max_length)
+        return [_check_length(p, e, self.max_length) for p, e in zip(payloads, encs)]
+
+    def reduce(self, outputs: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return outputs
+
+    def finish(self, payload: ClassifyItem, seqs: Sequence[Encoded], rows: Rows) -> dict[str, Any]:
+        labels = classify.postprocess(rows[0]["logits"], self.id2label, payload.top_k, self.function)
+        return {"result": labels, **_meta(seqs)}
+
+
+class EmbedPipeline:
+    task = "embedding"
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int, pooling: str) -> None:
+        self.tokenizer, self.max_length, self.pooling = tokenizer, max_length, pooling
+
+    def encode(self, payloads: Sequence[EmbedItem]) -> list[Sequence[Any] | Exception]:
+        encs = embed.encode(self.tokenizer, [p.text for p in payloads], self.max_length)
+        return [_check_length(p, e, self.max_length) for p, e in zip(payloads, encs)]
+
+    def reduce(self, outputs: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Pool the whole batch at once: one vectorised op instead of one per item."""
+        return {"embedding": embed.pool(outputs["last_hidden_state"], inputs["attention_mask"], self.pooling)}
+
+    def finish(self, payload: EmbedItem, seqs: Sequence[Encoded], rows: Rows) -> dict[str, Any]:
+        vector = rows[0]["embedding"]
+        if payload.normalize:
+            vector = embed.normalize(vector[None, :])[0]
+        return {"result": vector, **_meta(seqs)}
+
+
+class QAPipeline:
+    task = "qa"
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int) -> None:
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def encode(self, payloads: Sequence[QAItem]) -> list[Sequence[Any] | Exception]:
+        return [
+            qa.encode_qa(self.tokenizer, p.question, p.context, self.max_length, p.doc_stride)
+            for p in payloads
+        ]
+
+    def reduce(self, outputs: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return outputs
+
+    def finish(self, payload: QAItem, seqs: Sequence[qa.QAWindow], rows: Rows) -> dict[str, Any]:
+        answers = qa.decode_qa(
+            seqs, [r["start_logits"] for r in rows], [r["end_logits"] for r in rows], payload.context,
+            payload.top_k, payload.max_answer_len, payload.handle_impossible_answer,
+        )
+        return {"result": answers, **_meta(seqs), "windows": len(seqs)}  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""HTTP routes, one module per resource; shared request plumbing lives in `common`."""

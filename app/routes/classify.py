@@ -1,0 +1,35 @@
+"""POST /classify: sentiment-style labels for texts or text pairs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from app.responses import FastJSON
+
+from app.deps import RegistryDep, SettingsDep
+from app.pipelines import ClassifyItem
+from app.routes.common import check_limits, check_max, error_docs, items_and_usage, resolve, run_items
+from app.schemas import ClassifyRequest, ClassifyResponse
+
+router = APIRouter(tags=["inference"])
+
+
+@router.post("/classify", response_model=ClassifyResponse, responses=error_docs())
+async def classify(
+    body: ClassifyRequest, request: Request, registry: RegistryDep, settings: SettingsDep
+) -> FastJSON:
+    """Labels with scores per input (softmax over the head, sigmoid for one-logit heads),
+    best first; `top_k: null` returns every label."""
+    inputs = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+    texts = [t if isinstance(t, str) else t[0] + t[1] for t in inputs]
+    check_limits(texts, settings)
+    check_max(body.top_k, settings.max_top_k, "top_k")
+    model = resolve(registry, request, body.model, "classification", settings)
+    payloads = [
+        ClassifyItem(i, t if isinstance(t, str) else (t[0], t[1]), body.truncate, body.top_k)
+        for i, t in enumerate(inputs)
+    ]
+    outcomes = await run_items(model, payloads)
+    items, usage = items_and_usage(outcomes)
+    return FastJSON(
+        {"model": model.name, "results": [o["result"] for o in outcomes], "items": items, "usage": usage}
+    )

@@ -1,0 +1,187 @@
+"""Request and response bodies (pydantic), shaped like the Hugging Face pipelines and the
+OpenAI embeddings API a user already knows; every model carries an example for /docs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+def _example(value: dict) -> ConfigDict:
+    return ConfigDict(extra="forbid", json_schema_extra={"examples": [value]})
+
+
+class ItemInfo(BaseModel):
+    tokens: int = Field(description="tokens the model read for this input (all windows for QA)")
+    truncated: bool = Field(description="true when the input was cut to the model window")
+    windows: int | None = Field(default=None, description="QA only: context windows used")
+
+
+class Usage(BaseModel):
+    tokens: int
+
+
+class ClassifyRequest(BaseModel):
+    model_config = _example({"inputs": ["a gripping, funny film", "dull and overlong"], "top_k": 2})
+    inputs: str | list[str | list[str]] = Field(min_length=1, description="a text, texts, or [text, text_pair] pairs")
+    model: str | None = Field(default=None, description="model name or alias teacher / student")
+    top_k: int | None = Field(default=1, ge=1, description="labels per input; null for all")
+    truncate: bool = Field(default=True, description="false: inputs longer than the window are rejected (413)")
+
+
+    @field_validator("inputs")
+    @classmethod
+    def _pairs(cls, value: str | list[str | list[str]]) -> str | list[str | list[str]]:
+        for i, item in enumerate(value if isinstance(value, list) else []):
+            if isinstance(item, list) and len(item) != 2:
+                raise ValueError(f"item {i} must be a text or a [text, text_pair] pair (got {len(item)} strings)")
+        return value
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class ClassifyResponse(BaseModel):
+    model_config = _example({
+        "model": "sst2-student", "results": [[{"label": "positive", "score": 0.98}]],
+        "items": [{"tokens": 8, "truncated": False}], "usage": {"tokens": 8},
+    })
+    model: str
+    results: list[list[LabelScore]]
+    items: list[ItemInfo]
+    usage: Usage
+
+
+class QAInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    question: str = Field(min_length=1)
+    context: str = Field(min_length=1)
+
+
+class QARequest(BaseModel):
+    model_config = _example({
+        "question": "Where do penguins live?",
+        "context": "Most penguins live in the Southern Hemisphere, many of them in Antarctica.",
+        "top_k": 1,
+    })
+    question: str | None = Field(default=None, min_length=1)
+    context: str | None = Field(default=None, min_length=1)
+    inputs: list[QAInput] | None = Field(default=None, min_length=1)
+    model: str | None = None
+    top_k: int = Field(default=1, ge=1)
+    max_answer_len: int = Field(default=15, ge=1)
+    doc_stride: int = Field(default=128, ge=0)
+    handle_impossible_answer: bool = False
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "QARequest":
+        single = self.question is not None or self.context is not None
+        if single == (self.inputs is not None):
+            raise ValueError("give either question and context, or inputs, not both or neither")
+        if single and (self.question is None or self.context is None):
+            raise ValueError("question and context are both required")
+        return self
+
+    def pairs(self) -> list[QAInput]:
+        return self.inputs or [QAInput(question=self.question or "", context=self.context or "")]
+
+
+class Answer(BaseModel):
+    answer: str
+    score: float
+    start: int = Field(description="character offset in the context; context[start:end] == answer")
+    end: int
+
+
+class QAResponse(BaseModel):
+    model_config = _example({
+        "model": "squad-student",
+        "results": [[{"answer": "the Southern Hemisphere", "score": 0.71, "start": 22, "end": 45}]],
+        "items": [{"tokens": 30, "truncated": False, "windows": 1}], "usage": {"tokens": 30},
+    })
+    model: str
+    results: list[list[Answer]]
+    items: list[ItemInfo]
+    usage: Usage
+
+
+class EmbedRequest(BaseModel):
+    model_config = _example({"inputs": ["A man is playing a guitar.", "Someone plays music."]})
+    inputs: str | list[str] = Field(min_length=1)
+    model: str | None = None
+    normalize: bool | None = Field(default=None, description="L2-normalise; null: the model's default")
+    truncate: bool = True
+
+
+class EmbedResponse(BaseModel):
+    model_config = _example({
+        "model": "embed-student", "embeddings": [[0.01, -0.2, 0.05]], "dim": 3,
+        "items": [{"tokens": 9, "truncated": False}], "usage": {"tokens": 9},
+    })
+    model: str
+    embeddings: list[list[float]]
+    dim: int
+    items: list[ItemInfo]
+    usage: Usage
+
+
+class OpenAIEmbeddingRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"input": "hello world", "model": "student"}]})
+    input: str | list[str] = Field(min_length=1)
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    user: str | None = None
+
+
+class OpenAIEmbedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class OpenAIUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class OpenAIEmbeddingResponse(BaseModel):
+    model_config = _example({
+        "object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.01, -0.2]}],
+        "model": "embed-student", "usage": {"prompt_tokens": 4, "total_tokens": 4},
+    })
+    object: Literal["list"] = "list"
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: OpenAIUsage
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    model_config = _example({"error": {"message": "model 'x' not found", "type": "model_not_found", "param": "model"}})
+    error: ErrorBody
+
+
+class ModelInfo(BaseModel):
+    name: str
+    task: str
+    role: str
+    backend: str
+    layers: int | None
+    hidden_size: int | None
+    params: int | None
+    max_length: int
+    labels: list[str] | None
+    quality: dict
+    teacher: str | None = None
+    student: str | None = None
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]

@@ -1,0 +1,73 @@
+"""Service configuration: environment variables prefixed `DISTILSERVE_`, validated at start-up
+so that a bad value stops the service with a message naming it, not a failure at first request."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.backends import GRAPH_OPTIMIZATIONS, KINDS
+
+ALIASES = ("teacher", "student")
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; lists are given as JSON in the environment,
+    e.g. `DISTILSERVE_BACKENDS='["onnx","onnx-int8","torch"]'`."""
+
+    model_config = SettingsConfigDict(env_prefix="DISTILSERVE_", extra="ignore")
+
+    models_dir: Path = Path("models")
+    backends: list[str] = Field(default_factory=lambda: ["onnx"])
+    hub_models: list[str] = Field(default_factory=list, description="hub ids, served on torch")
+    default_classification_model: str = "student"
+    default_qa_model: str = "student"
+    default_embedding_model: str = "student"
+
+    threads: int | None = Field(default=None, ge=1, description="intra-op threads per model")
+    graph_optimization: str = "all"
+    max_batch_size: int = Field(default=32, ge=1, le=4096)
+    max_batch_tokens: int = Field(default=16384, ge=1)
+    max_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+    sort_by_length: bool = True
+    sort_window: int = Field(default=256, ge=1, description="items taken per cycle to sort by length")
+    queue_depth: int = Field(default=1024, ge=1)
+    request_deadline_s: float = Field(default=30.0, gt=0)
+    retry_after_s: int = Field(default=1, ge=0)
+
+    max_items: int = Field(default=64, ge=1)
+    max_chars: int = Field(default=20000, ge=1)
+    max_body_bytes: int = Field(default=4_000_000, ge=1)
+    max_top_k: int = Field(default=100, ge=1)
+    max_doc_stride: int = Field(default=512, ge=0)
+    max_answer_len_limit: int = Field(default=512, ge=1)
+    warmup: bool = True
+
+    @field_validator("backends")
+    @classmethod
+    def _known_backends(cls, value: list[str]) -> list[str]:
+        bad = [b for b in value if b not in KINDS]
+        if bad or not value:
+            raise ValueError(f"backends {bad or value!r} invalid; each must be one of {list(KINDS)}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"backends {value!r} lists a backend twice")
+        return value
+
+    @field_validator("graph_optimization")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value not in GRAPH_OPTIMIZATIONS:
+            raise ValueError(f"graph_optimization {value!r} not in {list(GRAPH_OPTIMIZATIONS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _models_present(self) -> "Settings":
+        if not self.hub_models and not self.models_dir.is_dir():
+            raise ValueError(f"models_dir {str(self.models_dir)!r} is not a directory")
+        return self
+
+    def default_model(self, task: str) -> str:
+        """The model a request of `task` gets when it names none."""
+        return getattr(self, f"default_{task}_model")

@@ -1,0 +1,1 @@
+"""Benchmarks and the offline teacher-vs-student report (python -m benchmarks.report)."""

@@ -1,0 +1,328 @@
+"""Serving benchmark: HTTP overhead and batching policy, measured in one run on 127.0.0.1.
+
+  python -m benchmarks.bench_serving --model-dir /tmp/bench/minilm --backend onnx
+
+(a) 32 concurrent keep-alive clients, one sentence per request: HTTP throughput divided by the
+    in-process throughput of the same pipeline (tokenize + model + post-process, no HTTP, no
+    queue) at its best batch size. Target >= 0.85.
+(b) One client, one sentence: p50 HTTP latency minus in-process batch-1 p50. Target <= +2 ms.
+    (a) and (b) alternate in-process and HTTP runs in rounds and report the median per-round
+    ratio, so that load from other processes on a shared machine hits both sides alike.
+(c) Mixed lengths (12-200 tokens, log-uniform, fixed seed): throughput with length-sorted
+    batching divided by first-come batching (`DISTILSERVE_SORT_BY_LENGTH`). Target >= 2.5x.
+
+The server is `uvicorn app.main:app` (uvloop, httptools, 1 worker, no access log) in its own
+process; the load client is a raw asyncio HTTP/1.1 client so that it costs little of the two
+cores it shares with the server. Every count and duration is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.backends import load_backend  # noqa: E402
+from app.loading import make_pipeline  # noqa: E402
+from app.pipelines import ClassifyItem, EmbedItem, QAItem  # noqa: E402
+from app.registry import read_spec  # noqa: E402
+from app.tasks import pad_batch  # noqa: E402
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog near the river.",
+    "A gripping story with wonderful actors and a clever plot.",
+    "I did not enjoy this film, it was far too long and dull.",
+    "The weather in the city was cold and rainy all week long.",
+    "She played the guitar while the children sang along happily.",
+    "Our team shipped the new release two days ahead of schedule.",
+    "He bought fresh bread and cheese at the market this morning.",
+    "The museum opens at nine and closes late on Friday evenings.",
+]
+WORDS = (
+    "time year people way day man thing woman life child world school state family student group "
+    "country problem hand part place case week company system program question work government "
+    "number night point home water room mother area money story fact month lot right study book "
+    "eye job word business issue side kind head house service friend father power hour game line"
+).split()
+ENDPOINT = {"classification": "/classify", "embedding": "/embed", "qa": "/qa"}
+QA_CONTEXT = "The museum opens at nine in the morning and closes late on Friday evenings in summer."
+
+
+# ---- payloads -----------------------------------------------------------------------------
+def body(task: str, text: str, model: str) -> dict[str, Any]:
+    if task == "qa":
+        return {"question": text, "context": QA_CONTEXT, "model": model}
+    return {"inputs": text, "model": model}
+
+
+def item(task: str, text: str) -> Any:
+    if task == "qa":
+        return QAItem(0, text, QA_CONTEXT)
+    return ClassifyItem(0, text) if task == "classification" else EmbedItem(0, text)
+
+
+def mixed_texts(tokenizer: Any, n: int, seed: int = 0) -> list[str]:
+    """Texts whose token counts are log-uniform in [12, 200] (text lengths are roughly
+    log-normal in practice: many short, a long tail)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        target = int(round(math.exp(rng.uniform(math.log(12), math.log(200)))))
+        words = [rng.choice(WORDS) for _ in range(target)]
+        while len(tokenizer.encode(" ".join(words)).ids) > target:
+            words.pop()
+        out.append(" ".join(words))
+    return out
+
+
+# ---- in-process ceiling ---------------------------------------------------------------------
+class InProcess:
+    """The worker's exact per-batch work (app pipeline + backend), without HTTP or queueing."""
+
+    def __init__(self, model_dir: Path, kind: str, threads: int | None) -> None:
+        self.spec = read_spec(model_dir)
+        self.backend = load_backend(model_dir, self.spec.task, kind, threads)
+        self.pipeline, self.pad = make_pipeline(self.spec)
+
+    def run(self, payloads: list[Any]) -> None:
+        encoded = self.pipeline.encode(payloads)
+        seqs = [s for e in encoded for s in e]  # type: ignore[union-attr]
+        inputs = pad_batch(seqs, self.pad)
+        out = self.pipeline.reduce(self.backend.forward(inputs), inputs)
+        for i, (p, e) in enumerate(zip(payloads, encoded)):
+            self.pipeline.finish(p, e, [{k: v[i] for k, v in out.items()}])  # one sequence per item here
+
+    def throughput(self, batch: int, seconds: float) -> float:
+        payloads = [item(self.spec.task, SENTENCES[i % len(SENTENCES)]) for i in range(batch)]
+        self.run(payloads)
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            self.run(payloads)
+            done += batch
+        return done / (time.perf_counter() - start)
+
+    def latency_p50(self, n: int) -> float:
+        samples = []
+        for i in range(n):
+            payload = [item(self.spec.task, SENTENCES[i % len(SENTENCES)])]
+            t = time.perf_counter()
+            self.run(payload)
+            samples.append(time.perf_counter() - t)
+        return statistics.median(samples)
+
+
+# ---- server ---------------------------------------------------------------------------------
+class Server:
+    """`uvicorn app.main:app` on 127.0.0.1 serving only the benchmarked folder."""
+
+    def __init__(self, model_dir: Path, kind: str, port: int, env: dict[str, str]) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix="bench-models-")
+        (Path(self.tmp.name) / model_dir.name).symlink_to(model_dir.resolve())
+        self.url = f"http://127.0.0.1:{port}"
+        self.name = model_dir.name
+        self.port = port
+        self.env = {**os.environ, "DISTILSERVE_MODELS_DIR": self.tmp.name,
+                    "DISTILSERVE_BACKENDS": json.dumps([kind]), **env}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> "Server":
+        cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(self.port),
+               "--workers", "1", "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/ready", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("server did not become ready in 120 s")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.tmp.cleanup()
+
+
+def batch_stats(url: str, model: str) -> tuple[float, float]:
+    """(sequences, model calls) so far, from the server's batch-size histogram."""
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    vals = {ln.split("{")[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+            if ln.startswith("distilserve_batch_size_") and f'model="{model}"' in ln}
+    return vals.get("distilserve_batch_size_sum", 0.0), vals.get("distilserve_batch_size_count", 0.0)
+
+
+# ---- raw keep-alive HTTP client -------------------------------------------------------------
+def request_bytes(path: str, payload: dict[str, Any]) -> bytes:
+    data = json.dumps(payload).encode()
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    return head.encode() + data
+
+
+async def _roundtrip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes) -> None:
+    writer.write(raw)
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(head.split(b"\r\n", 1)[0].decode())
+    length = int(head.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+    await reader.readexactly(length)
+
+
+async def _client(port: int, requests: list[bytes], until: float | None, latencies: list[float]) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    done = 0
+    try:
+        for raw in requests if until is None else _cycle(requests):
+            if until is not None and time.perf_counter() >= until:
+                break
+            t = time.perf_counter()
+            await _roundtrip(reader, writer, raw)
+            latencies.append(time.perf_counter() - t)
+            done += 1
+    finally:
+        writer.close()
+    return done
+
+
+def _cycle(items: list[bytes]):  # type: ignore[no-untyped-def]
+    while True:
+        yield from items
+
+
+async def load(port: int, per_client: list[list[bytes]], seconds: float | None) -> tuple[float, list[float]]:
+    """Run clients (timed, or until each list is sent); returns (requests/s, latencies)."""
+    latencies: list[float] = []
+    start = time.perf_counter()
+    until = start + seconds if seconds else None
+    counts = await asyncio.gather(*(_client(port, reqs, until, latencies) for reqs in per_client))
+    return sum(counts) / (time.perf_counter() - start), latencies
+
+
+def run_load(port: int, per_client: list[list[bytes]], seconds: float | None) -> tuple[float, list[float]]:
+    try:
+        import uvloop
+
+        return uvloop.run(load(port, per_client, seconds))
+    except ImportError:
+        return asyncio.run(load(port, per_client, seconds))
+
+
+# ---- the three measurements -----------------------------------------------------------------
+def rotations(reqs: list[bytes], clients: int) -> list[list[bytes]]:
+    return [reqs[i % len(reqs):] + reqs[: i % len(reqs)] for i in range(clients)]
+
+
+def round_ab(args: argparse.Namespace, local: InProcess, best_b: int, server: Server, reqs: list[bytes]) -> dict[str, float]:
+    """One interleaved round: in-process and HTTP back to back, so that load from other
+    processes on the machine hits both sides of each ratio alike."""
+    inproc = local.throughput(best_b, args.seconds)
+    before = batch_stats(server.url, server.name)
+    rps, _ = run_load(args.port, rotations(reqs, 32), args.seconds)
+    after = batch_stats(server.url, server.name)
+    solo = local.latency_p50(args.latency_requests)
+    _, lat = run_load(args.port, [reqs * (args.latency_requests // len(reqs))], None)
+    http_p50 = statistics.median(lat)
+    return {"inproc_best_items_s": inproc, "http_32c_req_s": rps, "ratio_a": rps / inproc,
+            "http_32c_mean_batch": (after[0] - before[0]) / max(1.0, after[1] - before[1]),
+            "inproc_b1_p50_ms": solo * 1e3, "http_1c_p50_ms": http_p50 * 1e3, "delta_b_ms": (http_p50 - solo) * 1e3}
+
+
+def round_c(args: argparse.Namespace, sorted_srv: Server, fifo_srv: Server, per_client: dict[int, list[list[bytes]]]) -> dict[str, float]:
+    """The same fixed mixed-length workload against both policies, back to back."""
+    out = {}
+    for srv in (sorted_srv, fifo_srv):
+        out[srv.port], _ = run_load(srv.port, per_client[srv.port], None)
+    return {"mixed_sorted_req_s": out[sorted_srv.port], "mixed_fifo_req_s": out[fifo_srv.port],
+            "ratio_c": out[sorted_srv.port] / out[fifo_srv.port]}
+
+
+def median_rounds(rounds: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+
+
+def measure(args: argparse.Namespace) -> tuple[dict[str, float], list[dict[str, float]]]:
+    model_dir = Path(args.model_dir)
+    local = InProcess(model_dir, args.backend, args.threads)
+    task, name = local.spec.task, model_dir.name
+    scan = {b: local.throughput(b, 1.0) for b in (1, 8, 16, 32, 64)}
+    best_b = max(scan, key=scan.get)  # type: ignore[arg-type]
+    reqs = [request_bytes(ENDPOINT[task], body(task, s, name)) for s in SENTENCES]
+    env = {"DISTILSERVE_THREADS": str(args.threads)} if args.threads else {}
+    rounds: list[dict[str, float]] = []
+    with Server(model_dir, args.backend, args.port, env) as server:
+        run_load(args.port, [reqs] * 4, 1.0)  # warm the whole HTTP path
+        for _ in range(args.rounds):
+            rounds.append(round_ab(args, local, best_b, server, reqs))
+    if not args.skip_mixed:
+        texts = mixed_texts(local.pipeline.tokenizer, args.mixed_requests)  # type: ignore[attr-defined]
+        del local
+        mixed = mixed_rounds(args, model_dir, task, name, texts, env)
+        rounds = [{**r, **m} for r, m in zip(rounds, mixed)]
+    return {**median_rounds(rounds), "inproc_best_batch": best_b}, rounds
+
+
+def mixed_rounds(args: argparse.Namespace, model_dir: Path, task: str, name: str, texts: list[str],
+                 env: dict[str, str]) -> list[dict[str, float]]:
+    k = args.mixed_clients
+    sorted_port, fifo_port = args.port + 1, args.port + 2
+    reqs = [request_bytes(ENDPOINT[task], body(task, t, name)) for t in texts]
+    per_client = {p: [reqs[i::k] for i in range(k)] for p in (sorted_port, fifo_port)}
+    with Server(model_dir, args.backend, sorted_port, {**env, "DISTILSERVE_SORT_BY_LENGTH": "true"}) as srt, \
+            Server(model_dir, args.backend, fifo_port, {**env, "DISTILSERVE_SORT_BY_LENGTH": "false"}) as fifo:
+        for srv in (srt, fifo):
+            run_load(srv.port, [c[:1] for c in per_client[srv.port][:32]], None)
+        return [round_c(args, srt, fifo, per_client) for _ in range(args.rounds)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", required=True, help="a model folder (manifest or plain HF) with ONNX files")
+    parser.add_argument("--backend", default="onnx", choices=["onnx", "onnx-int8", "torch"])
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: runtime's)")
+    parser.add_argument("--port", type=int, default=18231)
+    parser.add_argument("--seconds", type=float, default=3.0, help="duration of each timed run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    parser.add_argument("--latency-requests", type=int, default=200)
+    parser.add_argument("--mixed-requests", type=int, default=512)
+    parser.add_argument("--mixed-clients", type=int, default=256)
+    parser.add_argument("--skip-mixed", action="store_true", help="only (a) and (b)")
+    args = parser.parse_args(argv)
+    r, rounds = measure(args)
+    for i, rnd in enumerate(rounds):
+        print(f"round {i}: " + json.dumps({k: round(v, 3) for k, v in rnd.items()}))
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} (2 cores; other processes share them)")
+    print(f"(a) 32 clients: HTTP {r['http_32c_req_s']:.0f} req/s / in-process {r['inproc_best_items_s']:.0f} items/s "
+          f"(batch {r['inproc_best_batch']:.0f}) = {r['ratio_a']:.2f}  (target >= 0.85; server mean batch "
+          f"{r['http_32c_mean_batch']:.1f})")
+    print(f"(b) 1 client p50: HTTP {r['http_1c_p50_ms']:.2f} ms vs in-process batch-1 {r['inproc_b1_p50_ms']:.2f} ms "
+          f"= +{r['delta_b_ms']:.2f} ms  (target <= +2 ms)")
+    if "ratio_c" in r:
+        print(f"(c) mixed 12-200 tokens: sorted {r['mixed_sorted_req_s']:.0f} req/s / first-come {r['mixed_fifo_req_s']:.0f} "
+              f"req/s = {r['ratio_c']:.2f}x  (target >= 2.5x)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""Many concurrent mixed requests, batched together, each get the answer they get alone.
+
+Batched results differ from solo ones only by float reassociation in padded matrix products:
+labels, spans and token counts must be identical, scores and vectors equal within 1e-5."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+WORDS = "the a good bad film movie story plot actor funny dull boring great love hate very really".split()
+CONTEXT = " ".join(f"the river {i} runs by the old city of paris in france" for i in range(6))
+
+
+def _requests(n: int) -> list[tuple[str, dict]]:
+    rng = random.Random(7)
+    out: list[tuple[str, dict]] = []
+    for i in range(n):
+        text = " ".join(rng.choices(WORDS, k=rng.randint(1, 70)))
+        kind = i % 4
+        if kind == 0:
+            out.append(("/classify", {"inputs": [text, text[: len(text) // 2] or "a"], "top_k": None}))
+        elif kind == 1:
+            out.append(("/embed", {"inputs": text, "model": "embed-teacher"}))
+        elif kind == 2:
+            out.append(("/qa", {"question": f"what city {i}?", "context": CONTEXT[: 60 + 7 * i], "top_k": 2, "doc_stride": 12}))
+        else:
+            out.append(("/classify", {"inputs": [[text, "the film"]], "model": "sst2-teacher@torch", "top_k": None}))
+    return out
+
+
+def _assert_same(path: str, alone: dict, together: dict) -> None:
+    assert together["items"] == alone["items"] and together["model"] == alone["model"]
+    if path == "/embed":
+        np.testing.assert_allclose(together["embeddings"], alone["embeddings"], atol=1e-5)
+        return
+    for a, b in zip(alone["results"], together["results"]):
+        assert [x.get("label", x.get("answer")) for x in a] == [x.get("label", x.get("answer")) for x in b]
+        assert [x["score"] for x in a] == pytest.approx([x["score"] for x in b], abs=1e-5)
+
+
+async def _batch_stats(client, model: str) -> tuple[float, float]:
+    """(sequences, model calls) so far for `model`, from its batch-size histogram."""
+    text = (await client.get("/metrics")).text
+    tag = f'model="{model}",role="student"}}'
+    values = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("distilserve_batch_size_") and tag in line and "backend=\"onnx\"" in line}
+    return values["distilserve_batch_size_sum"], values["distilserve_batch_size_count"]
+
+
+async def test_concurrent_mixed_requests_match_solo_answers(client) -> None:
+    requests = _requests(48)
+    alone = [(await client.post(path, json=body)).json() for path, body in requests]
+    before = await _batch_stats(client, "sst2-student")
+    responses = await asyncio.gather(*(client.post(path, json=body) for path, body in requests))
+    assert all(r.status_code == 200 for r in responses)
+    after = await _batch_stats(client, "sst2-student")
+    sequences, calls = after[0] - before[0], after[1] - before[1]
+    assert sequences == 24 and calls < sequences  # really batched together
+    for (path, _), solo, r in zip(requests, alone, responses):
+        _assert_same(path, solo, r.json())

@@ -1,0 +1,94 @@
+"""The error table through HTTP: every status with the one shape, never internals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import AsyncIterator
+
+import httpx
+import pytest
+
+from app.settings import Settings
+from tests.conftest import serve
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def _error(r: httpx.Response, status: int, type_: str) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param"}
+    assert body["error"]["type"] == type_
+    return body["error"]
+
+
+@pytest.fixture(scope="module")
+def one_model(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Only sst2-student, plus a misconfigured copy whose manifest claims a window (400 tokens)
+    longer than its position table (128): long inputs then fail inside the runtime."""
+    root = tmp_path_factory.mktemp("one")
+    shutil.copytree(model_repo / "sst2-student", root / "sst2-student")
+    shutil.copytree(model_repo / "sst2-student", root / "misconfigured")
+    manifest = json.loads((root / "misconfigured" / "manifest.json").read_text())
+    (root / "misconfigured" / "manifest.json").write_text(json.dumps({**manifest, "max_length": 400}))
+    return root
+
+
+@pytest.fixture(scope="module")
+async def small(one_model: Path) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(models_dir=one_model, max_items=3, max_chars=2000, max_body_bytes=9000, queue_depth=3, max_top_k=5)
+    async with serve(settings) as c:
+        yield c
+
+
+async def test_unknown_model_404_and_wrong_task_400(client) -> None:
+    err = _error(await client.post("/classify", json={"inputs": "x", "model": "gpt"}), 404, "model_not_found")
+    assert err["param"] == "model" and "sst2-student" in err["message"]
+    err = _error(await client.post("/embed", json={"inputs": "x", "model": "sst2-teacher"}), 400, "wrong_task")
+    assert "classification" in err["message"]
+
+
+async def test_validation_names_the_field_and_limit(client) -> None:
+    err = _error(await client.post("/classify", json={"inputs": ["ok", 5]}), 422, "invalid_input")
+    assert err["param"] == "inputs.1"
+    err = _error(await client.post("/classify", json={"inputs": "ok", "top_k": 0}), 422, "invalid_input")
+    assert err["param"] == "top_k" and "ge=1" in err["message"]
+    err = _error(await client.post("/qa", json={"inputs": [{"question": "q"}]}), 422, "invalid_input")
+    assert err["param"] == "inputs.0.context"
+    err = _error(await client.post("/embed", json={"inputs": "x", "normalise": True}), 422, "invalid_input")
+    assert err["param"] == "normalise"
+    err = _error(await client.post("/classify", json={"inputs": [["a", "b", "c"]]}), 422, "invalid_input")
+    assert err["param"] == "inputs" and "pair" in err["message"]
+    _error(await client.post("/classify", content=b"{not json", headers={"content-type": "application/json"}), 422, "invalid_input")
+
+
+async def test_limits_from_settings(small) -> None:
+    err = _error(await small.post("/classify", json={"inputs": ["a"] * 4}), 413, "payload_too_large")
+    assert "limit of 3" in err["message"] and err["param"] == "inputs"
+    err = _error(await small.post("/classify", json={"inputs": ["a", "b" * 2001]}), 413, "payload_too_large")
+    assert err["param"] == "inputs.1" and "2000" in err["message"]
+    _error(await small.post("/classify", json={"inputs": "a " * 5000}), 413, "payload_too_large")
+    err = _error(await small.post("/classify", json={"inputs": "a", "top_k": 6}), 422, "invalid_input")
+    assert err["param"] == "top_k" and "at most 5" in err["message"]
+
+
+async def test_queue_full_is_429_with_retry_after(one_model: Path) -> None:
+    """queue_depth=3 and a request's items are queued all-or-none: 3 fit, 4 never can."""
+    async with serve(Settings(models_dir=one_model, queue_depth=3)) as c:
+        assert (await c.post("/classify", json={"inputs": ["a", "b", "c"]})).status_code == 200
+        r = await c.post("/classify", json={"inputs": ["a"] * 4})
+        err = _error(r, 429, "queue_full")
+        assert r.headers["retry-after"] == "1" and "of 3" in err["message"]
+
+
+async def test_internal_errors_hide_internals(small, one_model: Path) -> None:
+    r = await small.post("/classify", json={"inputs": "good " * 300, "model": "misconfigured"})
+    err = _error(r, 500, "internal_error")
+    assert err["message"] == "internal server error" and "/" not in r.text and "Traceback" not in r.text
+
+
+async def test_deadline_is_504(one_model: Path) -> None:
+    async with serve(Settings(models_dir=one_model, request_deadline_s=1e-6)) as c:
+        _error(await c.post("/classify", json={"inputs": "good"}), 504, "deadline_exceeded")

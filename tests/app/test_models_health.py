@@ -1,0 +1,70 @@
+"""GET /models, /health, /ready (incl. 503 with a reason), /metrics, /docs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.settings import Settings
+from tests.conftest import serve
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+METRICS = [
+    "distilserve_request_duration_seconds", "distilserve_stage_duration_seconds", "distilserve_batch_size",
+    "distilserve_batch_tokens", "distilserve_queue_depth", "distilserve_requests_total",
+    "distilserve_input_tokens_total", "distilserve_truncated_inputs_total", "distilserve_errors_total",
+    "distilserve_model_info",
+]
+
+
+async def test_models_lists_every_backend_with_manifest_figures(client) -> None:
+    models = {m["name"]: m for m in (await client.get("/models")).json()["models"]}
+    assert len(models) == 18
+    teacher = models["sst2-teacher"]
+    assert teacher["task"] == "classification" and teacher["role"] == "teacher" and teacher["backend"] == "onnx"
+    assert teacher["layers"] == 2 and teacher["hidden_size"] == 32 and teacher["max_length"] == 64
+    assert teacher["labels"] == ["negative", "positive"] and teacher["quality"]["tiny-dev"]["accuracy"] == 0.5
+    assert teacher["params"] > 10_000 and teacher["student"] == "sst2-student"
+    assert models["squad-student@onnx-int8"]["backend"] == "onnx-int8"
+    assert models["embed-student@torch"]["layers"] == 1
+
+
+async def test_health_ready_docs(client) -> None:
+    assert (await client.get("/health")).json() == {"status": "ok"}
+    assert (await client.get("/ready")).json()["models"] == 18
+    spec = (await client.get("/openapi.json")).json()
+    for path in ("/classify", "/qa", "/embed", "/v1/embeddings"):
+        request = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert spec["components"]["schemas"][request.split("/")[-1]]["examples"], path
+    assert (await client.get("/docs")).status_code == 200
+
+
+async def test_metrics_exposes_the_contract(client) -> None:
+    await client.post("/classify", json={"inputs": "good", "model": "nope"})
+    await client.post("/classify", json={"inputs": "good film"})
+    text = (await client.get("/metrics")).text
+    for name in METRICS:
+        assert f"# TYPE {name}" in text, name
+    assert 'distilserve_errors_total{task="classification",type="model_not_found"}' in text
+    assert 'stage="inference",task="classification"' in text
+    assert 'distilserve_requests_total{backend="onnx",model="sst2-student",role="student",status="200",task="classification"}' in text
+
+
+async def test_not_ready_says_why(model_repo: Path, tmp_path: Path) -> None:
+    shutil.copytree(model_repo / "sst2-student", tmp_path / "broken")
+    (tmp_path / "broken" / "manifest.json").write_text(json.dumps({"name": "broken", "task": "translation"}))
+    async with serve(Settings(models_dir=tmp_path), wait_ready=False) as c:
+        for _ in range(100):
+            r = await c.get("/ready")
+            if "failed" in r.json()["error"]["message"]:
+                break
+            await asyncio.sleep(0.05)
+        assert r.status_code == 503 and r.json()["error"]["type"] == "not_ready"
+        assert "translation" in r.json()["error"]["message"]
+        assert (await c.post("/classify", json={"inputs": "x"})).status_code == 503
+        assert (await c.get("/health")).status_code == 200

@@ -1,0 +1,47 @@
+"""Torch and ONNX serve the same numbers for the same model (fp32: within 1e-5 absolute on
+probabilities and embeddings; int8: same labels/answers, embeddings at cosine > 0.99)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+TEXTS = ["a good film", "the worst movie of the year, really boring", "funny story"]
+FP32_TOL = 1e-5
+
+
+async def _post(client, path: str, payload: dict) -> dict:
+    r = await client.post(path, json=payload)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def test_classification_torch_vs_onnx(client) -> None:
+    for model in ("sst2-teacher", "sst2-student"):
+        results = {}
+        for suffix in ("", "@torch", "@onnx-int8"):
+            body = await _post(client, "/classify", {"inputs": TEXTS, "top_k": None, "model": model + suffix})
+            results[suffix] = [{d["label"]: d["score"] for d in r} for r in body["results"]]
+        for onnx, torch, int8 in zip(results[""], results["@torch"], results["@onnx-int8"]):
+            assert onnx == pytest.approx(torch, abs=FP32_TOL)
+            assert max(onnx, key=onnx.get) == max(int8, key=int8.get) or abs(onnx["positive"] - 0.5) < 0.01
+
+
+async def test_qa_torch_vs_onnx(client) -> None:
+    payload = {"question": "who jumps?", "context": "the quick brown fox jumps over the lazy dog", "top_k": 3}
+    onnx = (await _post(client, "/qa", {**payload, "model": "squad-teacher"}))["results"][0]
+    torch = (await _post(client, "/qa", {**payload, "model": "squad-teacher@torch"}))["results"][0]
+    assert [(a["start"], a["end"]) for a in onnx] == [(a["start"], a["end"]) for a in torch]
+    assert [a["score"] for a in onnx] == pytest.approx([a["score"] for a in torch], abs=FP32_TOL)
+
+
+async def test_embedding_torch_vs_onnx(client) -> None:
+    vectors = {}
+    for suffix in ("", "@torch", "@onnx-int8"):
+        body = await _post(client, "/embed", {"inputs": TEXTS, "model": "embed-teacher" + suffix})
+        vectors[suffix] = np.array(body["embeddings"])
+    np.testing.assert_allclose(vectors[""], vectors["@torch"], atol=FP32_TOL)
+    cosine = (vectors[""] * vectors["@onnx-int8"]).sum(axis=1)
+    assert cosine.min() > 0.99

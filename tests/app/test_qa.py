@@ -1,0 +1,41 @@
+"""POST /qa through the real HTTP stack."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+CONTEXT = "Most penguins live in the southern hemisphere, many of them in Antarctica. " * 2
+LONG_CONTEXT = " ".join(f"the river {i} runs by the old city of paris in france" for i in range(12))
+
+
+async def test_answers_are_spans_of_the_context(client) -> None:
+    r = await client.post("/qa", json={"question": "where do penguins live?", "context": CONTEXT, "top_k": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    answers = body["results"][0]
+    assert body["model"] == "squad-student" and len(answers) == 3
+    for a in answers:
+        assert CONTEXT[a["start"] : a["end"]] == a["answer"] and a["answer"]
+        assert 0 < a["score"] <= 1
+    assert [a["score"] for a in answers] == sorted((a["score"] for a in answers), reverse=True)
+    assert body["items"][0]["windows"] == 1 and not body["items"][0]["truncated"]
+
+
+async def test_long_context_uses_overlapping_windows(client) -> None:
+    payload = {"inputs": [{"question": "what city?", "context": LONG_CONTEXT}], "doc_stride": 16, "top_k": 5,
+               "model": "teacher"}
+    body = (await client.post("/qa", json=payload)).json()
+    item = body["items"][0]
+    assert item["windows"] > 3 and item["tokens"] == body["usage"]["tokens"]
+    ends = {a["end"] for a in body["results"][0]}
+    assert max(ends) > len(LONG_CONTEXT) // 3  # answers come from beyond the first window too
+    for a in body["results"][0]:
+        assert LONG_CONTEXT[a["start"] : a["end"]] == a["answer"]
+
+
+async def test_impossible_answer_competes(client) -> None:
+    payload = {"question": "who?", "context": "the dog", "handle_impossible_answer": True, "top_k": 20}
+    answers = (await client.post("/qa", json=payload)).json()["results"][0]
+    assert {"answer": "", "start": 0, "end": 0} in [{k: a[k] for k in ("answer", "start", "end")} for a in answers]

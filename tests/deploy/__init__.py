@@ -1,0 +1,1 @@
+"""Deployment and offline-comparison tests (compose, Dockerfile, dashboard, report, Prometheus)."""

@@ -1,0 +1,102 @@
+"""`python -m training` end to end on tiny models and tiny data: train -> distil -> export ->
+evaluate -> manifest, and build-defaults (all three tasks) with skip and resume."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["batch_size=8", "teacher_epochs=2", "student_epochs=2", "threads=1", "min_words=0",
+        "teacher_train_top=2", "student_train_top=1", "eval_backend=onnx"]
+
+
+def cli(*args: str, cache: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DISTILSERVE_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "training", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    if check and done.returncode != 0:
+        raise AssertionError(f"exit {done.returncode}\n{done.stdout}\n{done.stderr[-4000:]}")
+    return done
+
+
+def manifest(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def test_help_shows_an_example_per_command(tmp_path: Path) -> None:
+    out = cli("--help", cache=tmp_path).stdout
+    for command in ("fetch-pretrained", "train", "distil", "build-defaults", "export", "evaluate"):
+        assert command in out
+        assert "example:" in cli(command, "--help", cache=tmp_path).stdout
+
+
+def test_train_distil_export_evaluate(tmp_path: Path, tiny_bases: dict, tiny_data: dict) -> None:
+    teacher, student = tmp_path / "t", tmp_path / "s"
+    sets = [arg for item in TINY for arg in ("--set", item)]
+    common = ["--task", "classification", "--data", str(tiny_data["sst2_train"]), *sets]
+    cli("train", *common, "--base", str(tiny_bases["bert"]), "--out", str(teacher), "--name", "tiny-teacher",
+        cache=tmp_path)
+    cli("distil", *common, "--teacher", str(teacher), "--out", str(student), "--layer-map", "1,3", cache=tmp_path)
+    cli("export", str(student), "--no-int8", cache=tmp_path)
+    cli("evaluate", str(student), "--backend", "onnx", "--data", str(tiny_data["sst2_dev"]), cache=tmp_path)
+    m = manifest(student)
+    assert (m["name"], m["task"], m["role"], m["teacher"]) == ("s", "classification", "student", "tiny-teacher")
+    assert m["layers"] == 2 and m["layer_map"] == [1, 3] and m["labels"] == {"0": "negative", "1": "positive"}
+    assert m["data"][0]["rows"] == 96 and len(m["data"][0]["sha256"]) == 64
+    assert m["recipe"]["teacher_epochs"] == 2 and m["seed"] == 0 and m["training_time_s"] > 0
+    assert m["onnx"]["model.onnx"]["parity"]["ok"] is True
+    quality = next(iter(m["quality"].values()))
+    assert quality["rows"] == 24 and 0.0 <= quality["accuracy"] <= 1.0
+    assert manifest(teacher)["student"] == "s" and manifest(teacher)["layers"] == 4
+
+
+def test_bad_data_fails_with_file_and_line(tmp_path: Path, tiny_bases: dict) -> None:
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("sentence\tlabel\ngood film\t1\nodd film\tperhaps\n")
+    args = ["train", "--task", "classification", "--data", str(bad), "--base", str(tiny_bases["bert"]),
+            "--out", str(tmp_path / "m"), "--set", "min_words=0"]
+    done = cli(*args, cache=tmp_path, check=False)
+    assert done.returncode != 0 and f"{bad}:3: unknown label 'perhaps'" in done.stderr
+    cli(*args, "--skip-bad", "--set", "teacher_epochs=1", cache=tmp_path)
+    assert manifest(tmp_path / "m")["data"][0]["skipped"] == 1
+
+
+def build_args(models: Path, base: Path, data: dict) -> list[str]:
+    sets = TINY + [
+        f"base={base}", f"classification.train_data={data['sst2_train']}",
+        f"classification.eval_data={data['sst2_dev']}", f"qa.train_data={data['squad']}", "qa.heldout_articles=1",
+        "qa.max_length=40", "qa.doc_stride=16", f"embedding.train_data={data['stsb_train']}",
+        f"embedding.eval_data={data['stsb_dev']}",
+    ]
+    return ["build-defaults", "--models", str(models), "--no-int8", *[a for s in sets for a in ("--set", s)]]
+
+
+def test_build_defaults_builds_skips_and_resumes(tmp_path: Path, tiny_bases: dict, tiny_data: dict) -> None:
+    models = tmp_path / "models"
+    args = build_args(models, tiny_bases["mpnet"], tiny_data)
+    report = json.loads(cli(*args, cache=tmp_path).stdout)
+    names = {f"{p}-{r}" for p in ("sst2", "squad", "embed") for r in ("teacher", "student")}
+    assert {p.name for p in models.iterdir()} == names
+    for name in names:
+        m = manifest(models / name)
+        assert m["role"] == name.split("-")[1] and m["onnx"]["model.onnx"]["parity"]["ok"]
+        assert (models / name / "model.onnx").is_file() and m["build"]["steps"]
+    assert set(manifest(models / "squad-student")["quality"]) == {"squad-heldout"}
+    assert manifest(models / "squad-student")["quality"]["squad-heldout"]["rows"] == 6  # one held-out article
+    assert manifest(models / "embed-teacher")["pooling"] == "mean"
+    assert "stsb-dev" in report["ratios"]["embed"].__str__()
+
+    before = (models / "sst2-teacher" / "manifest.json").stat().st_mtime_ns
+    shutil.rmtree(models / "sst2-student")
+    (models / ".building-sst2-student").mkdir()  # an interrupted build left this behind
+    again = cli(*args, cache=tmp_path)
+    assert "sst2-teacher is built and valid; skipped" in again.stderr
+    assert (models / "sst2-student" / "model.onnx").is_file() and not (models / ".building-sst2-student").exists()
+    assert (models / "sst2-teacher" / "manifest.json").stat().st_mtime_ns == before
+    assert {s["model"] for s in json.loads(again.stdout)["models"]} >= {"sst2-student"}

@@ -1,0 +1,102 @@
+"""`python -m training export` on tiny BERT and MPNet models: contract IO names, dynamic axes,
+parity recorded in the manifest, and a breached tolerance failing the export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from app.backends import OUTPUT_NAMES
+from app.registry import read_spec
+from tests.training.tiny_models import save_tiny
+from training.cli import main
+from training.export import ExportParityError, export_model
+
+CASES = [("bert", "classification"), ("bert", "qa"), ("mpnet", "embedding"), ("mpnet", "classification")]
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _torch_outputs(folder: Path, task: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import transformers as tf
+
+    cls = {"classification": tf.AutoModelForSequenceClassification, "qa": tf.AutoModelForQuestionAnswering,
+           "embedding": tf.AutoModel}[task]
+    model = cls.from_pretrained(str(folder)).eval()
+    with torch.no_grad():
+        out = model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+    return [out[name].numpy() for name in OUTPUT_NAMES[task]]
+
+
+@pytest.mark.parametrize(("arch", "task"), CASES)
+def test_export_writes_contract_graphs_with_parity(tmp_path: Path, arch: str, task: str, capsys) -> None:
+    folder = save_tiny(tmp_path, arch, task)
+    assert main(["export", str(folder)]) == 0
+    manifest = json.loads((folder / "manifest.json").read_text())
+    fp32, int8 = manifest["onnx"]["model.onnx"], manifest["onnx"]["model.int8.onnx"]
+    assert fp32["precision"] == "fp32" and fp32["parity"]["ok"] and fp32["parity"]["max_abs_diff"] < 1e-4
+    assert int8["precision"] == "int8" and int8["parity"]["ok"] and int8["scheme_name"] == "blockwise8"
+    assert set(int8["tolerance"]) and manifest["versions"]["onnxruntime"] == ort.__version__
+    assert "model.int8.onnx: int8 parity" in capsys.readouterr().out
+
+    session = _session(folder / "model.onnx")
+    expected_inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if arch == "bert" else [])
+    assert [i.name for i in session.get_inputs()] == expected_inputs
+    assert [o.name for o in session.get_outputs()] == list(OUTPUT_NAMES[task])
+    for batch, seq in ((1, 3), (5, 23)):  # not the traced (2, 9)
+        rng = np.random.default_rng(batch)
+        ids = rng.integers(5, 60, size=(batch, seq)).astype(np.int64)
+        mask = np.ones_like(ids)
+        mask[-1, seq // 2 :] = 0  # a padded row
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        feeds = {k: feeds[k] for k in expected_inputs}
+        got = session.run(None, feeds)
+        for g, want in zip(got, _torch_outputs(folder, task, feeds)):
+            assert g.shape == want.shape
+            np.testing.assert_allclose(g, want, atol=1e-4)
+
+
+def test_int8_graph_is_quantised(tmp_path: Path) -> None:
+    folder = save_tiny(tmp_path, "mpnet", "embedding")
+    export_model(folder)
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(folder / "model.int8.onnx")).graph.node]
+    assert ops.count("MatMulNBits") == 2 * 6  # q, k, v, o, FFN up, FFN down per layer
+    assert ops.count("MatMul") == 2 * 2  # attention scores and context: activations x activations
+    assert (folder / "model.int8.onnx").stat().st_size < (folder / "model.onnx").stat().st_size
+
+
+def test_broken_tolerance_fails_export_and_removes_file(tmp_path: Path) -> None:
+    folder = save_tiny(tmp_path, "bert", "classification")
+    with pytest.raises(ExportParityError) as err:
+        export_model(folder, tolerances={"int8": {"max_abs_diff": 1e-12, "label_agreement": 1.0}})
+    assert err.value.file == "model.int8.onnx" and err.value.metric == "max_abs_diff"
+    assert "model.int8.onnx" in str(err.value) and "1e-12" in str(err.value)
+    assert not (folder / "model.int8.onnx").exists() and (folder / "model.onnx").exists()
+    entry = json.loads((folder / "manifest.json").read_text())["onnx"]["model.int8.onnx"]
+    assert entry["parity"]["ok"] is False and entry["tolerance"]["max_abs_diff"] == 1e-12
+
+
+def test_cli_tolerance_flag_breach_exits_nonzero(tmp_path: Path) -> None:
+    folder = save_tiny(tmp_path, "mpnet", "embedding")
+    assert main(["export", str(folder), "--tolerance", "int8.min_cosine=1.5"]) == 1
+    assert not (folder / "model.int8.onnx").exists()
+
+
+def test_plain_hf_folder_exports_to_servable_folder(tmp_path: Path) -> None:
+    folder = save_tiny(tmp_path, "bert", "embedding", manifest=False)
+    out = tmp_path / "exported" / "minilm-like"
+    assert main(["export", str(folder), "--task", "embedding", "--out", str(out), "--no-int8"]) == 0
+    assert not (folder / "manifest.json").exists() and not (folder / "model.onnx").exists()
+    spec = read_spec(out)
+    assert (spec.name, spec.task, spec.kinds) == ("minilm-like", "embedding", ["onnx"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"] == str(folder) and manifest["onnx"]["model.onnx"]["parity"]["ok"]

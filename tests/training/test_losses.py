@@ -1,0 +1,69 @@
+"""Loss invariants of the DistilBERT distiller maths."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training.losses import classification_loss, embedding_loss, hidden_cosine, kd_kl, mean_pool, qa_loss
+
+
+def test_kl_is_zero_when_student_equals_teacher() -> None:
+    logits = torch.randn(5, 3)
+    assert kd_kl(logits, logits.clone(), 2.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert kd_kl(logits + 1.0, logits, 4.0).item() == pytest.approx(0.0, abs=1e-5)  # shift-invariant
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 5.0])
+def test_kl_carries_the_t_squared_factor(temperature: float) -> None:
+    student, teacher = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    p = F.softmax(teacher / temperature, -1)
+    q = F.softmax(student / temperature, -1)
+    by_hand = float((p * (p.log() - q.log())).sum())
+    assert kd_kl(student, teacher, temperature).item() == pytest.approx(by_hand * temperature**2, rel=1e-5)
+    assert kd_kl(student, teacher, temperature).item() > 0
+
+
+def test_classification_loss_mixes_terms_and_skips_unlabelled_rows() -> None:
+    s, t = torch.tensor([[1.0, -1.0], [0.5, 0.2]]), torch.tensor([[2.0, -2.0], [0.0, 1.0]])
+    labels = torch.tensor([0, -1])
+    total, parts = classification_loss(s, t, labels, temperature=2.0, alpha_kd=0.5, alpha_ce=2.0)
+    ce_first_row = F.cross_entropy(s[:1], labels[:1]).item()
+    assert parts["ce"] == pytest.approx(ce_first_row, rel=1e-5)
+    assert total.item() == pytest.approx(0.5 * kd_kl(s, t, 2.0).item() + 2.0 * ce_first_row, rel=1e-5)
+
+
+def test_hidden_cosine_and_masking() -> None:
+    h = torch.randn(2, 4, 8)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    assert hidden_cosine(h, h.clone(), mask).item() == pytest.approx(0.0, abs=1e-6)
+    other = h.clone()
+    other[0, 2:] = -h[0, 2:]  # differences only under the mask's zeros
+    assert hidden_cosine(h, other, mask).item() == pytest.approx(0.0, abs=1e-6)
+    assert hidden_cosine(h, -h, mask).item() == pytest.approx(2.0, abs=1e-5)
+
+
+def test_qa_loss_is_ce_only_when_student_equals_teacher() -> None:
+    start, end = torch.randn(2, 6), torch.randn(2, 6)
+    mask = torch.tensor([[0, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1]])
+    positions = (torch.tensor([1, 2]), torch.tensor([2, 5]))
+    total, parts = qa_loss((start, end), (start.clone(), end.clone()), positions, mask, alpha_kd=1.0, alpha_ce=1.0)
+    assert parts["kd"] == pytest.approx(0.0, abs=1e-6)
+    masked = start.masked_fill(mask == 0, -1e4)
+    expected_start = F.cross_entropy(masked, positions[0]).item()
+    assert parts["ce"] > 0 and total.item() == pytest.approx(parts["ce"], rel=1e-6)
+    assert expected_start < math.log(6)  # only the 3..5 real positions compete
+
+
+def test_embedding_losses_and_mean_pool() -> None:
+    hidden = torch.tensor([[[1.0, 1.0], [3.0, 3.0], [100.0, 100.0]]])
+    pooled = mean_pool(hidden, torch.tensor([[1, 1, 0]]))
+    torch.testing.assert_close(pooled, torch.tensor([[2.0, 2.0]]))
+    a = torch.randn(3, 8)
+    assert embedding_loss(a, a.clone(), "mse").item() == 0.0
+    assert embedding_loss(a, 2 * a, "cosine").item() == pytest.approx(0.0, abs=1e-6)
+    assert embedding_loss(a, 2 * a, "mse").item() > 0
+    with pytest.raises(ValueError):
+        embedding_loss(a, a, "l1")

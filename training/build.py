@@ -1,0 +1,197 @@
+"""`build-defaults`: the served model set, end to end (train, distil, export, evaluate).
+
+Per task a teacher and its student; each model is built in ``models/.building-<name>`` and
+renamed to ``models/<name>`` only once trained, exported and evaluated, so an interrupted build
+resumes where it stopped and never leaves a folder that looks finished. Models already built
+and valid are skipped. Wall time per step is logged, written into each manifest (``build``)
+and summarised in ``<cache>/build-defaults-<recipe>.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from training.cli import add_command
+from training.paths import cache_dir, models_dir
+from training.recipes import Common, get_recipe
+
+log = logging.getLogger(__name__)
+SETS = (("classification", "sst2"), ("qa", "squad"), ("embedding", "embed"))
+
+
+@dataclass
+class Build:
+    """Where the build writes and what it has measured so far."""
+
+    models: Path
+    recipe_name: str
+    overrides: list[str]
+    int8: bool = True
+    steps: list[dict] = field(default_factory=list)
+
+    def step(self, model: str, what: str, seconds: float) -> None:
+        self.steps.append({"model": model, "step": what, "seconds": round(seconds, 1)})
+        log.info("build-defaults: %s %s took %.1fs", model, what, seconds)
+
+
+def timed(build: Build, model: str, what: str, fn, *args, **kwargs):
+    t0 = time.monotonic()
+    result = fn(*args, **kwargs)
+    build.step(model, what, time.monotonic() - t0)
+    return result
+
+
+def eval_target(recipe: Common) -> tuple[Path, list[int] | None]:
+    """The evaluation file and, for QA, the held-out articles of the training file."""
+    from training.tasks.common import data_path
+
+    if recipe.task == "qa":
+        from training.tasks.qa import heldout_articles
+
+        return data_path(recipe.train_data), heldout_articles(recipe)
+    return data_path(recipe.eval_data), None
+
+
+def finish(build: Build, recipe: Common, tmp: Path, name: str) -> Path:
+    """Export + evaluate the model in ``tmp``, record the build steps, then rename into place."""
+    from training.evaluate import evaluate_model
+    from training.export import export_model
+    from training.manifest import read_manifest, write_manifest
+
+    timed(build, name, "export", export_model, tmp, int8=build.int8)
+    path, articles = eval_target(recipe)
+    timed(build, name, f"evaluate ({recipe.eval_backend})", evaluate_model, tmp, recipe.eval_backend, path,
+          limit=recipe.eval_limit, articles=articles, set_name=recipe.eval_name)
+    manifest = read_manifest(tmp)
+    manifest["build"] = {"recipe": build.recipe_name, "steps": [s for s in build.steps if s["model"] == name]}
+    write_manifest(tmp, manifest)
+    final = build.models / name
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    return final
+
+
+def build_task(build: Build, task: str, prefix: str) -> None:
+    """Teacher then student of one task; either is skipped when already complete."""
+    from training.manifest import is_complete
+    from training.train import distil_student, train_teacher
+
+    recipe = get_recipe(task, build.recipe_name, overrides_for(task, build.overrides))
+    t_name, s_name = f"{prefix}-teacher", f"{prefix}-student"
+    t_dir, s_dir = build.models / t_name, build.models / s_name
+    teacher = cached = None
+    if not is_complete(t_dir):
+        tmp = fresh(build.models / f".building-{t_name}")
+        teacher, cached = timed(build, t_name, "train", train_teacher, recipe, tmp, t_name)
+        set_pair(tmp, student=s_name)
+        finish(build, recipe, tmp, t_name)
+    else:
+        log.info("build-defaults: %s is built and valid; skipped", t_name)
+    if not is_complete(s_dir):
+        tmp = fresh(build.models / f".building-{s_name}")
+        timed(build, s_name, "distil", distil_student, recipe, t_dir, tmp, s_name, t_name, teacher, cached)
+        finish(build, recipe, tmp, s_name)
+    else:
+        log.info("build-defaults: %s is built and valid; skipped", s_name)
+
+
+def overrides_for(task: str, overrides: list[str]) -> list[str]:
+    """``task.key=value`` applies to one task; a bare ``key=value`` to every task that has the key."""
+    from dataclasses import fields
+
+    from training.recipes import RECIPE_CLASSES
+
+    known = {f.name for f in fields(RECIPE_CLASSES[task])}
+    picked = []
+    for item in overrides:
+        scope, dot, rest = item.partition(".")
+        if dot and scope in RECIPE_CLASSES and "=" not in scope:
+            picked += [rest] if scope == task else []
+        elif item.partition("=")[0] in known:
+            picked.append(item)
+    return picked
+
+
+def fresh(path: Path) -> Path:
+    """A leftover temp folder is an interrupted build: start that model again."""
+    if path.exists():
+        log.info("build-defaults: removing interrupted build %s", path)
+        shutil.rmtree(path)
+    return path
+
+
+def set_pair(model_dir: Path, **fields: str) -> None:
+    from training.manifest import update_manifest
+
+    update_manifest(model_dir, **fields)
+
+
+def summary(build: Build) -> dict:
+    """Quality and throughput per model, student/teacher ratios, wall time per step."""
+    from training.manifest import read_manifest
+
+    out: dict = {"recipe": build.recipe_name, "steps": build.steps, "models": {}, "ratios": {}}
+    for _, prefix in SETS:
+        for role in ("teacher", "student"):
+            path = build.models / f"{prefix}-{role}"
+            if (path / "manifest.json").is_file():
+                manifest = read_manifest(path)
+                out["models"][path.name] = {"quality": manifest.get("quality"),
+                                            "training_time_s": manifest.get("training_time_s")}
+        out["ratios"][prefix] = ratios(out["models"].get(f"{prefix}-teacher"), out["models"].get(f"{prefix}-student"))
+    return out
+
+
+def ratios(teacher: dict | None, student: dict | None) -> dict:
+    """student / teacher for every numeric figure both have on the same evaluation set."""
+    result: dict = {}
+    if not teacher or not student:
+        return result
+    for set_name, figures in (teacher.get("quality") or {}).items():
+        other = (student.get("quality") or {}).get(set_name, {})
+        for key, value in figures.items():
+            if isinstance(value, (int, float)) and isinstance(other.get(key), (int, float)) and value:
+                result[f"{set_name}/{key}"] = round(other[key] / value, 3)
+    return result
+
+
+def run(recipe_name: str, models: Path, tasks: list[str], overrides: list[str], int8: bool = True) -> dict:
+    models.mkdir(parents=True, exist_ok=True)
+    build = Build(models, recipe_name, overrides, int8)
+    started = time.monotonic()
+    for task, prefix in SETS:
+        if task in tasks:
+            build_task(build, task, prefix)
+    report = summary(build)
+    report["wall_s"] = round(time.monotonic() - started, 1)
+    path = cache_dir() / f"build-defaults-{recipe_name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    log.info("build-defaults: done in %.0fs; summary in %s", report["wall_s"], path)
+    return report
+
+
+def _run(args: argparse.Namespace) -> int:
+    report = run(args.recipe, args.models, args.tasks, args.set or [], not args.no_int8)
+    print(json.dumps({k: report[k] for k in ("ratios", "models", "wall_s")}, indent=2))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = add_command(subparsers, "build-defaults",
+                         "build the served set (sst2, squad, embed: teacher + student each) with ONNX exports, "
+                         "evaluations and manifests; skips what is built, resumes after an interruption",
+                         "python -m training build-defaults --recipe quick")
+    parser.add_argument("--recipe", default="quick", help="quick (<= 15 min on 2 cores) | full | a JSON recipe file")
+    parser.add_argument("--models", type=Path, default=models_dir(), help="model repository (env DISTILSERVE_MODELS_DIR)")
+    parser.add_argument("--tasks", nargs="+", default=[t for t, _ in SETS], choices=[t for t, _ in SETS])
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field, all tasks")
+    parser.add_argument("--no-int8", action="store_true", help="fp32 ONNX only")
+    parser.set_defaults(func=_run)
+

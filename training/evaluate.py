@@ -1,0 +1,238 @@
+"""Evaluate a model folder on a data file through the SERVING code, and record it in its manifest.
+
+The model runs through `app.backends.load_backend` and the service's own task pipelines
+(`app.loading.make_pipeline`: tokenisation, windowing, pooling, span decoding), batched the way
+the service batches (sequences sorted by length), so an evaluated figure is the served figure
+for that backend - torch, onnx or onnx-int8 alike.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from app.backends import Backend, load_backend
+from app.loading import make_pipeline
+from app.pipelines import ClassifyItem, EmbedItem, Pipeline, QAItem
+from app.registry import ModelSpec, read_spec
+from app.tasks import pad_batch
+from training.data import DataError, load_labelled, sha256_file, squad_examples
+from training.squad_metric import squad_scores
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("classification", "squad", "stsb")
+TASK_OF = {"classification": "classification", "squad": "qa", "stsb": "embedding"}
+CHUNK = 256  # payloads encoded together, like one collected group of the batcher
+
+
+@dataclass
+class Served:
+    """Per-payload results from the serving pipeline, and what it cost."""
+
+    results: list[dict[str, Any]]
+    seconds: float
+    tokens: int
+    sequences: int
+
+
+def serve(pipeline: Pipeline, backend: Backend, pad: int, payloads: Sequence[Any], batch_size: int,
+          desc: str = "evaluate") -> Served:
+    """Run payloads as the batcher does: encode a group, sort its sequences by length, cut
+    into batches, one model call per batch, reduce, reassemble per payload, finish."""
+    results: list[dict[str, Any]] = []
+    tokens = sequences = 0
+    started = time.perf_counter()
+    with tqdm(total=len(payloads), desc=desc, unit="item") as bar:
+        for i in range(0, len(payloads), CHUNK):
+            group = payloads[i : i + CHUNK]
+            encoded = [_raise_on_error(s) for s in pipeline.encode(group)]
+            rows = _run_sorted(pipeline, backend, pad, encoded, batch_size)
+            for payload, seqs, item_rows in zip(group, encoded, rows):
+                results.append(pipeline.finish(payload, seqs, item_rows))
+                tokens += sum(len(s.ids) for s in seqs)
+                sequences += len(seqs)
+            bar.update(len(group))
+    return Served(results, time.perf_counter() - started, tokens, sequences)
+
+
+def _raise_on_error(seqs: Any) -> Any:
+    if isinstance(seqs, Exception):
+        raise seqs
+    return seqs
+
+
+def _run_sorted(pipeline: Pipeline, backend: Backend, pad: int, encoded: list[Any], batch_size: int) -> list[list[dict]]:
+    flat = sorted(((j, k) for j, seqs in enumerate(encoded) for k in range(len(seqs))),
+                  key=lambda jk: len(encoded[jk[0]][jk[1]].ids))
+    rows: list[list[dict]] = [[{}] * len(seqs) for seqs in encoded]
+    for b in range(0, len(flat), batch_size):
+        batch = flat[b : b + batch_size]
+        inputs = pad_batch([encoded[j][k] for j, k in batch], pad)
+        outputs = pipeline.reduce(backend.forward(inputs), inputs)
+        for row, (j, k) in enumerate(batch):
+            rows[j][k] = {name: value[row] for name, value in outputs.items()}
+    return rows
+
+
+# --- per dataset ---------------------------------------------------------------------------
+
+def eval_classification(spec: ModelSpec, run: Any, path: Path, limit: int | None) -> tuple[dict, int]:
+    """Accuracy; gold labels are mapped through the model's label names (or their indices)."""
+    if not spec.labels:
+        raise ValueError(f"{spec.path}: a classification model needs labels (config id2label)")
+    names = [spec.labels[i] for i in sorted(spec.labels)]
+    examples, _ = load_labelled(path, labels=names, limit=limit, split="eval")
+    items = [ClassifyItem(i, (e.text, e.text_pair) if e.text_pair else e.text) for i, e in enumerate(examples)]
+    served = run(items)
+    predicted = [r["result"][0]["label"] for r in served.results]
+    accuracy = float(np.mean([p == names[int(e.label)] for p, e in zip(predicted, examples)]))
+    return {"accuracy": accuracy, **_throughput(served)}, len(examples)
+
+
+def eval_stsb(spec: ModelSpec, run: Any, path: Path, limit: int | None) -> tuple[dict, int]:
+    """Spearman (and Pearson) of the cosine of the two sentences' served embeddings vs gold."""
+    from scipy.stats import pearsonr, spearmanr
+
+    examples, _ = load_labelled(path, labels=None, limit=limit, split="eval")
+    missing = [i for i, e in enumerate(examples) if not e.text_pair]
+    if missing:
+        raise DataError(path, missing[0] + 2, "STS-B rows need two sentences (sentence1, sentence2)")
+    texts = [e.text for e in examples] + [e.text_pair for e in examples]
+    served = run([EmbedItem(i, t, normalize=True) for i, t in enumerate(texts)])
+    vectors = np.stack([r["result"] for r in served.results])
+    cosines = (vectors[: len(examples)] * vectors[len(examples) :]).sum(1)
+    gold = np.array([e.label for e in examples], dtype=np.float64)
+    figures = {"spearman": float(spearmanr(cosines, gold).statistic), "pearson": float(pearsonr(cosines, gold).statistic)}
+    return {**figures, **_throughput(served)}, len(examples)
+
+
+def eval_squad(spec: ModelSpec, run: Any, path: Path, limit: int | None, articles: Sequence[int] | None) -> tuple[dict, int]:
+    """Official SQuAD v1.1 EM/F1 (max over gold answers) of the served best answer."""
+    examples, _ = squad_examples(path, articles)
+    examples = examples[:limit] if limit else examples
+    if not examples:
+        raise DataError(path, 1, f"no questions in articles {articles}")
+    served = run([QAItem(i, e.question, e.context) for i, e in enumerate(examples)])
+    pairs = [(r["result"][0]["answer"] if r["result"] else "", e.answers) for r, e in zip(served.results, examples)]
+    scores = squad_scores(pairs)
+    return {"exact_match": scores["exact_match"], "f1": scores["f1"], **_throughput(served)}, len(examples)
+
+
+def _throughput(served: Served) -> dict[str, float]:
+    return {"throughput_items_s": round(len(served.results) / served.seconds, 2),
+            "sequences": served.sequences,
+            "throughput_tokens_s": round(served.tokens / served.seconds, 1),
+            "seconds": round(served.seconds, 2)}
+
+
+# --- entry points --------------------------------------------------------------------------
+
+def detect_dataset(path: Path, task: str) -> str:
+    """squad for .json (SQuAD layout), stsb for an embedding model, else classification."""
+    if path.suffix.lower() == ".json":
+        return "squad"
+    return {"qa": "squad", "embedding": "stsb"}.get(task, "classification")
+
+
+def parse_articles(text: str | None) -> list[int] | None:
+    """'30:38' -> [30..37] (a Python slice); '3,5,7' -> [3, 5, 7]; None -> all articles."""
+    if not text:
+        return None
+    if ":" in text:
+        start, _, stop = text.partition(":")
+        return list(range(int(start or 0), int(stop)))
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def set_name_for(path: Path, dataset: str, articles: Sequence[int] | None) -> str:
+    """'sst2-dev' from ../shared/data/sst2/dev.tsv; 'squad-articles-30-38' for a SQuAD subset."""
+    if dataset == "squad":
+        return f"squad-articles-{articles[0]}-{articles[-1] + 1}" if articles else f"squad-{path.stem}"
+    return f"{path.parent.name}-{path.stem}" if path.parent.name else path.stem
+
+
+def evaluate_model(model_dir: Path, backend: str, data_path: Path, *, dataset: str | None = None,
+                   limit: int | None = None, articles: Sequence[int] | None = None, set_name: str | None = None,
+                   batch_size: int = 32, threads: int | None = None, write: bool = True) -> dict:
+    """Evaluate `model_dir` on `data_path` with `backend`; return the figures and (if the folder
+    has a manifest and `write`) store them as manifest["quality"][set_name]."""
+    model_dir, data_path = Path(model_dir), Path(data_path)
+    spec = read_spec(model_dir)
+    dataset = dataset or detect_dataset(data_path, spec.task)
+    if TASK_OF.get(dataset) != spec.task:
+        raise ValueError(f"{model_dir.name} is a {spec.task} model; dataset {dataset!r} needs {TASK_OF.get(dataset)}")
+    pipeline, pad = make_pipeline(spec)
+    model = load_backend(model_dir, spec.task, backend, threads)
+
+    def run(items: list) -> Served:
+        return serve(pipeline, model, pad, items, batch_size, desc=f"{model_dir.name} [{backend}]")
+
+    if dataset == "squad":
+        figures, rows = eval_squad(spec, run, data_path, limit, articles)
+    else:
+        figures, rows = (eval_stsb if dataset == "stsb" else eval_classification)(spec, run, data_path, limit)
+    entry = {**figures, "backend": backend, "rows": rows, "dataset": dataset,
+             "data": {"path": str(data_path), "sha256": sha256_file(data_path)},
+             **({"articles": [articles[0], articles[-1] + 1]} if articles else {}),
+             "evaluated_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    name = set_name or set_name_for(data_path, dataset, articles)
+    if write:
+        _record(model_dir, name, entry)
+    return {"set": name, **entry}
+
+
+def _record(model_dir: Path, name: str, entry: dict) -> None:
+    """manifest["quality"][name] = entry (one entry per set; the latest evaluation wins)."""
+    from training.export import read_manifest, write_manifest
+
+    manifest = read_manifest(model_dir)
+    if not manifest:
+        log.warning("%s has no manifest.json: figures printed, not recorded", model_dir)
+        return
+    manifest.setdefault("quality", {})[name] = entry
+    write_manifest(model_dir, manifest)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """`python -m training evaluate`."""
+    from training.cli import add_command
+
+    parser = add_command(subparsers, "evaluate", "Evaluate a model on a data file through the serving code; "
+                         "figures go into its manifest.",
+                         "python -m training evaluate models/sst2-student --backend onnx "
+                         "--data ../shared/data/sst2/dev.tsv\n"
+                         "  python -m training evaluate models/squad-student --backend onnx-int8 "
+                         "--data ../shared/data/squad/squad-v1.1-dev-articles-00-37.json --articles 30:38")
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8"))
+    parser.add_argument("--data", type=Path, required=True, help="TSV/CSV/JSONL (text,label), STS-B TSV or SQuAD JSON")
+    parser.add_argument("--dataset", choices=DATASETS, help="data kind (default: from the file and the model's task)")
+    parser.add_argument("--articles", help="SQuAD articles as a slice '30:38' or a list '1,4,9'")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N rows / questions")
+    parser.add_argument("--name", help="evaluation set name in the manifest (default e.g. sst2-dev)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, help="intra-op threads (default: runtime's)")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Bad data or a model/dataset mismatch: one clear error line and exit status 2."""
+    try:
+        result = evaluate_model(args.model_dir, args.backend, args.data, dataset=args.dataset, limit=args.limit,
+                                articles=parse_articles(args.articles), set_name=args.name,
+                                batch_size=args.batch_size, threads=args.threads)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        log.error("evaluate failed: %s", exc)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0

@@ -1,0 +1,401 @@
+"""Export a model folder to ONNX (fp32 `model.onnx`, int8 `model.int8.onnx`) with parity checks.
+
+Why the int8 scheme is block-wise: dynamic int8 quantises each MatMul input with ONE scale per
+tensor, and the input of the feed-forward down-projection (after GELU) carries outlier tokens
+that wreck that scale - on the MPNet teacher per-channel dynamic int8 fell to 0.92 mean cosine.
+`MatMulNBits` with 8-bit weights in blocks of 256 and `accuracy_level=4` quantises activations
+per token and per block at run time (int8 kernels), which keeps 0.999 cosine at ~1.9x the fp32
+speed. `python -m training export MODEL --compare-schemes` (training/int8_compare.py) measures
+every scheme in `SCHEMES` on a model; the others stay selectable with --int8-scheme.
+
+Every written file is checked against torch through the serving code (`training.parity`); a
+breach removes the file, records the figures in the manifest and raises `ExportParityError`.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnxruntime
+import torch
+from transformers import PreTrainedModel
+
+from app.backends import OUTPUT_NAMES, load_backend
+from app.registry import read_spec
+from training.parity import TOLERANCES, ExportParityError, Outputs, breaches, compare, run_parity_set
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+FP32_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
+HEAD_NAMES = ("pooler", "classifier", "qa_outputs", "pre_classifier", "score")
+SUPPORT_FILES = (
+    "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+    "merges.txt", "vocab.json", "modules.json", "sentence_bert_config.json",
+    "config_sentence_transformers.json", "1_Pooling",
+)
+__all__ = ["export_model", "ExportParityError", "SCHEMES", "DEFAULT_SCHEME", "register"]
+
+
+# --- fp32 export ---------------------------------------------------------------------------
+
+class _Graph(torch.nn.Module):
+    """Positional inputs -> the contract's outputs (a tuple, in `OUTPUT_NAMES[task]` order)."""
+
+    def __init__(self, model: PreTrainedModel, task: str, input_names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model, self.task, self.input_names = model, task, input_names
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(**dict(zip(self.input_names, tensors)), return_dict=True)
+        return tuple(out[name] for name in OUTPUT_NAMES[self.task])
+
+
+def load_torch_model(model_dir: Path, task: str) -> PreTrainedModel:
+    """The HF model for `task` with eager attention: the plain MatMul/Softmax graph that ORT's
+    optimiser fuses, instead of an SDPA decomposition."""
+    from training.modeling import TASK_CLASSES
+
+    return TASK_CLASSES[task].from_pretrained(str(model_dir), attn_implementation="eager").eval()
+
+
+def graph_inputs(model: PreTrainedModel) -> tuple[str, ...]:
+    """input_ids, attention_mask, and token_type_ids only where the architecture uses it."""
+    from training.modeling import _takes_token_types
+
+    return ("input_ids", "attention_mask") + (("token_type_ids",) if _takes_token_types(model) else ())
+
+
+def export_fp32(model: PreTrainedModel, task: str, path: Path) -> None:
+    """TorchScript exporter (`dynamo=False`): for these encoders it gives a compact graph with
+    stable node names (used to pick MatMuls for int8) that ORT fuses; dynamo adds nothing here."""
+    names = graph_inputs(model)
+    dummy = tuple(torch.ones(2, 9, dtype=torch.long) for _ in names)  # ids=1: valid in any vocab
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes.update({n: {0: "batch", 1: "sequence"} if task != "classification" else {0: "batch"}
+                 for n in OUTPUT_NAMES[task]})
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Graph(model, task, names), dummy, str(path), input_names=list(names),
+                          output_names=list(OUTPUT_NAMES[task]), dynamic_axes=axes,
+                          opset_version=OPSET, do_constant_folding=True, dynamo=False)
+    onnx.checker.check_model(str(path))
+
+
+# --- int8 schemes --------------------------------------------------------------------------
+
+def weight_matmuls(path: Path, hidden: int, intermediate: int) -> dict[str, list[str]]:
+    """Encoder MatMuls with a constant weight, by role, found from weight shapes (not names,
+    which differ per architecture): attention projections [h,h], FFN up [h,i], FFN down [i,h].
+    Task heads (pooler, classifier, qa_outputs) are left out: tiny cost, first to lose accuracy."""
+    model = onnx.load(str(path), load_external_data=False)
+    dims = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    roles: dict[str, list[str]] = {"attention": [], "ffn_up": [], "ffn_down": []}
+    role_of = {(hidden, hidden): "attention", (hidden, intermediate): "ffn_up", (intermediate, hidden): "ffn_down"}
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in dims:
+            continue
+        if any(h in node.name for h in HEAD_NAMES):
+            continue
+        role = role_of.get(dims[node.input[1]])
+        if role:
+            roles[role].append(node.name)
+    return roles
+
+
+@contextlib.contextmanager
+def _quiet_root() -> Iterator[None]:
+    """onnxruntime.quantization logs one INFO line per tensor on the root logger."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _dynamic(src: Path, dst: Path, nodes: list[str]) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet_root():
+        quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes)
+
+
+def _blockwise(src: Path, dst: Path, exclude: list[str], block: int = 256) -> None:
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=4, bits=8)
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), nodes_to_exclude=exclude, algo_config=config)
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(dst), False)
+
+
+def _scheme_blockwise(src: Path, dst: Path, roles: dict[str, list[str]], heads: list[str], block: int) -> None:
+    _blockwise(src, dst, heads, block)
+
+
+def _scheme_hybrid(src: Path, dst: Path, roles: dict[str, list[str]], heads: list[str], block: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        mid = Path(tmp) / "dyn.onnx"
+        _dynamic(src, mid, roles["attention"] + roles["ffn_up"])
+        _blockwise(mid, dst, heads + roles["attention"] + roles["ffn_up"], min(block, 128))
+
+
+def _scheme_hybrid_attention(src: Path, dst: Path, roles: dict[str, list[str]], heads: list[str], block: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        mid = Path(tmp) / "dyn.onnx"
+        _dynamic(src, mid, roles["attention"])
+        _blockwise(mid, dst, heads + roles["attention"], block)
+
+
+def _scheme_dynamic_no_down(src: Path, dst: Path, roles: dict[str, list[str]], heads: list[str], block: int) -> None:
+    _dynamic(src, dst, roles["attention"] + roles["ffn_up"])
+
+
+def _scheme_dynamic_all(src: Path, dst: Path, roles: dict[str, list[str]], heads: list[str], block: int) -> None:
+    _dynamic(src, dst, roles["attention"] + roles["ffn_up"] + roles["ffn_down"])
+
+
+Scheme = Callable[[Path, Path, dict[str, list[str]], list[str], int], None]
+SCHEMES: dict[str, tuple[Scheme, str]] = {
+    "blockwise8": (_scheme_blockwise, "MatMulNBits 8-bit weights, block 256, int8 compute "
+                   "(accuracy_level 4: activations quantised per token and block); heads fp32"),
+    "hybrid": (_scheme_hybrid, "dynamic per-channel int8 on attention + FFN-up, "
+               "MatMulNBits 8-bit block 128 on FFN-down; heads fp32"),
+    "hybrid-attention": (_scheme_hybrid_attention, "dynamic per-channel int8 on attention projections, "
+                         "MatMulNBits 8-bit block 256 on both FFN MatMuls; heads fp32"),
+    "dynamic-no-ffn-down": (_scheme_dynamic_no_down, "dynamic per-channel int8 on attention + "
+                            "FFN-up MatMuls; FFN-down and heads fp32"),
+    "dynamic-per-channel": (_scheme_dynamic_all, "dynamic per-channel int8 on every encoder "
+                            "MatMul; heads fp32 (fails parity on MPNet)"),
+}
+DEFAULT_SCHEME = "blockwise8"
+
+
+def head_matmuls(path: Path) -> list[str]:
+    """Every MatMul of a task head (kept fp32 by every scheme)."""
+    model = onnx.load(str(path), load_external_data=False)
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and any(h in n.name for h in HEAD_NAMES)]
+
+
+def export_int8(fp32_path: Path, dst: Path, config: Any, scheme: str) -> None:
+    """Quantise `fp32_path` into `dst` with `scheme` (a key of `SCHEMES`)."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown int8 scheme {scheme!r}; choose from {sorted(SCHEMES)}")
+    intermediate = getattr(config, "intermediate_size", None) or getattr(config, "hidden_dim", None)
+    hidden = getattr(config, "hidden_size", None) or config.dim
+    roles = weight_matmuls(fp32_path, hidden, intermediate)
+    block = max(16, min(256, 1 << (hidden.bit_length() - 1)))  # 256 for BERT sizes; tiny models smaller
+    SCHEMES[scheme][0](fp32_path, dst, roles, head_matmuls(fp32_path), block)
+
+
+# --- parity + manifest ---------------------------------------------------------------------
+
+def check_file(out_dir: Path, file: str, spec: Any, reference: Outputs, texts: list[str] | None,
+               tolerance: dict[str, float]) -> dict:
+    """Run `file` through the ONNX serving backend, compare with torch; the manifest entry."""
+    precision = "int8" if file == INT8_FILE else "fp32"
+    backend = load_backend(out_dir, spec.task, "onnx-int8" if precision == "int8" else "onnx")
+    figures = compare(spec.task, reference, run_parity_set(backend, spec, texts))
+    bad = breaches(figures, tolerance)
+    entry = {"precision": precision, "parity": {**figures, "ok": not bad}, "tolerance": tolerance,
+             "opset": OPSET, "exporter": "torch.onnx (TorchScript, dynamo=False)",
+             "size_bytes": (out_dir / file).stat().st_size}
+    log.info("%s parity: %s", file, json.dumps(entry["parity"]))
+    return entry
+
+
+def read_manifest(model_dir: Path) -> dict:
+    path = model_dir / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_manifest(model_dir: Path, manifest: dict) -> None:
+    """Atomic write: a reader (the service, a resumed build) never sees half a manifest."""
+    tmp = model_dir / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, model_dir / "manifest.json")
+
+
+def plain_manifest(model_dir: Path, out_dir: Path, task: str, model: PreTrainedModel) -> dict:
+    """A manifest for a plain HF folder (no training record): what the service needs, and
+    where the weights came from."""
+    spec = read_spec(model_dir)
+    config = model.config
+    return {
+        "schema_version": 1, "name": out_dir.name, "task": task,
+        "role": "student" if "student" in out_dir.name else "teacher",
+        "source": str(model_dir), "architecture": type(model).__name__, "model_type": config.model_type,
+        "layers": spec.layers, "hidden_size": spec.hidden_size,
+        "params": sum(p.numel() for p in model.parameters()),
+        "labels": {str(k): v for k, v in config.id2label.items()} if task == "classification" else None,
+        "max_length": spec.max_length,
+        **({"pooling": spec.pooling, "normalize": spec.normalize} if task == "embedding" else {}),
+        "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def copy_support_files(model_dir: Path, out_dir: Path) -> None:
+    """Config and tokenizer files, so `out_dir` is a servable ONNX-only model folder."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in SUPPORT_FILES:
+        src = model_dir / name
+        if src.is_dir():
+            shutil.copytree(src, out_dir / name, dirs_exist_ok=True)
+        elif src.is_file():
+            shutil.copy2(src, out_dir / name)
+
+
+def versions() -> dict[str, str]:
+    import transformers
+
+    return {"torch": torch.__version__.split("+")[0], "transformers": transformers.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version()}
+
+
+def _prepare(model_dir: Path, out_dir: Path, task: str | None) -> tuple[dict, str]:
+    """The manifest to update and the task: manifest first, else the flag, else config.json."""
+    manifest = read_manifest(model_dir)
+    task = manifest.get("task") or task or read_spec(model_dir).task
+    if manifest.get("task") and task != manifest["task"]:
+        raise ValueError(f"{model_dir}/manifest.json says task {manifest['task']!r}, not {task!r}")
+    if out_dir != model_dir:
+        copy_support_files(model_dir, out_dir)
+    return manifest, task
+
+
+def export_model(model_dir: Path, *, int8: bool = True, parity_texts: list[str] | None = None,
+                 task: str | None = None, out_dir: Path | None = None, scheme: str = DEFAULT_SCHEME,
+                 tolerances: dict[str, dict[str, float]] | None = None) -> dict:
+    """Export `model_dir` to ONNX in `out_dir` (default: in place) and return the manifest.
+
+    `task` is only needed for a plain HF folder whose config does not say it; `tolerances`
+    overrides `TOLERANCES[precision][task]` per precision (used by tests and strict builds).
+    Raises `ExportParityError` (after recording the figures and removing the file) on a breach.
+    """
+    model_dir, out_dir = Path(model_dir), Path(out_dir or model_dir)
+    manifest, task = _prepare(model_dir, out_dir, task)
+    model = load_torch_model(model_dir, task)
+    manifest = manifest or plain_manifest(model_dir, out_dir, task, model)
+    write_manifest(out_dir, manifest)  # read_spec below needs name/task/role
+    spec = read_spec(out_dir)
+    reference = run_parity_set(load_backend(model_dir, task, "torch"), spec, parity_texts)
+    export_fp32(model, task, out_dir / FP32_FILE)
+    files = [FP32_FILE]
+    if int8:
+        export_int8(out_dir / FP32_FILE, out_dir / INT8_FILE, model.config, scheme)
+        files.append(INT8_FILE)
+    else:
+        _drop_stale_int8(out_dir, manifest)
+    for file in files:
+        _check_and_record(out_dir, file, spec, reference, parity_texts, manifest, scheme, tolerances)
+    return manifest
+
+
+def _check_and_record(out_dir: Path, file: str, spec: Any, reference: Outputs, texts: list[str] | None,
+                      manifest: dict, scheme: str, tolerances: dict | None) -> None:
+    """Check one file, write its manifest entry; on a breach remove the file and raise."""
+    precision = "int8" if file == INT8_FILE else "fp32"
+    tolerance = (tolerances or {}).get(precision) or TOLERANCES[precision][spec.task]
+    entry = check_file(out_dir, file, spec, reference, texts, tolerance)
+    entry["scheme"] = SCHEMES[scheme][1] if entry["precision"] == "int8" else "fp32 (no quantisation)"
+    if entry["precision"] == "int8":
+        entry["scheme_name"] = scheme
+    manifest.setdefault("onnx", {})[file] = entry
+    manifest["versions"] = {**manifest.get("versions", {}), **versions()}
+    write_manifest(out_dir, manifest)
+    bad = breaches(entry["parity"], entry["tolerance"])
+    if bad:
+        (out_dir / file).unlink(missing_ok=True)
+        raise ExportParityError(file, *bad[0])
+
+
+def _drop_stale_int8(out_dir: Path, manifest: dict) -> None:
+    """An int8 file from an earlier export may be of other weights: never leave it to be served."""
+    if (out_dir / INT8_FILE).exists() or INT8_FILE in manifest.get("onnx", {}):
+        log.warning("removing %s from an earlier export (this export is fp32 only)", INT8_FILE)
+        (out_dir / INT8_FILE).unlink(missing_ok=True)
+        manifest.get("onnx", {}).pop(INT8_FILE, None)
+
+
+# --- CLI -----------------------------------------------------------------------------------
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """`python -m training export`."""
+    from training.cli import add_command
+
+    parser = add_command(subparsers, "export", "Export a model folder to ONNX (fp32 + int8) with parity checks.",
+                         "python -m training export models/sst2-student\n"
+                         "  python -m training export models/embed-teacher --compare-schemes "
+                         "--texts ../shared/data/stsb/dev.tsv\n"
+                         "  python -m training export /path/to/all-MiniLM-L6-v2 --task embedding "
+                         "--out models/minilm")
+    parser.add_argument("model_dir", type=Path, help="model folder (manifest.json or a plain HF folder)")
+    parser.add_argument("--task", choices=tuple(OUTPUT_NAMES), help="task of a plain HF folder")
+    parser.add_argument("--out", type=Path, help="write the export here (default: in the model folder)")
+    parser.add_argument("--no-int8", action="store_true", help="fp32 model.onnx only")
+    parser.add_argument("--int8-scheme", default=DEFAULT_SCHEME, choices=sorted(SCHEMES),
+                        help=f"int8 quantisation scheme (default {DEFAULT_SCHEME})")
+    parser.add_argument("--tolerance", action="append", default=[], metavar="PRECISION.METRIC=VALUE",
+                        help="override a parity tolerance, e.g. int8.mean_cosine=0.995 (repeatable)")
+    parser.add_argument("--compare-schemes", action="store_true",
+                        help="write nothing: build every int8 scheme in a temp folder, print parity and speed")
+    parser.add_argument("--schemes", help="with --compare-schemes: comma-separated subset")
+    parser.add_argument("--texts", type=Path, help="with --compare-schemes: parity texts from a TSV/CSV/JSONL file")
+    parser.add_argument("--limit", type=int, default=96, help="with --texts: how many texts")
+    parser.set_defaults(func=_run)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from training.int8_compare import compare_schemes, format_table, load_texts
+
+    schemes = args.schemes.split(",") if args.schemes else None
+    rows = compare_schemes(args.model_dir, args.task, schemes, load_texts(args.texts, args.limit))
+    print(format_table(rows))
+    return 0
+
+
+def parse_tolerances(items: list[str], task: str) -> dict[str, dict[str, float]] | None:
+    """['int8.mean_cosine=0.995'] -> {'int8': {...defaults for task, 'mean_cosine': 0.995}}."""
+    out: dict[str, dict[str, float]] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        precision, _, metric = key.partition(".")
+        if precision not in TOLERANCES or not metric or not value:
+            raise ValueError(f"bad --tolerance {item!r}; expected e.g. int8.mean_cosine=0.995")
+        out.setdefault(precision, dict(TOLERANCES[precision][task]))[metric] = float(value)
+    return out or None
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.compare_schemes:
+        return _compare(args)
+    task = read_manifest(args.model_dir).get("task") or args.task or read_spec(args.model_dir).task
+    try:
+        manifest = export_model(args.model_dir, int8=not args.no_int8, task=args.task, out_dir=args.out,
+                                scheme=args.int8_scheme, tolerances=parse_tolerances(args.tolerance, task))
+    except ExportParityError as exc:
+        log.error("export failed: %s", exc)
+        return 1
+    for file, entry in manifest["onnx"].items():
+        print(f"{file}: {entry['precision']} parity {json.dumps(entry['parity'])}")
+    return 0

@@ -1,0 +1,103 @@
+"""manifest.json: what a model is, how it was made and how good it is (models/README.md).
+
+Models are written to a temporary sibling folder and renamed when complete, so an interrupted
+build never leaves a folder that looks finished.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from training.modeling import count_params, num_layers
+
+SCHEMA_VERSION = 1
+VERSIONED = ("torch", "transformers", "onnxruntime", "onnx", "tokenizers", "numpy")
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of what shaped the model (absent packages are left out)."""
+    found = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def describe(model: PreTrainedModel, **fields: Any) -> dict[str, Any]:
+    """Manifest fields read off the model itself, plus the caller's (name, task, role, ...)."""
+    config = model.config
+    labels = None
+    if fields.get("task") == "classification":
+        labels = {str(i): name for i, name in sorted(config.id2label.items())}
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "architecture": (config.architectures or [type(model).__name__])[0],
+        "model_type": config.model_type,
+        "layers": num_layers(model),
+        "hidden_size": getattr(config, "hidden_size", getattr(config, "dim", None)),
+        "params": count_params(model),
+        "labels": labels,
+        "teacher": None,
+        "student": None,
+        "quality": {},
+        "onnx": {},
+        "versions": versions(),
+        "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    manifest.update(fields)
+    return manifest
+
+
+def read_manifest(model_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(model_dir) / "manifest.json").read_text())
+
+
+def write_manifest(model_dir: Path, manifest: dict[str, Any]) -> None:
+    """Write atomically (temp file + rename): readers never see half a manifest."""
+    path = Path(model_dir) / "manifest.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+def update_manifest(model_dir: Path, **changes: Any) -> dict[str, Any]:
+    manifest = read_manifest(model_dir)
+    manifest.update(changes)
+    write_manifest(model_dir, manifest)
+    return manifest
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path,
+               manifest: dict[str, Any]) -> Path:
+    """Weights, config, tokenizer and manifest into ``out`` (replacing an older folder)."""
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    model.config.architectures = [manifest["architecture"]]
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    write_manifest(out, manifest)
+    return out
+
+
+def is_complete(model_dir: Path, need_quality: bool = True, need_onnx: bool = True) -> bool:
+    """A built model: manifest with name/task/role, weights, and (if asked) ONNX + quality."""
+    try:
+        manifest = read_manifest(model_dir)
+    except (OSError, ValueError):
+        return False
+    if not all(manifest.get(k) for k in ("name", "task", "role")):
+        return False
+    if need_onnx and not (manifest.get("onnx") and (Path(model_dir) / "model.onnx").is_file()):
+        return False
+    return bool(manifest.get("quality")) or not need_quality

@@ -1,0 +1,135 @@
+"""Loading Hugging Face encoders per task, and running part of their layer stack.
+
+Distillation on 2 CPU cores only fits the budget if frozen lower layers run once per example
+and their outputs are cached; ``layer_range`` lets the *same* HF model object run layers
+[start, end) - with its own head on top - so the saved model is always a standard HF model.
+Works for BERT-like (``encoder.layer``) and DistilBERT (``transformer.layer``) stacks, MPNet
+included.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+)
+
+TASK_CLASSES = {
+    "classification": AutoModelForSequenceClassification,
+    "qa": AutoModelForQuestionAnswering,
+    "embedding": AutoModel,
+}
+
+
+def load_model(source: str | Path, task: str, labels: list[str] | None = None) -> PreTrainedModel:
+    """Any HF folder or hub id as a model for ``task`` (a new head is initialised if absent)."""
+    kwargs: dict = {}
+    if task == "classification" and labels:
+        config = AutoConfig.from_pretrained(source)
+        if getattr(config, "num_labels", None) != len(labels) or "ForSequence" not in str(config.architectures):
+            kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                      "label2id": {name: i for i, name in enumerate(labels)}}
+    return TASK_CLASSES[task].from_pretrained(str(source), **kwargs)
+
+
+def base_of(model: PreTrainedModel) -> nn.Module:
+    """The bare encoder inside a task model (``model.bert``, ``model.mpnet``, ...), or the model."""
+    return getattr(model, model.base_model_prefix, model)
+
+
+def stack_of(model: PreTrainedModel) -> tuple[nn.Module, str]:
+    """(module owning the layer list, attribute name): ``encoder.layer`` or ``transformer.layer``."""
+    base = base_of(model)
+    owner = getattr(base, "encoder", None) or getattr(base, "transformer", None)
+    if owner is None or not isinstance(getattr(owner, "layer", None), nn.ModuleList):
+        raise TypeError(f"unsupported architecture {type(model).__name__}: no encoder.layer list")
+    return owner, "layer"
+
+
+def num_layers(model: PreTrainedModel) -> int:
+    owner, attr = stack_of(model)
+    return len(getattr(owner, attr))
+
+
+class Passthrough(nn.Module):
+    """Stands in for the embedding module: the cached hidden states *are* the layer input."""
+
+    def forward(self, *args: object, inputs_embeds: torch.Tensor | None = None,
+                input_embeds: torch.Tensor | None = None, **kwargs: object) -> torch.Tensor:
+        hidden = inputs_embeds if inputs_embeds is not None else input_embeds
+        if hidden is None and args and isinstance(args[-1], torch.Tensor) and args[-1].dim() == 3:
+            hidden = args[-1]  # DistilBERT passes input_embeds positionally
+        assert hidden is not None and hidden.dim() == 3, "Passthrough needs [batch, seq, hidden]"
+        return hidden
+
+
+@contextlib.contextmanager
+def layer_range(model: PreTrainedModel, start: int, end: int) -> Iterator[PreTrainedModel]:
+    """Temporarily make ``model`` run only layers [start, end).
+
+    start > 0: the embeddings are bypassed, so feed ``inputs_embeds=<hidden after layer start>``.
+    The head (classifier / qa_outputs / none) still runs on top. Restored on exit.
+    """
+    owner, attr = stack_of(model)
+    base = base_of(model)
+    layers, embeddings = getattr(owner, attr), base.embeddings
+    assert 0 <= start < end <= len(layers), f"bad layer range [{start}, {end}) of {len(layers)}"
+    setattr(owner, attr, nn.ModuleList(list(layers)[start:end]))
+    if start > 0:
+        base.embeddings = Passthrough()
+    try:
+        yield model
+    finally:
+        setattr(owner, attr, layers)
+        base.embeddings = embeddings
+
+
+def forward_range(model: PreTrainedModel, start: int, end: int, batch: dict[str, torch.Tensor],
+                  hidden: torch.Tensor | None = None, head: bool = True):
+    """Run layers [start, end) on token inputs (start == 0) or cached ``hidden`` (start > 0).
+
+    head=True returns the task model's output (logits...); head=False the bare encoder's
+    last_hidden_state [batch, seq, hidden] after layer end-1.
+    """
+    with layer_range(model, start, end):
+        target = model if head else base_of(model)
+        kwargs = {"attention_mask": batch["attention_mask"], "output_hidden_states": head}
+        if start == 0:
+            kwargs["input_ids"] = batch["input_ids"]
+            if "token_type_ids" in batch and _takes_token_types(model):
+                kwargs["token_type_ids"] = batch["token_type_ids"]
+        else:
+            kwargs["inputs_embeds"] = hidden
+        out = target(**kwargs)
+        return out if head else out.last_hidden_state
+
+
+def _takes_token_types(model: PreTrainedModel) -> bool:
+    return getattr(model.config, "type_vocab_size", 0) > 0 and model.config.model_type not in ("mpnet", "distilbert")
+
+
+def freeze_below(model: PreTrainedModel, first_trainable: int) -> list[nn.Parameter]:
+    """Freeze embeddings and layers below ``first_trainable``; return the parameters to train."""
+    owner, attr = stack_of(model)
+    layers = getattr(owner, attr)
+    frozen = {id(p) for p in base_of(model).embeddings.parameters()}
+    for layer in list(layers)[:first_trainable]:
+        frozen |= {id(p) for p in layer.parameters()}
+    trainable = []
+    for parameter in model.parameters():
+        parameter.requires_grad = id(parameter) not in frozen
+        if parameter.requires_grad:
+            trainable.append(parameter)
+    return trainable
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,162 @@
+"""Parity of an exported ONNX file against the torch model it came from, through serving code.
+
+Both sides run through `app.backends.load_backend` and the task pipelines of `app.tasks`, so a
+pass means the *served* ONNX numbers match the *served* torch numbers, tokenisation and pooling
+included. Inputs are real-looking texts of varied length, run in odd-sized batches and one alone,
+so a graph that only works for the traced batch/sequence sizes fails here.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.backends import Backend
+from app.registry import ModelSpec
+from app.tasks import embed, load_tokenizer, pad_batch, pad_id, qa
+from app.tasks import classify as classify_task
+
+PARITY_TEXTS: tuple[str, ...] = (
+    "A gripping, beautifully shot film that never lets go of you.",
+    "The plot is thin and the jokes fall flat.",
+    "I expected more from such a talented cast; the second half drags badly.",
+    "An unexpectedly moving story about a family that refuses to give up.",
+    "It's fine.",
+    "The central bank raised interest rates by a quarter of a percentage point on Wednesday, citing persistent inflation in services.",
+    "How do I reset my password if I no longer have access to my email?",
+    "Heavy rain is expected across the north of the country through the weekend.",
+    "The new phone has a brighter screen, but the battery barely lasts a day.",
+    "Researchers found that the enzyme breaks down plastic bottles within a few weeks at room temperature.",
+    "Please send the signed contract back to us before Friday.",
+    "Worst customer service I have ever experienced, and I have been a customer for ten years.",
+    "The museum reopens next month after a two-year renovation of its east wing, which houses the collection of Byzantine mosaics donated in 1962.",
+    "Is the restaurant open on public holidays?",
+    "A man is playing a guitar on the street.",
+    "Two dogs are running through a field of tall grass.",
+    "The committee will publish its final report, including the recommendations on data retention, in the spring.",
+    "Great value for money.",
+    "The hotel room was clean, quiet and much larger than the photos suggested.",
+    "Stocks fell sharply after the company warned that profits would miss expectations.",
+    "She won the marathon in a record time despite the heat.",
+    "Nothing about this sequel works: not the script, not the acting, not the music.",
+    "The software update fixes a bug that caused the app to crash on start-up.",
+    "Photosynthesis converts light energy into chemical energy stored in glucose.",
+)
+
+PARITY_QA: tuple[tuple[str, str], ...] = (
+    ("When did the museum reopen?", "After a two-year renovation of its east wing, the city museum reopened in May 2019. "
+     "The wing houses a collection of Byzantine mosaics that a private collector donated in 1962."),
+    ("Who donated the mosaics?", "After a two-year renovation of its east wing, the city museum reopened in May 2019. "
+     "The wing houses a collection of Byzantine mosaics that a private collector donated in 1962."),
+    ("What does photosynthesis produce?", "Photosynthesis is the process by which green plants use sunlight to turn "
+     "carbon dioxide and water into glucose and oxygen. It takes place mainly in the leaves, inside the chloroplasts."),
+    ("Where does photosynthesis take place?", "Photosynthesis is the process by which green plants use sunlight to "
+     "turn carbon dioxide and water into glucose and oxygen. It takes place mainly in the leaves, inside the chloroplasts."),
+    ("How much did the bank raise rates?", "On Wednesday the central bank raised its main interest rate by a quarter "
+     "of a percentage point, to 4.5 percent, citing persistent inflation in services and a tight labour market."),
+    ("Who won the marathon?", "Kenyan runner Ruth Chepngetich won the Chicago marathon on Sunday in a record time "
+     "of two hours, nine minutes and 56 seconds, despite temperatures above 25 degrees."),
+    ("What did the update fix?", "Version 3.2 of the app, released on Tuesday, fixes a bug that caused it to crash "
+     "on start-up on older phones, and adds a dark mode that many users had asked for."),
+)
+
+# fp32 must match torch to float noise; int8 must keep the served answer (label / span) and
+# stay close in direction (embeddings). Values chosen from the measurements in the report.
+TOLERANCES: dict[str, dict[str, dict[str, float]]] = {
+    "fp32": {
+        "classification": {"max_abs_diff": 1e-3, "label_agreement": 1.0},
+        "qa": {"max_abs_diff": 2e-3, "span_agreement": 1.0},
+        "embedding": {"max_abs_diff": 2e-3, "min_cosine": 0.9999},
+    },
+    "int8": {
+        "classification": {"label_agreement": 0.95, "max_prob_diff": 0.1},
+        "qa": {"span_agreement": 0.85},
+        "embedding": {"mean_cosine": 0.99, "min_cosine": 0.98},
+    },
+}
+_AT_MOST = ("max_abs_diff", "max_prob_diff")
+BATCH = 7  # odd on purpose: never the traced batch size
+
+
+class ExportParityError(RuntimeError):
+    """An exported file breached a parity tolerance; the export fails and the file is removed."""
+
+    def __init__(self, file: str, metric: str, value: float, tolerance: float) -> None:
+        side = "<=" if metric in _AT_MOST else ">="
+        super().__init__(f"{file}: parity {metric}={value:.6g} breaches tolerance {side} {tolerance:g}")
+        self.file, self.metric, self.value, self.tolerance = file, metric, value, tolerance
+
+
+@dataclass
+class Outputs:
+    """What one backend produced on the parity set: raw tensors (flattened per item) and the
+    served answer per item (label index, (start, end) span or pooled unit vector)."""
+
+    raw: list[np.ndarray]
+    answers: list[Any]
+
+
+def breaches(parity: dict[str, float], tolerance: dict[str, float]) -> list[tuple[str, float, float]]:
+    """(metric, value, tolerance) for every metric outside its tolerance."""
+    bad = []
+    for metric, limit in tolerance.items():
+        if metric not in parity:
+            raise ValueError(f"no parity metric {metric!r}; this task has {sorted(parity)}")
+        value = parity[metric]
+        if (value > limit) if metric in _AT_MOST else (value < limit):
+            bad.append((metric, value, limit))
+    return bad
+
+
+def run_parity_set(backend: Backend, spec: ModelSpec, texts: Sequence[str] | None = None) -> Outputs:
+    """Run the parity inputs through `backend` the way the service does for `spec.task`."""
+    tokenizer = load_tokenizer(spec.path, None if spec.task == "qa" else spec.max_length)
+    if spec.task == "qa":
+        return _run_qa(backend, tokenizer, spec.max_length)
+    texts = list(texts or PARITY_TEXTS)
+    seqs = (embed if spec.task == "embedding" else classify_task).encode(tokenizer, texts, spec.max_length)
+    pad, raw, answers = pad_id(tokenizer), [], []
+    for chunk in [seqs[:1]] + [seqs[i : i + BATCH] for i in range(1, len(seqs), BATCH)]:
+        inputs = pad_batch(chunk, pad)
+        out = backend.forward(inputs)
+        if spec.task == "embedding":
+            raw += [h[m.astype(bool)] for h, m in zip(out["last_hidden_state"], inputs["attention_mask"])]
+            answers += list(embed.normalize(embed.pool(out["last_hidden_state"], inputs["attention_mask"], spec.pooling)))
+        else:
+            raw += list(out["logits"])
+            answers += list(out["logits"])
+    return Outputs(raw, answers)
+
+
+def _run_qa(backend: Backend, tokenizer: Any, max_length: int) -> Outputs:
+    """Each (question, context) in windows, decoded to the served best span."""
+    pad, raw, answers = pad_id(tokenizer), [], []
+    for question, context in PARITY_QA:
+        windows = qa.encode_qa(tokenizer, question, context, max_length, 128)
+        inputs = pad_batch(windows, pad)  # QAWindow has ids/type_ids like Encoded
+        out = backend.forward(inputs)
+        starts = [s[: w.tokens] for s, w in zip(out["start_logits"], windows)]
+        ends = [e[: w.tokens] for e, w in zip(out["end_logits"], windows)]
+        raw += [np.concatenate([s, e]) for s, e in zip(starts, ends)]
+        best = qa.decode_qa(windows, starts, ends, context)[0]
+        answers.append((best["start"], best["end"]))
+    return Outputs(raw, answers)
+
+
+def compare(task: str, ref: Outputs, got: Outputs) -> dict[str, float]:
+    """Parity figures of `got` against the torch reference `ref`."""
+    max_abs = max(float(np.abs(a - b).max()) for a, b in zip(ref.raw, got.raw))
+    figures: dict[str, float] = {"max_abs_diff": max_abs, "items": len(ref.answers)}
+    if task == "classification":
+        ref_logits, got_logits = np.stack(ref.answers), np.stack(got.answers)
+        figures["label_agreement"] = float((ref_logits.argmax(1) == got_logits.argmax(1)).mean())
+        diff = classify_task.scores(ref_logits) - classify_task.scores(got_logits)
+        figures["max_prob_diff"] = float(np.abs(diff).max())
+    elif task == "qa":
+        figures["span_agreement"] = float(np.mean([a == b for a, b in zip(ref.answers, got.answers)]))
+    else:
+        cosines = (np.stack(ref.answers) * np.stack(got.answers)).sum(1)
+        figures["mean_cosine"], figures["min_cosine"] = float(cosines.mean()), float(cosines.min())
+    return figures

