@@ -26,7 +26,7 @@ from app.tasks import pad_batch
 class BatchConfig:
     max_batch_size: int = 32
     max_batch_tokens: int = 16384
-    max_wait_ms: float = 2.0
+    max_wait_ms: float = 10.0
     sort_by_length: bool = True
     sort_window: int = 256
     queue_depth: int = 1024
@@ -62,7 +62,8 @@ class Batcher:
         self._queue: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
-        self._busy = False
+        self._answered = 0  # items answered in the last cycle (they tend to come back)
+        self._last_compute = 0.0  # seconds of the last model call
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._m = _Metrics(pipeline.task, labels)
@@ -113,24 +114,35 @@ class Batcher:
                 self._resolve([(j, None, exc) for j in jobs if not j.future.done()])
 
     def _collect(self) -> list[Job] | None:
-        """Block for work; wait up to max_wait for a fuller batch only when the last cycle
-        saw concurrency, so a lone client pays no batching delay."""
-        cfg = self.config
+        """Block for work, then maybe wait for a fuller batch (see `_fill_target`)."""
         with self._cond:
             while not self._queue and not self._stopping:
                 self._cond.wait()
             if self._stopping:
                 return None
-            if self._busy and cfg.max_wait_ms > 0:
-                until = self._queue[0].enqueued + cfg.max_wait_ms / 1000
-                while len(self._queue) < cfg.max_batch_size and (left := until - time.perf_counter()) > 0:
-                    self._cond.wait(left)
-            take = min(len(self._queue), cfg.collect_limit)
+            target, until = self._fill_target()
+            while len(self._queue) < target and (left := until - time.perf_counter()) > 0:
+                self._cond.wait(left)
+            take = min(len(self._queue), self.config.collect_limit)
             jobs = [self._queue.popleft() for _ in range(take)]
             depth = len(self._queue)
-        self._busy = take > 1 or depth > 0
         self._m.depth.set(depth)
         return jobs
+
+    def _fill_target(self) -> tuple[int, float]:
+        """How many items to wait for, and until when.
+
+        The clients whose results went out last cycle usually come straight back, so under
+        load we wait for them (queued + just answered, up to max_batch_size) - but never
+        longer than max_wait_ms (from now: queued items already waited for the last batch)
+        nor half the last model call, so waiting can cost at most a fraction of compute. With no recent concurrency (a lone client) we do not wait at all.
+        """
+        cfg = self.config
+        expected = min(cfg.max_batch_size, len(self._queue) + self._answered)
+        if self._answered <= 1 or cfg.max_wait_ms <= 0:
+            return 0, 0.0
+        wait = min(cfg.max_wait_ms / 1000, 0.5 * self._last_compute)
+        return expected, time.perf_counter() + wait
 
     def _process(self, jobs: list[Job]) -> None:
         started = time.perf_counter()
@@ -148,8 +160,10 @@ class Batcher:
             else:
                 job.seqs, job.rows, job.pending = seqs, [None] * len(seqs), len(seqs)
                 ready.append(job)
+        answered = len(jobs) - len(ready)
         for batch in self._cut(ready):
-            self._compute(batch)
+            answered += self._compute(batch)
+        self._answered = answered
 
     def _cut(self, jobs: list[Job]) -> list[list[tuple[Job, int]]]:
         """Flatten to sequences, sort by length (if enabled), cut by items and padded tokens."""
@@ -169,17 +183,18 @@ class Batcher:
             width = grown
         return batches + ([current] if current else [])
 
-    def _compute(self, batch: list[tuple[Job, int]]) -> None:
-        """Run one model call; items that expired before compute are dropped from it."""
+    def _compute(self, batch: list[tuple[Job, int]]) -> int:
+        """Run one model call; items that expired before compute are dropped from it.
+        Returns how many requests' items were answered."""
         now = time.perf_counter()
         expired = {id(j): j for j, _ in batch if _expired(j, now)}
         self._drop(list(expired.values()))
         batch = [(j, i) for j, i in batch if id(j) not in expired and not j.future.done()]
         if not batch:
-            return
+            return len(expired)
         inputs = pad_batch([j.seqs[i] for j, i in batch], self.pad)
         outputs = self.pipeline.reduce(self.backend.forward(inputs), inputs)
-        elapsed = time.perf_counter() - now
+        elapsed = self._last_compute = time.perf_counter() - now
         self._m.batch(len(batch), inputs["input_ids"].size)
         done = []
         for row, (job, i) in enumerate(batch):
@@ -189,6 +204,7 @@ class Batcher:
             if job.pending == 0:
                 done.append(job)
         self._resolve([self._finish(j) for j in done])
+        return len(done) + len(expired)
 
     def _finish(self, job: Job) -> tuple[Job, Any, BaseException | None]:
         start = time.perf_counter()

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     graph_optimization: str = "all"
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     max_batch_tokens: int = Field(default=16384, ge=1)
-    max_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+    max_wait_ms: float = Field(default=10.0, ge=0, le=1000)
     sort_by_length: bool = True
     sort_window: int = Field(default=256, ge=1, description="items taken per cycle to sort by length")
     queue_depth: int = Field(default=1024, ge=1)

@@ -45,6 +45,8 @@ def pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
 def make_batches(encoded: list[dict[str, list[int]]], batch_size: int, pad_id: int,
                  extras: dict[str, Sequence] | None = None) -> list[Batch]:
     """Group examples of similar length; ``extras`` (labels...) are per-example and travel along."""
+    if not encoded:
+        return []
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
     batches = []
     for first in range(0, len(order), batch_size):

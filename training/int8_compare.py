@@ -18,7 +18,7 @@ from transformers import AutoConfig
 from app.backends import Backend, load_backend
 from app.registry import read_spec
 from app.tasks import classify, embed, load_tokenizer, pad_batch, pad_id
-from training.export import FP32_FILE, INT8_FILE, SCHEMES, export_int8, export_model
+from training.export import FP32_FILE, SCHEMES, export_int8, export_model
 from training.parity import compare, run_parity_set
 
 log = logging.getLogger(__name__)
@@ -44,44 +44,48 @@ def bench_inputs(model_dir: Path, task: str, texts: Sequence[str], max_length: i
     return pad_batch(module.encode(tokenizer, pairs, max_length), pad_id(tokenizer))
 
 
-def median_ms(backend: Backend, inputs: dict[str, np.ndarray], repeats: int) -> float:
-    backend.forward(inputs)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def round_robin_ms(backends: dict[str, Backend], inputs: dict[str, np.ndarray], rounds: int) -> dict[str, float]:
+    """Fastest of `rounds` timed calls per backend, the backends taking turns within each round:
+    on a shared machine interference then hits every backend alike, and the minimum is the
+    estimate least moved by it."""
+    for backend in backends.values():
         backend.forward(inputs)
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
+    times: dict[str, list[float]] = {name: [] for name in backends}
+    for _ in range(rounds):
+        for name, backend in backends.items():
+            start = time.perf_counter()
+            backend.forward(inputs)
+            times[name].append(time.perf_counter() - start)
+    return {name: 1000 * min(t) for name, t in times.items()}
 
 
 def compare_schemes(model_dir: Path, task: str | None = None, schemes: Sequence[str] | None = None,
-                    texts: list[str] | None = None, repeats: int = 8, threads: int | None = None) -> list[dict]:
-    """One row per scheme: parity figures, int8 and fp32 median ms on one batch, speed-up.
-    fp32 is re-timed next to each scheme and the faster of its two runs kept, so a noisy
-    shared machine biases against int8, never for it."""
+                    texts: list[str] | None = None, rounds: int = 10, threads: int | None = None) -> list[dict]:
+    """One row per scheme: parity figures against torch, and fp32 / int8 ms on one batch."""
+    from app.backends.onnx import OnnxBackend
     from training.parity import PARITY_TEXTS
 
     model_dir = Path(model_dir)
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / model_dir.name
         export_model(model_dir, int8=False, task=task, out_dir=out, parity_texts=texts)
         spec = read_spec(out)
         reference = run_parity_set(load_backend(model_dir, spec.task, "torch"), spec, texts)
-        fp32 = load_backend(out, spec.task, "onnx", threads)
-        batch = bench_inputs(out, spec.task, texts or list(PARITY_TEXTS), spec.max_length)
         config = AutoConfig.from_pretrained(str(model_dir))
+        backends: dict[str, Backend] = {"fp32": load_backend(out, spec.task, "onnx", threads)}
+        rows = []
         for scheme in schemes or list(SCHEMES):
-            export_int8(out / FP32_FILE, out / INT8_FILE, config, scheme)
-            int8 = load_backend(out, spec.task, "onnx-int8", threads)
-            figures = compare(spec.task, reference, run_parity_set(int8, spec, texts))
-            t32a, t8a, t32b, t8b = (median_ms(b, batch, repeats) for b in (fp32, int8, fp32, int8))
-            t32, t8 = min(t32a, t32b), min(t8a, t8b)
-            row = {"scheme": scheme, **figures, "fp32_ms": round(t32, 1), "int8_ms": round(t8, 1),
-                   "speedup": round(t32 / t8, 2), "batch": list(batch["input_ids"].shape),
-                   "int8_mb": round((out / INT8_FILE).stat().st_size / 1e6, 1)}
-            log.info("%s", row)
-            rows.append(row)
+            path = out / f"int8-{scheme}.onnx"
+            export_int8(out / FP32_FILE, path, config, scheme)
+            backends[scheme] = OnnxBackend(path, spec.task, "onnx-int8", threads, "all")
+            figures = compare(spec.task, reference, run_parity_set(backends[scheme], spec, texts))
+            rows.append({"scheme": scheme, **figures, "int8_mb": round(path.stat().st_size / 1e6, 1)})
+            log.info("%s", rows[-1])
+        batch = bench_inputs(out, spec.task, texts or list(PARITY_TEXTS), spec.max_length)
+        ms = round_robin_ms(backends, batch, rounds)
+    for row in rows:
+        row.update(fp32_ms=round(ms["fp32"], 1), int8_ms=round(ms[row["scheme"]], 1),
+                   speedup=round(ms["fp32"] / ms[row["scheme"]], 2), batch=list(batch["input_ids"].shape))
     return rows
 
 

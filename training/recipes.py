@@ -77,7 +77,7 @@ class EmbeddingRecipe(Common):
     eval_data: str = "stsb/dev.tsv"
     eval_name: str = "stsb-dev"
     student_rows: int = 4000              # unlabelled sentences the student learns from
-    loss: str = "mse"                     # mse | cosine, on mean-pooled sentence embeddings
+    loss: str = "cosine"                  # mse | cosine, on mean-pooled sentence embeddings
     pooling: str = "mean"
     normalize: bool = True
     student_lr: float = 2e-4

@@ -29,11 +29,19 @@ def manifest(folder: Path) -> dict:
     return json.loads((folder / "manifest.json").read_text())
 
 
-def test_help_shows_an_example_per_command(tmp_path: Path) -> None:
-    out = cli("--help", cache=tmp_path).stdout
+def help_text(capsys: pytest.CaptureFixture, *args: str) -> str:
+    from training.cli import main
+
+    with pytest.raises(SystemExit):
+        main([*args, "--help"])
+    return capsys.readouterr().out
+
+
+def test_help_shows_an_example_per_command(capsys: pytest.CaptureFixture) -> None:
+    out = help_text(capsys)
     for command in ("fetch-pretrained", "train", "distil", "build-defaults", "export", "evaluate"):
         assert command in out
-        assert "example:" in cli(command, "--help", cache=tmp_path).stdout
+        assert "example:" in help_text(capsys, command)
 
 
 def test_train_distil_export_evaluate(tmp_path: Path, tiny_bases: dict, tiny_data: dict) -> None:

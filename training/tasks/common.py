@@ -26,6 +26,8 @@ def data_path(path: str) -> Path:
 def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], pairs: Sequence[str | None] | None,
            max_length: int) -> list[dict[str, list[int]]]:
     """Tokenise without padding (batches pad to their own longest row)."""
+    if not texts:
+        return []
     has_pairs = pairs is not None and any(p is not None for p in pairs)
     enc = tokenizer(list(texts), [p or "" for p in pairs] if has_pairs else None,
                     truncation=True, max_length=max_length)
