@@ -22,11 +22,14 @@ from app.pipelines import Pipeline
 from app.tasks import pad_batch
 
 
+_WAIT_SHARE = 0.25  # longest fill wait, as a share of the last model call
+
+
 @dataclass(frozen=True, slots=True)
 class BatchConfig:
     max_batch_size: int = 32
     max_batch_tokens: int = 16384
-    max_wait_ms: float = 10.0
+    max_wait_ms: float = 50.0
     sort_by_length: bool = True
     sort_window: int = 256
     queue_depth: int = 1024
@@ -90,6 +93,9 @@ class Batcher:
             return [await f for f in futures]
         finally:
             timer.cancel()
+            for f in futures:  # one failure answers the request; mark the rest as seen
+                if f.done() and not f.cancelled():
+                    f.exception()
 
     def submit(self, payloads: Sequence[Any]) -> list[asyncio.Future[Any]]:
         """Enqueue items atomically (all or none); 429 when the queue would overflow."""
@@ -135,13 +141,14 @@ class Batcher:
         The clients whose results went out last cycle usually come straight back, so under
         load we wait for them (queued + just answered, up to max_batch_size) - but never
         longer than max_wait_ms (from now: queued items already waited for the last batch)
-        nor half the last model call, so waiting can cost at most a fraction of compute. With no recent concurrency (a lone client) we do not wait at all.
+        nor a quarter of the last model call, so waiting costs at most a fraction of compute
+        (on a fast machine the wait shrinks with the model call; on a loaded one it grows). With no recent concurrency (a lone client) we do not wait at all.
         """
         cfg = self.config
         expected = min(cfg.max_batch_size, len(self._queue) + self._answered)
         if self._answered <= 1 or cfg.max_wait_ms <= 0:
             return 0, 0.0
-        wait = min(cfg.max_wait_ms / 1000, 0.5 * self._last_compute)
+        wait = min(cfg.max_wait_ms / 1000, _WAIT_SHARE * self._last_compute)
         return expected, time.perf_counter() + wait
 
     def _process(self, jobs: list[Job]) -> None:

@@ -17,6 +17,7 @@ log = logging.getLogger("distilserve")
 
 STATUS: dict[str, int] = {
     "invalid_request": 400,
+    "unauthorized": 401,
     "wrong_task": 400,
     "not_found": 404,
     "model_not_found": 404,
@@ -26,6 +27,7 @@ STATUS: dict[str, int] = {
     "input_too_long": 413,
     "queue_full": 429,
     "not_ready": 503,
+    "shutting_down": 503,
     "deadline_exceeded": 504,
     "internal_error": 500,
 }
@@ -75,16 +77,30 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
+def _error_path(err: dict[str, Any]) -> str:
+    """The client's field for one pydantic error. A body that is not JSON has a character
+    offset for a location: the field is the body. A model-level validator names its field
+    by starting its message with `field: `."""
+    if err.get("type") == "json_invalid":
+        return "body"
+    path = _field_path(tuple(err.get("loc", ())))
+    named = str(err.get("msg", "")).removeprefix("Value error, ").split(": ", 1)
+    if path == "body" and len(named) == 2 and named[0].isidentifier():
+        return named[0]
+    return path
+
+
 def _validation_message(err: dict[str, Any]) -> str:
     """Pydantic's message plus the limit it enforced (ctx), so the client sees the bound."""
-    msg = f"{_field_path(tuple(err.get('loc', ())))}: {err.get('msg', 'invalid value')}"
+    path, msg = _error_path(err), str(err.get("msg", "invalid value"))
+    msg = f"{path}: {msg.removeprefix('Value error, ').removeprefix(path + ': ')}"
     ctx = {k: v for k, v in (err.get("ctx") or {}).items() if isinstance(v, (int, float, str))}
     return f"{msg} ({', '.join(f'{k}={v}' for k, v in ctx.items())})" if ctx else msg
 
 
 async def _validation(request: Request, exc: RequestValidationError) -> FastJSON:
     errors = exc.errors()
-    paths = [_field_path(tuple(e.get("loc", ()))) for e in errors] or ["body"]
+    paths = [_error_path(e) for e in errors] or ["body"]
     message = "; ".join(dict.fromkeys(_validation_message(e) for e in errors[:5])) or "invalid request"
     # a union reports each member's failure; the deepest path is the one inside the client's JSON
     param = max(paths, key=lambda p: p.count("."))
@@ -99,7 +115,8 @@ async def _http(request: Request, exc: StarletteHTTPException) -> FastJSON:
     type_ = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
         exc.status_code, "invalid_request"
     )
-    return error_response(type_, str(exc.detail), None, getattr(exc, "headers", None), _task(request))
+    param = "body" if exc.status_code in (400, 413) else None  # FastAPI's body parsing / the body limit
+    return error_response(type_, str(exc.detail), param, getattr(exc, "headers", None), _task(request))
 
 
 async def _unhandled(request: Request, exc: Exception) -> FastJSON:

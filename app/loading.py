@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Collection
 
 from app.backends import Backend, load_backend
+from app.faults import load_fault
 from app.batching import BatchConfig, Batcher
 from app.metrics import MODEL_INFO
 from app.pipelines import ClassifyItem, ClassifyPipeline, EmbedItem, EmbedPipeline, Pipeline, QAItem, QAPipeline
@@ -59,9 +61,10 @@ def make_pipeline(spec: ModelSpec) -> tuple[Pipeline, int]:
     return pipeline, pad_id(tokenizer)
 
 
-def all_specs(settings: Settings) -> list[tuple[ModelSpec, list[str]]]:
-    """Local folders with the configured backends; hub ids are served on torch only."""
-    specs = [(s, settings.backends) for s in discover(settings.models_dir)] if settings.models_dir.is_dir() else []
+def all_specs(settings: Settings, skip: Collection[str] = ()) -> list[tuple[ModelSpec, list[str]]]:
+    """Local folders with the configured backends (less the `skip` folders, which failed the
+    start-up checks); hub ids are served on torch only."""
+    specs = [(s, settings.backends) for s in discover(settings.models_dir, skip)] if settings.models_dir.is_dir() else []
     for model_id in settings.hub_models:
         spec = read_spec(hub_folder(model_id))
         spec.name = model_id
@@ -87,11 +90,19 @@ def build(spec: ModelSpec, name: str, kind: str, settings: Settings, loop: async
 async def load_all(settings: Settings, state: object) -> list[ServedModel]:
     """Load and warm every served model, reporting progress through `state.reason`."""
     loop = asyncio.get_running_loop()
-    todo = [(spec, name, kind) for spec, kinds in await asyncio.to_thread(all_specs, settings) for name, kind in served_names(spec, kinds)]
+    skip = {fault.name for fault in getattr(state, "missing", [])}
+    todo = [(spec, name, kind) for spec, kinds in await asyncio.to_thread(all_specs, settings, skip) for name, kind in served_names(spec, kinds)]
     models = []
     for n, (spec, name, kind) in enumerate(todo, 1):
         state.reason = f"loading {name} ({n}/{len(todo)})"  # type: ignore[attr-defined]
-        model = await asyncio.to_thread(build, spec, name, kind, settings, loop)
+        try:
+            model = await asyncio.to_thread(build, spec, name, kind, settings, loop)
+        except Exception as exc:
+            if settings.on_model_error == "fail":
+                raise
+            state.missing.append(fault := load_fault(name, spec.path, exc))  # type: ignore[attr-defined]
+            log.error("model fault: %s", fault, exc_info=exc)
+            continue
         models.append(model)
         log.info("serving %s (%s, %s, %s)", name, spec.task, spec.role, kind)
     return models

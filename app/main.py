@@ -15,10 +15,12 @@ from app.responses import FastJSON
 
 from app import errors
 from app.loading import load_all
-from app.middleware import ServingMiddleware
+from app import faults, middleware
 from app.registry import Registry, ServedModel
-from app.routes import classify, embed, health, models, qa
+from app.routes import classify, compare, embed, health, models, qa
 from app.settings import Settings
+from app.shutdown import install_sigterm
+from app.shadow import install as install_shadow
 
 log = logging.getLogger("distilserve")
 
@@ -29,10 +31,11 @@ async def _load(app: FastAPI, settings: Settings) -> None:
         served: list[ServedModel] = await load_all(settings, state)
     except Exception as exc:  # noqa: BLE001 - the reason is reported on /ready, not raised
         log.exception("model loading failed")
-        state.reason = f"model loading failed: {type(exc).__name__}: {exc}"
+        state.reason = faults.public_text(f"model loading failed: {type(exc).__name__}: {exc}", settings.models_dir)
         return
     state.served = served
     state.registry = Registry(served)
+    state.shadow = install_shadow(served, settings)
     state.ready = True
     state.reason = "ready"
 
@@ -44,11 +47,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ready, app.state.reason, app.state.served = False, "starting", []
+        app.state.missing = await asyncio.to_thread(  # raises (refuses to start) in `fail` mode
+            faults.check_repository, settings.models_dir, settings.backends, settings.on_model_error
+        )
         loader = asyncio.create_task(_load(app, settings))
+        undo_sigterm = install_sigterm(app.state.drain)
         try:
             yield
         finally:
+            undo_sigterm()
             loader.cancel()
+            if getattr(app.state, "shadow", None) is not None:
+                app.state.shadow.close()
             for model in app.state.served:
                 model.batcher.stop()
 
@@ -59,9 +69,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.ready, app.state.reason, app.state.served = False, "starting", []
     errors.install(app)
-    for module in (classify, qa, embed, models, health):
+    for module in (classify, qa, embed, compare, models, health):
         app.include_router(module.router)
-    app.add_middleware(ServingMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.state.missing = []
+    app.state.drain = middleware.install(app, settings)
     return app
 
 

@@ -61,6 +61,25 @@ MODEL_INFO = Info(
     registry=REGISTRY,
 )
 
+# Shadow traffic (app/shadow.py): the teacher's view of a sample of the student's requests.
+AGREEMENT_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
+SHADOW_REQUESTS = Counter(
+    "distilserve_shadow_requests_total", "Student requests mirrored to the teacher (sent | dropped | failed)",
+    ("task", "result"), registry=REGISTRY,
+)
+SHADOW_AGREEMENT = Counter(
+    "distilserve_shadow_agreement_total", "Shadowed items on which teacher and student agree",
+    ("task", "agree"), registry=REGISTRY,
+)
+SHADOW_SPAN_F1 = Histogram(
+    "distilserve_shadow_span_f1", "SQuAD F1 of the student's answer against the teacher's", ("task",),
+    buckets=AGREEMENT_BUCKETS, registry=REGISTRY,
+)
+SHADOW_COSINE = Histogram(
+    "distilserve_shadow_embedding_cosine", "Cosine of the student's embedding with the teacher's", ("task",),
+    buckets=AGREEMENT_BUCKETS, registry=REGISTRY,
+)
+
 
 def render() -> tuple[bytes, str]:
     """The exposition text and its content type, for GET /metrics."""

@@ -1,37 +1,175 @@
-"""Pure ASGI middleware (cheaper than BaseHTTPMiddleware on the hot path): rejects bodies over
-the byte limit before they are read, and records request counts and latency per model."""
+"""Pure ASGI middleware (cheaper than BaseHTTPMiddleware on the hot path):
+
+- `RequestContextMiddleware`: accepts or creates `X-Request-ID`, returns it, and writes one
+  structured JSON log line per request (input text only when `log_inputs` asks for it);
+- `BodyLimitMiddleware`: 413 for a body over the byte limit, from Content-Length before a byte
+  is read, or while a chunked body streams in, so a huge body is never buffered or parsed whole;
+- `ServingMiddleware`: request counts and latency per model for the inference routes."""
 
 from __future__ import annotations
 
+import contextvars
+import datetime
+import logging
+import re
+import sys
 import time
+import uuid
 from typing import Any
 
+import orjson
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import TASK_BY_PATH, error_response
 from app.metrics import REQUEST_DURATION, REQUESTS
 
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+_VALID_ID = re.compile(rb"[A-Za-z0-9._:=+/-]{1,128}")
+_LOGGED_BODY_BYTES = 4096
+access_log = logging.getLogger("distilserve.access")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the request id of the request being served (if any)
+    and the structured `fields` a caller passes as `extra`, so logs can be queried by field."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "request_id": REQUEST_ID.get(),
+            **getattr(record, "fields", {}),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """JSON lines on stderr for the `distilserve` loggers; idempotent (one handler only)."""
+    logger = logging.getLogger("distilserve")
+    if not any(getattr(h, "_distilserve", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        handler._distilserve = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(level)
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+def request_id(scope: Scope) -> str:
+    """The client's X-Request-ID when it is a sane token (no log injection), else a new one."""
+    given = _header(scope, b"x-request-id")
+    if given is not None and _VALID_ID.fullmatch(given):
+        return given.decode()
+    return uuid.uuid4().hex
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, log_inputs: bool = False) -> None:
+        self.app, self.log_inputs = app, log_inputs
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = request_id(scope)
+        token = REQUEST_ID.set(rid)
+        start, status, body = time.perf_counter(), [500], bytearray()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        async def receive_logged() -> Message:
+            message = await receive()
+            if message["type"] == "http.request" and len(body) < _LOGGED_BODY_BYTES:
+                body.extend(message.get("body", b"")[: _LOGGED_BODY_BYTES - len(body)])
+            return message
+
+        try:
+            await self.app(scope, receive_logged if self.log_inputs else receive, send_with_id)
+        finally:
+            self._log(scope, status[0], time.perf_counter() - start, body)
+            REQUEST_ID.reset(token)
+
+    def _log(self, scope: Scope, status: int, seconds: float, body: bytearray) -> None:
+        served: Any = scope.get("state", {}).get("served")
+        fields: dict[str, Any] = {
+            "method": scope["method"], "path": scope["path"], "status": status,
+            "duration_ms": round(seconds * 1000, 3),
+            "model": served.name if served is not None else None,
+            "backend": served.backend_kind if served is not None else None,
+        }
+        if self.log_inputs:
+            fields["body"] = body.decode("utf-8", "replace")
+        access_log.info("request", extra={"fields": fields})
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from `receive` once a streamed body passes the limit. An HTTPException because
+    FastAPI re-raises those from body parsing (anything else becomes a 400); the app's handler
+    then renders it as `payload_too_large`."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body exceeds the limit of {limit} bytes")
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app, self.limit = app, max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            message = str(BodyTooLarge(self.limit).detail)
+            task = TASK_BY_PATH.get(scope["path"], "")
+            await error_response("payload_too_large", message, "body", {"Connection": "close"}, task)(scope, receive, send)
+            return
+        await self.app(scope, self._limited(receive), send)
+
+    def _limited(self, receive: Receive) -> Receive:
+        """`receive` that counts body bytes as they arrive and stops past the limit."""
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        return limited
+
 
 class ServingMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
-        self.app, self.max_body_bytes = app, max_body_bytes
+    """Request counts and latency per (task, model, backend, status) for inference routes."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = TASK_BY_PATH.get(scope.get("path", "")) if scope["type"] == "http" else None
         if task is None:
             await self.app(scope, receive, send)
             return
-        if self._too_large(scope):
-            response = error_response("payload_too_large", f"body exceeds {self.max_body_bytes} bytes", task=task)
-            await response(scope, receive, send)
-            return
         await self._measured(scope, receive, send, task)
-
-    def _too_large(self, scope: Scope) -> bool:
-        for key, value in scope["headers"]:
-            if key == b"content-length":
-                return not value.isdigit() or int(value) > self.max_body_bytes
-        return False
 
     async def _measured(self, scope: Scope, receive: Receive, send: Send, task: str) -> None:
         start = time.perf_counter()
@@ -53,3 +191,21 @@ class ServingMiddleware:
         labels = served.labels if served is not None else {"model": "", "role": "", "backend": ""}
         REQUEST_DURATION.labels(task=task, status=status, **labels).observe(seconds)
         REQUESTS.labels(task=task, status=status, **labels).inc()
+
+
+def install(app: Any, settings: Any) -> Any:
+    """Every middleware in its place, outermost first: request id + log, drain gate, API keys
+    (only when keys are set), body limit, metrics. Returns the app's `Drain` state."""
+    from app.security import ApiKeyMiddleware
+    from app.shutdown import Drain, DrainMiddleware
+
+    configure_logging()
+    drain = Drain(settings.shutdown_grace_s)
+    app.add_middleware(ServingMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    if settings.api_keys:
+        keys = [k.get_secret_value() for k in settings.api_keys]
+        app.add_middleware(ApiKeyMiddleware, keys=keys, public_paths=settings.public_paths)
+    app.add_middleware(DrainMiddleware, drain=drain)
+    app.add_middleware(RequestContextMiddleware, log_inputs=settings.log_inputs)
+    return drain

@@ -8,7 +8,7 @@ import logging
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from app.backends import available_kinds
 from app.errors import ServiceError
@@ -125,10 +125,11 @@ def read_spec(folder: Path) -> ModelSpec:
     )
 
 
-def discover(models_dir: Path) -> list[ModelSpec]:
-    """Every sub-folder with a tokenizer and something to run; others are skipped with a log line."""
+def discover(models_dir: Path, skip: Collection[str] = ()) -> list[ModelSpec]:
+    """Every sub-folder with a tokenizer and something to run; others are skipped with a log line
+    (as are the `skip` names: folders that failed the start-up checks of app.faults)."""
     specs = []
-    for folder in sorted(p for p in models_dir.iterdir() if p.is_dir()):
+    for folder in sorted(p for p in models_dir.iterdir() if p.is_dir() and p.name not in skip):
         if not (folder / "tokenizer.json").is_file():
             log.warning("skipping %s: no tokenizer.json", folder.name)
             continue
@@ -160,6 +161,7 @@ class ServedModel:
     backend_kind: str
     backend: Any = None
     batcher: Any = None
+    shadow: Any = None  # students with shadow traffic on: an app.shadow.ShadowLink to the teacher
 
     @property
     def labels(self) -> dict[str, str]:

@@ -6,13 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.responses import Response
+from starlette.responses import JSONResponse
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
-class FastJSON(Response):
-    media_type = "application/json"
+class FastJSON(JSONResponse):
+    """A JSONResponse subclass, so that /openapi.json documents each route's response model
+    (FastAPI documents any other response class as a bare string)."""
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=_OPTIONS)

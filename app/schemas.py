@@ -3,9 +3,20 @@ OpenAI embeddings API a user already knows; every model carries an example for /
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must contain text, not only whitespace")
+    return value
+
+
+# Text a model reads: empty or whitespace-only input is a client error (422 naming the field),
+# not a request for the model's opinion of [CLS] [SEP]; the pattern documents it in the schema.
+Text = Annotated[str, Field(min_length=1, json_schema_extra={"pattern": r"\S"}), AfterValidator(_not_blank)]
 
 def _example(value: dict) -> ConfigDict:
     return ConfigDict(extra="forbid", json_schema_extra={"examples": [value]})
@@ -23,7 +34,7 @@ class Usage(BaseModel):
 
 class ClassifyRequest(BaseModel):
     model_config = _example({"inputs": ["a gripping, funny film", "dull and overlong"], "top_k": 2})
-    inputs: str | list[str | list[str]] = Field(min_length=1, description="a text, texts, or [text, text_pair] pairs")
+    inputs: Text | list[Text | list[Text]] = Field(min_length=1, description="a text, texts, or [text, text_pair] pairs")
     model: str | None = Field(default=None, description="model name or alias teacher / student")
     top_k: int | None = Field(default=1, ge=1, description="labels per input; null for all")
     truncate: bool = Field(default=True, description="false: inputs longer than the window are rejected (413)")
@@ -56,8 +67,8 @@ class ClassifyResponse(BaseModel):
 
 class QAInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    question: str = Field(min_length=1)
-    context: str = Field(min_length=1)
+    question: Text
+    context: Text
 
 
 class QARequest(BaseModel):
@@ -66,8 +77,8 @@ class QARequest(BaseModel):
         "context": "Most penguins live in the Southern Hemisphere, many of them in Antarctica.",
         "top_k": 1,
     })
-    question: str | None = Field(default=None, min_length=1)
-    context: str | None = Field(default=None, min_length=1)
+    question: Text | None = None
+    context: Text | None = None
     inputs: list[QAInput] | None = Field(default=None, min_length=1)
     model: str | None = None
     top_k: int = Field(default=1, ge=1)
@@ -80,8 +91,9 @@ class QARequest(BaseModel):
         single = self.question is not None or self.context is not None
         if single == (self.inputs is not None):
             raise ValueError("give either question and context, or inputs, not both or neither")
-        if single and (self.question is None or self.context is None):
-            raise ValueError("question and context are both required")
+        if single and (self.question is None or self.context is None):  # "field: ..." names the param
+            missing = "question" if self.question is None else "context"
+            raise ValueError(f"{missing}: required (question and context go together)")
         return self
 
     def pairs(self) -> list[QAInput]:
@@ -109,7 +121,7 @@ class QAResponse(BaseModel):
 
 class EmbedRequest(BaseModel):
     model_config = _example({"inputs": ["A man is playing a guitar.", "Someone plays music."]})
-    inputs: str | list[str] = Field(min_length=1)
+    inputs: Text | list[Text] = Field(min_length=1)
     model: str | None = None
     normalize: bool | None = Field(default=None, description="L2-normalise; null: the model's default")
     truncate: bool = True
@@ -129,7 +141,7 @@ class EmbedResponse(BaseModel):
 
 class OpenAIEmbeddingRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"input": "hello world", "model": "student"}]})
-    input: str | list[str] = Field(min_length=1)
+    input: Text | list[Text] = Field(min_length=1)
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = None
@@ -185,3 +197,12 @@ class ModelInfo(BaseModel):
 
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready"]
+    models: int = Field(description="served (model, backend) pairs")

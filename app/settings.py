@@ -4,8 +4,9 @@ so that a bad value stops the service with a message naming it, not a failure at
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.backends import GRAPH_OPTIMIZATIONS, KINDS
@@ -30,7 +31,7 @@ class Settings(BaseSettings):
     graph_optimization: str = "all"
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     max_batch_tokens: int = Field(default=16384, ge=1)
-    max_wait_ms: float = Field(default=10.0, ge=0, le=1000)
+    max_wait_ms: float = Field(default=50.0, ge=0, le=1000, description="cap on the wait for a fuller batch (also capped at 1/4 of the last model call)")
     sort_by_length: bool = True
     sort_window: int = Field(default=256, ge=1, description="items taken per cycle to sort by length")
     queue_depth: int = Field(default=1024, ge=1)
@@ -44,6 +45,21 @@ class Settings(BaseSettings):
     max_doc_stride: int = Field(default=512, ge=0)
     max_answer_len_limit: int = Field(default=512, ge=1)
     warmup: bool = True
+
+    # reliability and security (app/security.py, app/middleware.py, app/shutdown.py, app/faults.py)
+    api_keys: list[SecretStr] = Field(default_factory=list, description="accepted API keys; empty: no authentication")
+    public_paths: list[str] = Field(
+        default_factory=lambda: ["/health", "/ready", "/metrics"], description="paths served without an API key"
+    )
+    log_inputs: bool = Field(default=False, description="put request bodies (input text) in the request log")
+    shutdown_grace_s: float = Field(default=20.0, gt=0, description="SIGTERM: longest wait for in-flight requests")
+    on_model_error: Literal["fail", "skip"] = Field(
+        default="fail", description="a broken model folder: refuse to start, or serve without it (/ready 503)"
+    )
+
+    shadow_rate: float = Field(default=0.0, ge=0, le=1, description="fraction of student requests mirrored to the teacher")
+    shadow_max_items: int = Field(default=64, ge=1, description="shadow items in flight at the teachers; more are dropped")
+    shadow_agree_cosine: float = Field(default=0.9, ge=-1, le=1, description="embedding cosine counted as agreement")
 
     @field_validator("backends")
     @classmethod

@@ -66,12 +66,14 @@ def serve(pipeline: Pipeline, backend: Backend, pad: int, payloads: Sequence[Any
 
 
 def _raise_on_error(seqs: Any) -> Any:
+    """The pipeline returns a per-item error (e.g. too long); evaluation must not skip it silently."""
     if isinstance(seqs, Exception):
         raise seqs
     return seqs
 
 
 def _run_sorted(pipeline: Pipeline, backend: Backend, pad: int, encoded: list[Any], batch_size: int) -> list[list[dict]]:
+    """Rows per payload per sequence; sorting by length keeps padding (and time) as served."""
     flat = sorted(((j, k) for j, seqs in enumerate(encoded) for k in range(len(seqs))),
                   key=lambda jk: len(encoded[jk[0]][jk[1]].ids))
     rows: list[list[dict]] = [[{}] * len(seqs) for seqs in encoded]
@@ -193,7 +195,8 @@ def evaluate_model(model_dir: Path, backend: str, data_path: Path, *, dataset: s
 
 def _record(model_dir: Path, name: str, entry: dict) -> None:
     """manifest["quality"][name] = entry (one entry per set; the latest evaluation wins)."""
-    from training.export import read_manifest, write_manifest
+    from training.export import read_manifest
+    from training.manifest import write_manifest
 
     manifest = read_manifest(model_dir)
     if not manifest:

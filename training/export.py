@@ -17,23 +17,21 @@ import argparse
 import contextlib
 import json
 import logging
-import os
-import platform
 import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import onnx
-import onnxruntime
 import torch
 from transformers import PreTrainedModel
 
 from app.backends import OUTPUT_NAMES, load_backend
 from app.registry import read_spec
+from training.manifest import describe, versions, write_manifest
+from training.manifest import read_manifest as _read
 from training.parity import TOLERANCES, ExportParityError, Outputs, breaches, compare, run_parity_set
 
 log = logging.getLogger(__name__)
@@ -224,33 +222,17 @@ def check_file(out_dir: Path, file: str, spec: Any, reference: Outputs, texts: l
 
 
 def read_manifest(model_dir: Path) -> dict:
-    path = model_dir / "manifest.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def write_manifest(model_dir: Path, manifest: dict) -> None:
-    """Atomic write: a reader (the service, a resumed build) never sees half a manifest."""
-    tmp = model_dir / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, model_dir / "manifest.json")
+    """The folder's manifest, or {} for a plain Hugging Face folder."""
+    return _read(model_dir) if (Path(model_dir) / "manifest.json").is_file() else {}
 
 
 def plain_manifest(model_dir: Path, out_dir: Path, task: str, model: PreTrainedModel) -> dict:
     """A manifest for a plain HF folder (no training record): what the service needs, and
     where the weights came from."""
     spec = read_spec(model_dir)
-    config = model.config
-    return {
-        "schema_version": 1, "name": out_dir.name, "task": task,
-        "role": "student" if "student" in out_dir.name else "teacher",
-        "source": str(model_dir), "architecture": type(model).__name__, "model_type": config.model_type,
-        "layers": spec.layers, "hidden_size": spec.hidden_size,
-        "params": sum(p.numel() for p in model.parameters()),
-        "labels": {str(k): v for k, v in config.id2label.items()} if task == "classification" else None,
-        "max_length": spec.max_length,
-        **({"pooling": spec.pooling, "normalize": spec.normalize} if task == "embedding" else {}),
-        "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+    extra = {"pooling": spec.pooling, "normalize": spec.normalize} if task == "embedding" else {}
+    return describe(model, name=out_dir.name, task=task, role="student" if "student" in out_dir.name else "teacher",
+                    source=str(model_dir), max_length=spec.max_length, **extra)
 
 
 def copy_support_files(model_dir: Path, out_dir: Path) -> None:
@@ -262,14 +244,6 @@ def copy_support_files(model_dir: Path, out_dir: Path) -> None:
             shutil.copytree(src, out_dir / name, dirs_exist_ok=True)
         elif src.is_file():
             shutil.copy2(src, out_dir / name)
-
-
-def versions() -> dict[str, str]:
-    import transformers
-
-    return {"torch": torch.__version__.split("+")[0], "transformers": transformers.__version__,
-            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-            "python": platform.python_version()}
 
 
 def _prepare(model_dir: Path, out_dir: Path, task: str | None) -> tuple[dict, str]:

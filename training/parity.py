@@ -140,8 +140,8 @@ def _run_qa(backend: Backend, tokenizer: Any, max_length: int) -> Outputs:
         starts = [s[: w.tokens] for s, w in zip(out["start_logits"], windows)]
         ends = [e[: w.tokens] for e, w in zip(out["end_logits"], windows)]
         raw += [np.concatenate([s, e]) for s, e in zip(starts, ends)]
-        best = qa.decode_qa(windows, starts, ends, context)[0]
-        answers.append((best["start"], best["end"]))
+        best = qa.decode_qa(windows, starts, ends, context)
+        answers.append((best[0]["start"], best[0]["end"]) if best else None)
     return Outputs(raw, answers)
 
 

@@ -49,9 +49,10 @@ class ClassificationRecipe(Common):
     eval_name: str = "sst2-dev"
     labels: tuple[str, ...] = ("negative", "positive")
     teacher_rows: int = 4000              # labelled rows the teacher is fine-tuned on
-    student_rows: int = 8000              # rows the student is distilled on (teacher's + more)
-    min_words: int = 3                    # SST-2 train holds phrases; dev holds sentences
-    alpha_cos: float = 0.5
+    student_rows: int = 6000              # rows the student is distilled on (teacher's + more)
+    min_words: int = 5                    # SST-2 train holds phrases; dev holds sentences
+    teacher_train_top: int = 3
+    alpha_cos: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -60,12 +61,12 @@ class QARecipe(Common):
     train_data: str = "squad/squad-v1.1-dev-articles-00-37.json"
     eval_name: str = "squad-heldout"      # evaluated on the held-out articles of train_data
     heldout_articles: int = 8             # the last N articles: never trained on
-    max_length: int = 256                 # tokens per window (question + context piece)
-    doc_stride: int = 128                 # overlap between windows of a long context
+    max_length: int = 192                 # tokens per training window (question + context piece)
+    doc_stride: int = 64                  # overlap between training windows of a long context
     batch_size: int = 16
-    serve_max_length: int | None = None   # serve with the windows trained on
-    teacher_rows: int = 600               # training windows (each holds its answer)
-    student_rows: int = 600
+    serve_max_length: int | None = 256    # window length the service (and evaluate) uses
+    teacher_rows: int = 400               # training windows (each holds its answer)
+    student_rows: int = 800               # teacher's windows + more, soft-labelled by the teacher
     teacher_lr: float = 2e-4
     student_lr: float = 2e-4
 
@@ -76,12 +77,12 @@ class EmbeddingRecipe(Common):
     train_data: str = "stsb/train.tsv"    # sentences only: distillation needs no labels
     eval_data: str = "stsb/dev.tsv"
     eval_name: str = "stsb-dev"
-    student_rows: int = 4000              # unlabelled sentences the student learns from
+    student_rows: int = 6000              # unlabelled sentences the student learns from
     loss: str = "cosine"                  # mse | cosine, on mean-pooled sentence embeddings
     pooling: str = "mean"
     normalize: bool = True
     student_lr: float = 2e-4
-    student_epochs: float = 3.0
+    student_epochs: float = 2.0
 
 
 RECIPE_CLASSES = {"classification": ClassificationRecipe, "qa": QARecipe, "embedding": EmbeddingRecipe}
@@ -91,7 +92,7 @@ NAMED: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "classification": {"eval_limit": None},
         "qa": {"eval_limit": 300},
-        "embedding": {"eval_limit": None},
+        "embedding": {"eval_limit": 750},
     },
     "full": {
         "classification": {"name": "full", "teacher_rows": 67349, "student_rows": 67349, "min_words": 0,

@@ -9,8 +9,21 @@ from app.deps import RegistryDep, SettingsDep
 from app.pipelines import ClassifyItem
 from app.routes.common import check_limits, check_max, error_docs, items_and_usage, resolve, run_items
 from app.schemas import ClassifyRequest, ClassifyResponse
+from app.settings import Settings
 
 router = APIRouter(tags=["inference"])
+
+
+def prepare(body: ClassifyRequest, settings: Settings) -> list[ClassifyItem]:
+    """Enforce the limits and build the queued items (shared with POST /compare)."""
+    inputs = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+    texts = [t if isinstance(t, str) else t[0] + t[1] for t in inputs]
+    check_limits(texts, settings)
+    check_max(body.top_k, settings.max_top_k, "top_k")
+    return [
+        ClassifyItem(i, t if isinstance(t, str) else (t[0], t[1]), body.truncate, body.top_k)
+        for i, t in enumerate(inputs)
+    ]
 
 
 @router.post("/classify", response_model=ClassifyResponse, responses=error_docs())
@@ -19,15 +32,8 @@ async def classify(
 ) -> FastJSON:
     """Labels with scores per input (softmax over the head, sigmoid for one-logit heads),
     best first; `top_k: null` returns every label."""
-    inputs = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-    texts = [t if isinstance(t, str) else t[0] + t[1] for t in inputs]
-    check_limits(texts, settings)
-    check_max(body.top_k, settings.max_top_k, "top_k")
+    payloads = prepare(body, settings)
     model = resolve(registry, request, body.model, "classification", settings)
-    payloads = [
-        ClassifyItem(i, t if isinstance(t, str) else (t[0], t[1]), body.truncate, body.top_k)
-        for i, t in enumerate(inputs)
-    ]
     outcomes = await run_items(model, payloads)
     items, usage = items_and_usage(outcomes)
     return FastJSON(

@@ -12,6 +12,7 @@ from app.registry import Registry, ServedModel
 from app.settings import Settings
 from app.tasks.classify import InputTooLong
 
+
 def error_docs() -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error statuses, all with the one error shape."""
     from app.schemas import ErrorResponse
@@ -47,11 +48,18 @@ def resolve(registry: Registry, request: Request, name: str | None, task: str, s
     return model
 
 
-async def run_items(model: ServedModel, payloads: Sequence[Any], param: str = "inputs") -> list[dict[str, Any]]:
+async def run_items(
+    model: ServedModel, payloads: Sequence[Any], param: str = "inputs", shadow: bool = True
+) -> list[dict[str, Any]]:
+    """Run the items through the model's batcher; a student with shadow traffic on also hands
+    them to its teacher, off the response path (POST /compare, which runs both, passes False)."""
     try:
-        return await model.batcher.run(payloads)
+        outcomes = await model.batcher.run(payloads)
     except InputTooLong as exc:
         raise ServiceError("input_too_long", str(exc).replace("input ", f"{param}.", 1), f"{param}.{exc.index}") from None
+    if shadow and model.shadow is not None:
+        model.shadow.offer(payloads, outcomes)
+    return outcomes
 
 
 def items_and_usage(outcomes: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:

@@ -25,9 +25,14 @@ async def _embed(
 ) -> tuple[ServedModel, list[dict[str, Any]]]:
     check_limits(texts, settings, param)
     model = resolve(registry, request, name, "embedding", settings)
-    norm = model.spec.normalize if normalize is None else normalize
-    outcomes = await run_items(model, [EmbedItem(i, t, norm, truncate) for i, t in enumerate(texts)], param)
+    outcomes = await run_items(model, prepare(texts, model, normalize, truncate), param)
     return model, outcomes
+
+
+def prepare(texts: list[str], model: ServedModel, normalize: bool | None, truncate: bool) -> list[EmbedItem]:
+    """The queued items; `normalize: None` takes the model's default (shared with POST /compare)."""
+    norm = model.spec.normalize if normalize is None else normalize
+    return [EmbedItem(i, t, norm, truncate) for i, t in enumerate(texts)]
 
 
 @router.post("/embed", response_model=EmbedResponse, responses=error_docs())

@@ -50,13 +50,15 @@ def encode_qa(
     tokenizer: Tokenizer, question: str, context: str, max_length: int, doc_stride: int
 ) -> list[QAWindow]:
     """Question first, context second; the context is cut into windows that overlap by
-    `doc_stride` tokens (only the context is ever truncated, as HF's only_second)."""
+    `doc_stride` tokens, at most half a window (only the context is ever truncated, as HF's
+    only_second). A question longer than half the window is cut and flagged `truncated`."""
     configure(tokenizer, None)
     specials = tokenizer.num_special_tokens_to_add(True)
     q_enc, q_cut = _question(tokenizer, question, max_length, specials)
     budget = max_length - specials - len(q_enc.ids)
     c_enc = tokenizer.encode(context, add_special_tokens=False)
-    stride = max(0, min(doc_stride, budget - 1))
+    stride = max(0, min(doc_stride, budget // 2))  # bounded: a stride near the window would
+    # step one token at a time and turn one context into thousands of windows
     c_enc.truncate(budget, stride=stride)
     return [_window(tokenizer, q_enc, part, q_cut) for part in [c_enc, *c_enc.overflowing]]
 

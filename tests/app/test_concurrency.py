@@ -64,3 +64,28 @@ async def test_concurrent_mixed_requests_match_solo_answers(client) -> None:
     assert sequences == 24 and calls < sequences  # really batched together
     for (path, _), solo, r in zip(requests, alone, responses):
         _assert_same(path, solo, r.json())
+
+
+async def _padded_tokens(client) -> float:
+    text = (await client.get("/metrics")).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("distilserve_batch_tokens_sum") and 'model="sst2-student"' in line)
+
+
+async def test_length_sorting_pads_less(model_repo, tmp_path) -> None:
+    """Bimodal lengths sent together: sorted batching keeps short and long inputs apart, so
+    it pads (and computes) far fewer tokens than first-come batching of the same requests."""
+    from app.settings import Settings
+    from tests.conftest import serve
+
+    (tmp_path / "sst2-student").symlink_to(model_repo / "sst2-student")
+    texts = [("good " * (60 if i % 4 == 0 else 2)).strip() for i in range(64)]
+    padded = {}
+    for sort in (True, False):
+        settings = Settings(models_dir=tmp_path, sort_by_length=sort, max_batch_size=8, max_wait_ms=0)
+        async with serve(settings) as c:
+            before = await _padded_tokens(c)
+            rs = await asyncio.gather(*(c.post("/classify", json={"inputs": t}) for t in texts))
+            assert all(r.status_code == 200 for r in rs)
+            padded[sort] = await _padded_tokens(c) - before
+    assert padded[True] < 0.6 * padded[False], padded

@@ -100,3 +100,17 @@ def test_plain_hf_folder_exports_to_servable_folder(tmp_path: Path) -> None:
     assert (spec.name, spec.task, spec.kinds) == ("minilm-like", "embedding", ["onnx"])
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"] == str(folder) and manifest["onnx"]["model.onnx"]["parity"]["ok"]
+
+
+def test_compare_schemes_prints_every_scheme_and_writes_nothing(tmp_path: Path, capsys) -> None:
+    from training.export import SCHEMES
+
+    folder = save_tiny(tmp_path, "mpnet", "embedding")
+    before = sorted(p.name for p in folder.iterdir())
+    assert main(["export", str(folder), "--compare-schemes", "--schemes", "blockwise8,dynamic-per-channel"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| scheme | mean_cosine | min_cosine |")
+    rows = {line.split("|")[1].strip(): line for line in table[2:]}
+    assert set(rows) == {"blockwise8", "dynamic-per-channel"} <= set(SCHEMES)
+    assert float(rows["blockwise8"].split("|")[2]) > 0.99  # mean cosine of the default scheme
+    assert sorted(p.name for p in folder.iterdir()) == before

@@ -1,0 +1,19 @@
+"""One shared real server (every tiny model on ONNX, torch and int8) for the module-independent
+reliability tests; tests that need their own settings start their own (tests/reliability/server.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.reliability.server import Server, running
+
+
+@pytest.fixture(scope="session")
+def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    env = {"DISTILSERVE_BACKENDS": '["onnx","torch","onnx-int8"]', "DISTILSERVE_QUEUE_DEPTH": "4096"}
+    with running(model_repo, log, env) as s:
+        yield s
