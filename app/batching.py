@@ -66,7 +66,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._stopping = False
         self._answered = 0  # items answered in the last cycle (they tend to come back)
-        self._last_compute = 0.0  # seconds of the last model call
+        self._last_compute = 0.0  # seconds of model calls in the last cycle
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._m = _Metrics(pipeline.task, labels)
@@ -139,13 +139,14 @@ class Batcher:
         """How many items to wait for, and until when.
 
         The clients whose results went out last cycle usually come straight back, so under
-        load we wait for them (queued + just answered, up to max_batch_size) - but never
+        load we wait for them (queued + just answered, up to a cycle's intake: one batch, or
+        the sort window when sorting, which only helps if it fills) - but never
         longer than max_wait_ms (from now: queued items already waited for the last batch)
-        nor a quarter of the last model call, so waiting costs at most a fraction of compute
+        nor a quarter of the last cycle's model calls, so waiting costs at most a fraction of compute
         (on a fast machine the wait shrinks with the model call; on a loaded one it grows). With no recent concurrency (a lone client) we do not wait at all.
         """
         cfg = self.config
-        expected = min(cfg.max_batch_size, len(self._queue) + self._answered)
+        expected = min(cfg.collect_limit, len(self._queue) + self._answered)
         if self._answered <= 1 or cfg.max_wait_ms <= 0:
             return 0, 0.0
         wait = min(cfg.max_wait_ms / 1000, _WAIT_SHARE * self._last_compute)
@@ -167,10 +168,10 @@ class Batcher:
             else:
                 job.seqs, job.rows, job.pending = seqs, [None] * len(seqs), len(seqs)
                 ready.append(job)
-        answered = len(jobs) - len(ready)
+        answered, compute_start = len(jobs) - len(ready), time.perf_counter()
         for batch in self._cut(ready):
             answered += self._compute(batch)
-        self._answered = answered
+        self._answered, self._last_compute = answered, time.perf_counter() - compute_start
 
     def _cut(self, jobs: list[Job]) -> list[list[tuple[Job, int]]]:
         """Flatten to sequences, sort by length (if enabled), cut by items and padded tokens."""
@@ -201,7 +202,7 @@ class Batcher:
             return len(expired)
         inputs = pad_batch([j.seqs[i] for j, i in batch], self.pad)
         outputs = self.pipeline.reduce(self.backend.forward(inputs), inputs)
-        elapsed = self._last_compute = time.perf_counter() - now
+        elapsed = time.perf_counter() - now
         self._m.batch(len(batch), inputs["input_ids"].size)
         done = []
         for row, (job, i) in enumerate(batch):

@@ -58,7 +58,7 @@ class BackgroundBatcher(Batcher):
 def lower_priority() -> None:
     """nice 19 for the calling thread. Linux only: elsewhere setpriority(PRIO_PROCESS) would
     renice the whole process, serving threads included."""
-    if sys.platform.startswith("linux") and not os.environ.get("C_NO_NICE"):
+    if sys.platform.startswith("linux"):
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         except OSError:  # not permitted in this sandbox: shadow work runs at normal priority

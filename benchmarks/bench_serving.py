@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(batch {r['inproc_best_batch']:.0f}) = {r['ratio_a']:.2f}  (target >= 0.85; server mean batch "
           f"{r['http_32c_mean_batch']:.1f})")
     print(f"(b) 1 client p50: HTTP {r['http_1c_p50_ms']:.2f} ms vs in-process batch-1 {r['inproc_b1_p50_ms']:.2f} ms "
-          f"= +{r['delta_b_ms']:.2f} ms  (target <= +2 ms)")
+          f"= {r['delta_b_ms']:+.2f} ms  (target <= +2 ms)")
     if "ratio_c" in r:
         print(f"(c) mixed 12-200 tokens: sorted {r['mixed_sorted_req_s']:.0f} req/s / first-come {r['mixed_fifo_req_s']:.0f} "
               f"req/s = {r['ratio_c']:.2f}x  (target >= 2.5x; padding-only ceiling for these lengths and a "

@@ -64,7 +64,8 @@ def shadow_counts(url: str) -> dict[str, float]:
 
 
 def drain(url: str, timeout_s: float = 30.0) -> None:
-    """Wait until every shadow request sent has been compared or failed (teacher idle)."""
+    """Wait until every shadow request sent has been compared or failed (teacher idle). The
+    benchmark's requests have one item each, so items compared count requests."""
     until = time.time() + timeout_s
     while time.time() < until:
         c = shadow_counts(url)
@@ -94,20 +95,20 @@ def measure(args: argparse.Namespace, teacher: Path, student: Path, task: str) -
     per_client = [reqs[i::args.concurrency] for i in range(args.concurrency)]
     lat: dict[str, list[float]] = {"off": [], "on": []}
     with ExitStack() as stack:
+        stack.callback(repo.cleanup)  # after both servers stopped
         servers = {
             "off": stack.enter_context(Server(student, args.backend, args.port, {**base, "DISTILSERVE_SHADOW_RATE": "0"})),
             "on": stack.enter_context(Server(student, args.backend, args.port + 1, {**base, "DISTILSERVE_SHADOW_RATE": str(args.rate)})),
         }
-        stack.callback(repo.cleanup)
         for srv in servers.values():  # warm both HTTP paths and the teacher
             run_load(srv.port, [reqs[:8]] * 2, None)
         drain(servers["on"].url)
         start_counts = shadow_counts(servers["on"].url)
-        for _ in range(args.rounds):
-            for key, srv in servers.items():
-                _, seconds = run_load(srv.port, per_client, None)
+        for i in range(args.rounds):
+            for key in ("off", "on") if i % 2 == 0 else ("on", "off"):  # neither always goes first
+                _, seconds = run_load(servers[key].port, per_client, None)
                 lat[key] += [s * 1e3 for s in seconds]
-                drain(servers["on"].url)
+                drain(servers["on"].url)  # no shadow backlog carries into the next round
         end_counts = shadow_counts(servers["on"].url)
     counts = {k: end_counts.get(k, 0.0) - start_counts.get(k, 0.0) for k in end_counts}
     return {"latencies": lat, "counts": counts}

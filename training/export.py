@@ -257,6 +257,21 @@ def _prepare(model_dir: Path, out_dir: Path, task: str | None) -> tuple[dict, st
     return manifest, task
 
 
+_OFFSET_POSITIONS = ("mpnet", "roberta", "xlm-roberta", "camembert")  # positions start after pad id
+
+
+def check_max_length(spec: Any, config: Any) -> None:
+    """The served window must fit the position table, or the service fails on long inputs;
+    say so at export rather than as an index error at request time."""
+    table = getattr(config, "max_position_embeddings", None)
+    if table is None:
+        return
+    limit = table - ((config.pad_token_id or 0) + 1 if config.model_type in _OFFSET_POSITIONS else 0)
+    if spec.max_length > limit:
+        raise ValueError(f"{spec.path}: manifest max_length {spec.max_length} exceeds the {limit} positions "
+                         f"{config.model_type} supports (max_position_embeddings={table})")
+
+
 def export_model(model_dir: Path, *, int8: bool = True, parity_texts: list[str] | None = None,
                  task: str | None = None, out_dir: Path | None = None, scheme: str = DEFAULT_SCHEME,
                  tolerances: dict[str, dict[str, float]] | None = None) -> dict:
@@ -272,16 +287,14 @@ def export_model(model_dir: Path, *, int8: bool = True, parity_texts: list[str] 
     manifest = manifest or plain_manifest(model_dir, out_dir, task, model)
     write_manifest(out_dir, manifest)  # read_spec below needs name/task/role
     spec = read_spec(out_dir)
+    check_max_length(spec, model.config)
     reference = run_parity_set(load_backend(model_dir, task, "torch"), spec, parity_texts)
+    _drop_stale_int8(out_dir, manifest)
     export_fp32(model, task, out_dir / FP32_FILE)
-    files = [FP32_FILE]
-    if int8:
+    _check_and_record(out_dir, FP32_FILE, spec, reference, parity_texts, manifest, scheme, tolerances)
+    if int8:  # only from an fp32 graph that passed
         export_int8(out_dir / FP32_FILE, out_dir / INT8_FILE, model.config, scheme)
-        files.append(INT8_FILE)
-    else:
-        _drop_stale_int8(out_dir, manifest)
-    for file in files:
-        _check_and_record(out_dir, file, spec, reference, parity_texts, manifest, scheme, tolerances)
+        _check_and_record(out_dir, INT8_FILE, spec, reference, parity_texts, manifest, scheme, tolerances)
     return manifest
 
 
@@ -304,9 +317,10 @@ def _check_and_record(out_dir: Path, file: str, spec: Any, reference: Outputs, t
 
 
 def _drop_stale_int8(out_dir: Path, manifest: dict) -> None:
-    """An int8 file from an earlier export may be of other weights: never leave it to be served."""
+    """An int8 file from an earlier export may be of other weights: never leave it to be served
+    (it is rebuilt from this export's fp32 graph, or stays absent with --no-int8)."""
     if (out_dir / INT8_FILE).exists() or INT8_FILE in manifest.get("onnx", {}):
-        log.warning("removing %s from an earlier export (this export is fp32 only)", INT8_FILE)
+        log.info("removing %s from an earlier export", INT8_FILE)
         (out_dir / INT8_FILE).unlink(missing_ok=True)
         manifest.get("onnx", {}).pop(INT8_FILE, None)
 

@@ -114,3 +114,22 @@ def test_compare_schemes_prints_every_scheme_and_writes_nothing(tmp_path: Path, 
     assert set(rows) == {"blockwise8", "dynamic-per-channel"} <= set(SCHEMES)
     assert float(rows["blockwise8"].split("|")[2]) > 0.99  # mean cosine of the default scheme
     assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_max_length_beyond_positions_is_refused(tmp_path: Path) -> None:
+    folder = save_tiny(tmp_path, "mpnet", "qa")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "max_length": 256}))
+    with pytest.raises(ValueError, match="max_length 256 exceeds the 129 positions"):
+        export_model(folder)
+    assert not (folder / "model.onnx").exists()
+
+
+def test_failed_fp32_parity_leaves_no_int8_and_reexport_replaces_stale_int8(tmp_path: Path) -> None:
+    folder = save_tiny(tmp_path, "bert", "qa")
+    export_model(folder)
+    assert (folder / "model.int8.onnx").exists()
+    with pytest.raises(ExportParityError, match="model.onnx: parity max_abs_diff"):
+        export_model(folder, tolerances={"fp32": {"max_abs_diff": -1.0}})
+    assert not (folder / "model.onnx").exists() and not (folder / "model.int8.onnx").exists()
+    assert "model.int8.onnx" not in json.loads((folder / "manifest.json").read_text())["onnx"]
