@@ -111,6 +111,11 @@ class Batcher:
         self._m.depth.set(depth)
         return [j.future for j in jobs]
 
+    @property
+    def full(self) -> bool:
+        """No room for even one more item (read without the lock: a hint for early 429s)."""
+        return len(self._queue) >= self.config.queue_depth
+
     # ---- worker side -----------------------------------------------------------------
     def _run(self) -> None:
         while (jobs := self._collect()) is not None:
@@ -140,10 +145,10 @@ class Batcher:
 
         The clients whose results went out last cycle usually come straight back, so under
         load we wait for them (queued + just answered, up to a cycle's intake: one batch, or
-        the sort window when sorting, which only helps if it fills) - but never
-        longer than max_wait_ms (from now: queued items already waited for the last batch)
-        nor a quarter of the last cycle's model calls, so waiting costs at most a fraction of compute
-        (on a fast machine the wait shrinks with the model call; on a loaded one it grows). With no recent concurrency (a lone client) we do not wait at all.
+        the sort window when sorting, which only helps if it fills). The wait is capped by
+        max_wait_ms (from now: queued items already waited through the last cycle) and by a
+        quarter of the last cycle's model time, so it costs at most a fraction of compute: it
+        shrinks on a fast machine and grows on a loaded one. A lone client never waits.
         """
         cfg = self.config
         expected = min(cfg.collect_limit, len(self._queue) + self._answered)

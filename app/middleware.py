@@ -158,6 +158,39 @@ class BodyLimitMiddleware:
         return limited
 
 
+class ShedMiddleware:
+    """Early 429: when every model that serves a route's task has a full queue, the request is
+    answered before its body is read, parsed or validated. Under overload most requests are
+    the ones turned away, so their cost decides how much CPU is left for the admitted ones.
+    Only certain rejections are made here (no model of the task could take even one item);
+    everything else goes on to the route, whose own queue check is exact."""
+
+    def __init__(self, app: ASGIApp, retry_after_s: int) -> None:
+        self.app, self.retry_after = app, str(retry_after_s)
+        self._by_task: dict[str, list[Any]] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = TASK_BY_PATH.get(scope["path"]) if scope["type"] == "http" else None
+        batchers = self._batchers(scope, task) if task else None
+        if batchers and all(b.full for b in batchers):
+            message = f"every {task} model's queue is full; retry later"
+            headers = {"Retry-After": self.retry_after}
+            await error_response("queue_full", message, None, headers, task or "")(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _batchers(self, scope: Scope, task: str) -> list[Any] | None:
+        """Batchers per task, indexed once the models are loaded (the list never changes after)."""
+        if self._by_task is None:
+            state = scope["app"].state
+            if not state.ready:
+                return None
+            self._by_task = {}
+            for model in state.served:
+                self._by_task.setdefault(model.spec.task, []).append(model.batcher)
+        return self._by_task.get(task)
+
+
 class ServingMiddleware:
     """Request counts and latency per (task, model, backend, status) for inference routes."""
 
@@ -195,12 +228,13 @@ class ServingMiddleware:
 
 def install(app: Any, settings: Any) -> Any:
     """Every middleware in its place, outermost first: request id + log, drain gate, API keys
-    (only when keys are set), body limit, metrics. Returns the app's `Drain` state."""
+    (only when keys are set), body limit, metrics, early 429. Returns the app's `Drain` state."""
     from app.security import ApiKeyMiddleware
     from app.shutdown import Drain, DrainMiddleware
 
     configure_logging()
     drain = Drain(settings.shutdown_grace_s)
+    app.add_middleware(ShedMiddleware, retry_after_s=settings.retry_after_s)
     app.add_middleware(ServingMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     if settings.api_keys:

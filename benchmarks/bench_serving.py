@@ -5,6 +5,8 @@
 (a) 32 concurrent keep-alive clients, one sentence per request: HTTP throughput divided by the
     in-process throughput of the same pipeline (tokenize + model + post-process, no HTTP, no
     queue) at its best batch size. Target >= 0.85.
+    It also reports CPU seconds per item on each side (in-process vs server + load client,
+    read from /proc): a figure that other processes on the machine barely move.
 (b) One client, one sentence: p50 HTTP latency minus in-process batch-1 p50. Target <= +2 ms.
     (a) and (b) alternate in-process and HTTP runs in rounds and report the median per-round
     ratio, so that load from other processes on a shared machine hits both sides alike.
@@ -122,14 +124,16 @@ class InProcess:
         for i, (p, e) in enumerate(zip(payloads, encoded)):
             self.pipeline.finish(p, e, [{k: v[i] for k, v in out.items()}])  # one sequence per item here
 
-    def throughput(self, batch: int, seconds: float) -> float:
+    def throughput(self, batch: int, seconds: float, count: bool = False) -> Any:
+        """Items/s over `seconds` (and the item count, for CPU-per-item figures)."""
         payloads = [item(self.spec.task, SENTENCES[i % len(SENTENCES)]) for i in range(batch)]
         self.run(payloads)
         done, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             self.run(payloads)
             done += batch
-        return done / (time.perf_counter() - start)
+        rate = done / (time.perf_counter() - start)
+        return (rate, done) if count else rate
 
     def latency_p50(self, n: int) -> float:
         samples = []
@@ -160,6 +164,7 @@ class Server:
                "--workers", "1", "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
         self.log = open(Path(self.tmp.name) / "server.log", "wb")  # the per-request JSON log
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid
         deadline = time.time() + 120
         while time.time() < deadline:
             try:
@@ -185,6 +190,12 @@ class Server:
                 self.proc.wait()
             self.log.close()
         self.tmp.cleanup()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, all its threads (/proc/<pid>/stat fields 14-15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def batch_stats(url: str, model: str) -> tuple[float, float]:
@@ -259,14 +270,19 @@ def rotations(reqs: list[bytes], clients: int) -> list[list[bytes]]:
 def round_ab(args: argparse.Namespace, local: InProcess, best_b: int, server: Server, reqs: list[bytes]) -> dict[str, float]:
     """One interleaved round: in-process and HTTP back to back, so that load from other
     processes on the machine hits both sides of each ratio alike."""
-    inproc = local.throughput(best_b, args.seconds)
-    before = batch_stats(server.url, server.name)
-    rps, _ = run_load(args.port, rotations(reqs, 32), args.seconds)
+    cpu0 = time.process_time()
+    inproc, items = local.throughput(best_b, args.seconds, count=True)
+    inproc_cpu = (time.process_time() - cpu0) / items
+    before, srv0, cli0 = batch_stats(server.url, server.name), cpu_seconds(server.pid), time.process_time()
+    rps, lat32 = run_load(args.port, rotations(reqs, 32), args.seconds)
+    srv_cpu, cli_cpu = (cpu_seconds(server.pid) - srv0) / len(lat32), (time.process_time() - cli0) / len(lat32)
     after = batch_stats(server.url, server.name)
     solo = local.latency_p50(args.latency_requests)
     _, lat = run_load(args.port, [reqs * (args.latency_requests // len(reqs))], None)
     http_p50 = statistics.median(lat)
     return {"inproc_best_items_s": inproc, "http_32c_req_s": rps, "ratio_a": rps / inproc,
+            "inproc_cpu_ms_item": inproc_cpu * 1e3, "server_cpu_ms_req": srv_cpu * 1e3,
+            "client_cpu_ms_req": cli_cpu * 1e3, "cpu_ratio_a": inproc_cpu / (srv_cpu + cli_cpu),
             "http_32c_mean_batch": (after[0] - before[0]) / max(1.0, after[1] - before[1]),
             "inproc_b1_p50_ms": solo * 1e3, "http_1c_p50_ms": http_p50 * 1e3, "delta_b_ms": (http_p50 - solo) * 1e3}
 
@@ -350,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(a) 32 clients: HTTP {r['http_32c_req_s']:.0f} req/s / in-process {r['inproc_best_items_s']:.0f} items/s "
           f"(batch {r['inproc_best_batch']:.0f}) = {r['ratio_a']:.2f}  (target >= 0.85; server mean batch "
           f"{r['http_32c_mean_batch']:.1f})")
+    print(f"    CPU per item: in-process {r['inproc_cpu_ms_item']:.2f} ms; HTTP server {r['server_cpu_ms_req']:.2f} ms "
+          f"+ load client {r['client_cpu_ms_req']:.2f} ms => CPU-bound ratio {r['cpu_ratio_a']:.2f} (what (a) is on "
+          f"cores not shared with other work)")
     print(f"(b) 1 client p50: HTTP {r['http_1c_p50_ms']:.2f} ms vs in-process batch-1 {r['inproc_b1_p50_ms']:.2f} ms "
           f"= {r['delta_b_ms']:+.2f} ms  (target <= +2 ms)")
     if "ratio_c" in r:

@@ -54,11 +54,13 @@ def load_backend(
     kind: str,
     threads: int | None = None,
     graph_optimization: str = "all",
+    spinning: bool = False,
 ) -> Backend:
     """Load `model_dir` for `task` on runtime `kind`.
 
     `model_dir` may also be a Hugging Face hub id for the torch backend (downloaded by
-    transformers). `threads` sets intra-op threads (None: the runtime's default).
+    transformers). `threads` sets intra-op threads (None: the runtime's default);
+    `graph_optimization` and `spinning` (ORT thread spin-waiting) apply to ONNX only.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
@@ -72,7 +74,7 @@ def load_backend(
         path = Path(model_dir) / ONNX_FILES[kind]
         if not path.is_file():
             raise BackendUnavailable(f"{path} does not exist; backend {kind!r} cannot be served")
-        return OnnxBackend(path, task, kind, threads, graph_optimization)
+        return OnnxBackend(path, task, kind, threads, graph_optimization, spinning)
     raise ValueError(f"unknown backend {kind!r}; expected one of {KINDS}")
 
 

@@ -5,6 +5,7 @@ own endpoints answer; with 0 nothing is; the in-flight bound drops rather than q
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -44,8 +45,9 @@ def _get(samples: dict, name: str, **labels: str) -> float:
 
 
 async def _settled(client: httpx.AsyncClient, name: str, labels: list[dict[str, str]], target: float) -> dict:
-    """Shadow results land after the responses: poll until the counters add up (or 10 s)."""
-    for _ in range(200):
+    """Shadow results land after the responses: poll until the counters add up (or 30 s: the
+    shadow worker runs at the lowest CPU priority, slow on a busy machine)."""
+    for _ in range(600):
         samples = await _samples(client)
         if sum(_get(samples, name, **lab) for lab in labels) >= target:
             return samples
@@ -138,6 +140,55 @@ async def test_with_thread_pools_the_shadow_runs_its_own_session(model_repo: Pat
     got = _get(after, "distilserve_shadow_embedding_cosine_sum", task="embedding") - \
         _get(before, "distilserve_shadow_embedding_cosine_sum", task="embedding")
     assert got == pytest.approx(float(cosines.sum()), abs=1e-5)
+
+
+def _narrow_student(root: Path, model_repo: Path) -> Path:
+    """The tiny embedding teacher plus a student of hidden size 16 (the teacher's is 32)."""
+    from transformers import BertConfig, BertModel
+
+    from tests.tiny import build_tokenizer, export_onnx, manifest, vocabulary
+
+    (root / "embed-teacher").symlink_to(model_repo / "embed-teacher")
+    folder = root / "embed-student"
+    folder.mkdir()
+    config = BertConfig(vocab_size=len(vocabulary()), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=128)
+    model = BertModel(config).eval()
+    build_tokenizer().save(str(folder / "tokenizer.json"))
+    export_onnx(model, "embedding", folder / "model.onnx")
+    spec = manifest("embedding", "student", "embed-student", 1, model)
+    (folder / "manifest.json").write_text(json.dumps({**spec, "hidden_size": 16}))
+    return root
+
+
+@session_loop
+async def test_embeddings_of_other_sizes_have_no_cosine(model_repo: Path, tmp_path: Path) -> None:
+    """Vectors of 16 and 32 dimensions: /compare reports a null cosine, shadowing compares
+    nothing (no cosine observed, no agreement verdict), and neither counts as a failure."""
+    settings = Settings(models_dir=_narrow_student(tmp_path, model_repo), backends=["onnx"], threads=1, shadow_rate=1.0)
+    async with serve(settings) as c:
+        compared = (await c.post("/compare", json={"task": "embedding", "inputs": ["a dog", "a cat"]})).json()
+        assert [len(v) for v in compared["student"]["results"]] == [16, 16]
+        assert compared["agreement"] == [{"cosine": None}, {"cosine": None}] and compared["summary"] == {"cosine": None}
+        before, batches = await _samples(c), await _shadow_batches(c)
+        assert (await c.post("/embed", json={"inputs": ["a dog", "a cat"]})).status_code == 200
+        for _ in range(600):  # until the teacher's shadow batcher has run the items
+            if await _shadow_batches(c) > batches:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the shadowed items never reached the teacher")
+        await asyncio.sleep(0.3)  # and the event loop has handled its answers
+        after = await _samples(c)
+    changed = {k[0]: after[k] - before.get(k, 0.0) for k in after if after[k] != before.get(k, 0.0) and not k[0].endswith("_created")}
+    assert changed == {"distilserve_shadow_requests_total": 1.0}, changed
+
+
+async def _shadow_batches(client: httpx.AsyncClient) -> float:
+    """Model calls made so far by the teachers' shadow batchers (their metrics say role="shadow")."""
+    text = (await client.get("/metrics")).text
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+               if ln.startswith("distilserve_batch_size_count{") and 'role="shadow"' in ln)
 
 
 @session_loop

@@ -79,7 +79,7 @@ def build_args(models: Path, base: Path, data: dict) -> list[str]:
     sets = TINY + [
         f"base={base}", f"classification.train_data={data['sst2_train']}",
         f"classification.eval_data={data['sst2_dev']}", f"qa.train_data={data['squad']}", "qa.heldout_articles=1",
-        "qa.max_length=40", "qa.doc_stride=16", f"embedding.train_data={data['stsb_train']}",
+        "qa.max_length=40", "qa.doc_stride=16", "qa.serve_max_length=64", f"embedding.train_data={data['stsb_train']}",
         f"embedding.eval_data={data['stsb_dev']}",
     ]
     return ["build-defaults", "--models", str(models), "--no-int8", *[a for s in sets for a in ("--set", s)]]
