@@ -71,7 +71,7 @@ def finish(build: Build, recipe: Common, tmp: Path, name: str) -> Path:
     timed(build, name, "export", export_model, tmp, int8=build.int8)
     path, articles = eval_target(recipe)
     timed(build, name, f"evaluate ({recipe.eval_backend})", evaluate_model, tmp, recipe.eval_backend, path,
-          limit=recipe.eval_limit, articles=articles, set_name=recipe.eval_name)
+          limit=recipe.eval_limit, articles=articles, set_name=recipe.eval_name, threads=recipe.threads)
     manifest = read_manifest(tmp)
     manifest["build"] = {"recipe": build.recipe_name, "steps": [s for s in build.steps if s["model"] == name]}
     write_manifest(tmp, manifest)

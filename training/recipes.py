@@ -48,8 +48,8 @@ class ClassificationRecipe(Common):
     eval_data: str = "sst2/dev.tsv"
     eval_name: str = "sst2-dev"
     labels: tuple[str, ...] = ("negative", "positive")
-    teacher_rows: int = 4000              # labelled rows the teacher is fine-tuned on
-    student_rows: int = 6000              # rows the student is distilled on (teacher's + more)
+    teacher_rows: int = 3000              # labelled rows the teacher is fine-tuned on
+    student_rows: int = 4500              # rows the student is distilled on (teacher's + more)
     min_words: int = 5                    # SST-2 train holds phrases; dev holds sentences
     teacher_train_top: int = 3
     alpha_cos: float = 0.2
@@ -77,7 +77,7 @@ class EmbeddingRecipe(Common):
     train_data: str = "stsb/train.tsv"    # sentences only: distillation needs no labels
     eval_data: str = "stsb/dev.tsv"
     eval_name: str = "stsb-dev"
-    student_rows: int = 6000              # unlabelled sentences the student learns from
+    student_rows: int = 4000              # unlabelled sentences the student learns from
     loss: str = "cosine"                  # mse | cosine, on mean-pooled sentence embeddings
     pooling: str = "mean"
     normalize: bool = True
@@ -92,7 +92,7 @@ NAMED: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "classification": {"eval_limit": None},
         "qa": {"eval_limit": 300},
-        "embedding": {"eval_limit": 750},
+        "embedding": {"eval_limit": 500},
     },
     "full": {
         "classification": {"name": "full", "teacher_rows": 67349, "student_rows": 67349, "min_words": 0,

@@ -107,4 +107,4 @@ def test_build_defaults_builds_skips_and_resumes(tmp_path: Path, tiny_bases: dic
     assert "sst2-teacher is built and valid; skipped" in again.stderr
     assert (models / "sst2-student" / "model.onnx").is_file() and not (models / ".building-sst2-student").exists()
     assert (models / "sst2-teacher" / "manifest.json").stat().st_mtime_ns == before
-    assert {s["model"] for s in json.loads(again.stdout)["models"]} >= {"sst2-student"}
+    assert "sst2-student distil took" in again.stderr and "sst2-teacher train took" not in again.stderr
