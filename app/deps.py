@@ -11,11 +11,13 @@ from app.registry import Registry
 from app.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
+    """async on purpose: FastAPI runs a plain `def` dependency in its thread pool, two thread
+    hops per request that cost more than the whole route."""
     return request.app.state.settings
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
     """The loaded registry; 503 until every model is loaded and warmed up."""
     state = request.app.state
     if not state.ready:

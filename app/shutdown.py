@@ -14,6 +14,7 @@ none (the in-process test harness) nothing is installed and the process keeps it
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import signal
 import threading
@@ -92,7 +93,8 @@ def install_sigterm(drain: Drain) -> Callable[[], None]:
         def start() -> None:  # on the loop; the task is kept so it is not garbage-collected
             drain.task = loop.create_task(drain.run(lambda: previous(signum, frame), lambda: _force(previous)))
 
-        loop.call_soon_threadsafe(start)
+        # a fresh context: the handler interrupts whatever runs, maybe a request (its request id)
+        loop.call_soon_threadsafe(start, context=contextvars.Context())
 
     signal.signal(signal.SIGTERM, on_sigterm)
 

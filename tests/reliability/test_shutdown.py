@@ -68,7 +68,7 @@ def load(url: str, stop: threading.Event, records: list) -> threading.Thread:
 
 
 def test_sigterm_drains_in_flight_and_turns_new_requests_away(model_repo: Path, tmp_path: Path) -> None:
-    server = start(model_repo, tmp_path, grace_s=5)
+    server = start(model_repo, tmp_path, grace_s=8)
     stop, records, slow = threading.Event(), [], {}
     loaders = [load(server.url, stop, records) for _ in range(4)]
     slow_thread = slow_request(server.url, 1.5, slow)
@@ -88,10 +88,11 @@ def test_sigterm_drains_in_flight_and_turns_new_requests_away(model_repo: Path, 
     for thread in loaders:
         thread.join(15)
     assert slow.get("status") == 200 and slow["json"]["results"][0][0]["label"], slow  # in flight: completed
-    assert 1.0 < exited_after < 3.0, exited_after  # when the last in-flight request ended, not the grace
+    assert 1.0 < exited_after < 5.0, exited_after  # when the last in-flight request ended, not at the grace
     assert exit_code in (0, -signal.SIGTERM), exit_code
     _check_load(records, sigterm_at)
-    assert '"msg":"drained; stopping","request_id":null,"in_flight":0' in server.logs()
+    drain = _drain_log(server)  # the slow request, and maybe a load request, were in flight
+    assert drain["SIGTERM: draining"] >= 1 and drain["drained; stopping"] == 0, drain
 
 
 def _check_load(records: list, sigterm_at: float) -> None:
@@ -107,13 +108,20 @@ def _check_load(records: list, sigterm_at: float) -> None:
 def test_sigterm_exits_within_the_grace_period_when_a_request_outlives_it(model_repo: Path, tmp_path: Path) -> None:
     server = start(model_repo, tmp_path, grace_s=1.0)
     slow: dict = {}
-    slow_thread = slow_request(server.url, 8.0, slow)
+    slow_thread = slow_request(server.url, 3.5, slow)
     time.sleep(0.5)
     sigterm_at = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     server.proc.wait(10)
     exited_after = time.monotonic() - sigterm_at
-    assert 0.9 < exited_after < 2.0, exited_after
+    assert 0.9 < exited_after < 1.0 + 2.0, exited_after  # the grace, plus uvicorn's tick and process exit
     slow_thread.join(15)
     assert "status" not in slow or slow["status"] != 200, slow  # cut off, not answered after exit
-    assert '"msg":"drained; stopping","request_id":null,"in_flight":1' in server.logs()
+    assert _drain_log(server) == {"SIGTERM: draining": 1, "drained; stopping": 1}
+
+
+def _drain_log(server: Server) -> dict[str, int]:
+    """In-flight counts the drain logged when it began and when it handed over to uvicorn."""
+    lines = [e for e in server.json_logs() if e["msg"] in ("SIGTERM: draining", "drained; stopping")]
+    assert all(e["request_id"] is None for e in lines), lines  # not some request's id
+    return {e["msg"]: e["in_flight"] for e in lines}

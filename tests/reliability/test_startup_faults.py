@@ -19,20 +19,26 @@ BROKEN = {
     "squad-student": "model.onnx is corrupted",
     "embed-student": "tokenizer.json is missing",
     "sst2-teacher": "layers disagree: manifest.json says 6, config.json says 2, model.safetensors says 2",
+    "embed-teacher": "hidden_size disagree: manifest.json says 64, config.json says 32, model.safetensors says 32",
+    "sst2-three-labels": "labels disagree: manifest.json says 3, config.json says 2, model.safetensors says 2",
 }
 
 
 @pytest.fixture(scope="module")
 def broken_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """sst2-student intact; three models broken in the three ways."""
+    """sst2-student intact; the others broken: corrupted ONNX, no tokenizer, manifests that
+    disagree with config and weights on layers, hidden size and labels."""
     root = tmp_path_factory.mktemp("broken")
-    for name in ("sst2-student", *BROKEN):
-        shutil.copytree(model_repo / name, root / name, ignore=shutil.ignore_patterns("model.int8.onnx"))
+    sources = {name: name for name in ("sst2-student", *BROKEN)} | {"sst2-three-labels": "sst2-student"}
+    for name, source in sources.items():
+        shutil.copytree(model_repo / source, root / name, ignore=shutil.ignore_patterns("model.int8.onnx"))
     onnx = root / "squad-student" / "model.onnx"
     onnx.write_bytes(onnx.read_bytes()[: onnx.stat().st_size // 2])  # truncated mid-graph
     (root / "embed-student" / "tokenizer.json").unlink()
-    manifest = root / "sst2-teacher" / "manifest.json"
-    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "layers": 6}))
+    for name, change in (("sst2-teacher", {"layers": 6}), ("embed-teacher", {"hidden_size": 64}),
+                         ("sst2-three-labels", {"labels": {"0": "negative", "1": "neutral", "2": "positive"}})):
+        manifest = root / name / "manifest.json"
+        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), **change}))
     return root
 
 
