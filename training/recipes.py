@@ -99,7 +99,7 @@ NAMED: dict[str, dict[str, dict[str, Any]]] = {
                            "teacher_train_top": 12, "student_train_top": 6, "teacher_epochs": 2,
                            "student_epochs": 3, "teacher_lr": 3e-5, "student_lr": 5e-5, "max_length": 66},
         "qa": {"name": "full", "heldout_articles": 8, "teacher_rows": 100000, "student_rows": 100000,
-               "max_length": 384, "teacher_train_top": 12, "student_train_top": 6, "teacher_epochs": 2,
+               "max_length": 384, "serve_max_length": 384, "doc_stride": 128, "teacher_train_top": 12, "student_train_top": 6, "teacher_epochs": 2,
                "student_epochs": 3, "teacher_lr": 3e-5, "student_lr": 5e-5},
         "embedding": {"name": "full", "train_data": "stsb/train.tsv", "student_rows": 100000,
                       "student_train_top": 6, "student_epochs": 10, "student_lr": 5e-5},

@@ -71,8 +71,9 @@ def test_bad_data_fails_with_file_and_line(tmp_path: Path, tiny_bases: dict) -> 
             "--out", str(tmp_path / "m"), "--set", "min_words=0"]
     done = cli(*args, cache=tmp_path, check=False)
     assert done.returncode != 0 and f"{bad}:3: unknown label 'perhaps'" in done.stderr
-    cli(*args, "--skip-bad", "--set", "teacher_epochs=1", cache=tmp_path)
+    cli(*args, "--skip-bad", "--set", "teacher_epochs=1", "--set", "teacher_train_top=4", cache=tmp_path)
     assert manifest(tmp_path / "m")["data"][0]["skipped"] == 1
+    assert manifest(tmp_path / "m")["trained_layers"] == [0, 1, 2, 3]  # full fine-tuning: nothing cached
 
 
 def build_args(models: Path, base: Path, data: dict) -> list[str]:

@@ -74,7 +74,8 @@ def train_teacher(recipe: ClassificationRecipe, out: Path, name: str) -> tuple[P
     rows = pool.examples[: recipe.teacher_rows]
     batches = to_batches(tokenizer, rows, recipe)
     first_top = num_layers(model) - recipe.teacher_train_top          # e.g. 12 - 2 = 10
-    cache_hidden(model, batches, first_top, "t_hidden", "teacher: frozen layers (once)")
+    if first_top > 0:  # full fine-tuning (train_top = all layers) caches nothing
+        cache_hidden(model, batches, first_top, "t_hidden", "teacher: frozen layers (once)")
     params = freeze_below(model, first_top)
 
     def loss_fn(m: PreTrainedModel, b: Batch) -> tuple[torch.Tensor, dict]:

@@ -93,7 +93,8 @@ def train_teacher(recipe: QARecipe, out: Path, name: str) -> tuple[PreTrainedMod
     examples, record = split(recipe)
     batches, rows = to_batches(window_tokenizer(tokenizer), examples[: recipe.teacher_rows], recipe, tokenizer.pad_token_id)
     first_top = num_layers(model) - recipe.teacher_train_top
-    cache_hidden(model, batches, first_top, "t_hidden", "qa teacher: frozen layers (once)")
+    if first_top > 0:  # full fine-tuning (train_top = all layers) caches nothing
+        cache_hidden(model, batches, first_top, "t_hidden", "qa teacher: frozen layers (once)")
     params = freeze_below(model, first_top)
     result = train_loop(model, params, batches, lambda m, b: span_loss(recipe, m, b, first_top, "t_hidden", True),
                         epochs=recipe.teacher_epochs, lr=recipe.teacher_lr, max_seconds=recipe.teacher_max_s,
