@@ -75,7 +75,8 @@ def all_specs(settings: Settings, skip: Collection[str] = ()) -> list[tuple[Mode
 def build(spec: ModelSpec, name: str, kind: str, settings: Settings, loop: asyncio.AbstractEventLoop) -> ServedModel:
     model = ServedModel(name, spec, kind)
     model.backend = load_backend(
-        spec.path, spec.task, kind, settings.threads, settings.graph_optimization, settings.ort_spinning
+        spec.path, spec.task, kind, settings.threads, settings.graph_optimization, settings.ort_spinning,
+        settings.device,
     )
     pipeline, pad = make_pipeline(spec)
     model.batcher = Batcher(pipeline, model.backend, batch_config(settings), model.labels, pad)

@@ -29,6 +29,7 @@ class Settings(BaseSettings):
 
     threads: int | None = Field(default=None, ge=1, description="intra-op threads per model")
     graph_optimization: str = "all"
+    device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="torch backend device: cpu, cuda, cuda:N")
     ort_spinning: bool = Field(default=False, description="let ONNX Runtime pool threads spin-wait between batches")
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     max_batch_tokens: int = Field(default=16384, ge=1)

@@ -111,9 +111,9 @@ def padding_ceiling(lengths: list[int], window: int, batch: int = 32) -> float:
 class InProcess:
     """The worker's exact per-batch work (app pipeline + backend), without HTTP or queueing."""
 
-    def __init__(self, model_dir: Path, kind: str, threads: int | None) -> None:
+    def __init__(self, model_dir: Path, kind: str, threads: int | None, device: str = "cpu") -> None:
         self.spec = read_spec(model_dir)
-        self.backend = load_backend(model_dir, self.spec.task, kind, threads)
+        self.backend = load_backend(model_dir, self.spec.task, kind, threads, device=device)
         self.pipeline, self.pad = make_pipeline(self.spec)
 
     def run(self, payloads: list[Any]) -> None:
@@ -303,13 +303,14 @@ def median_rounds(rounds: list[dict[str, float]]) -> dict[str, float]:
 
 def measure(args: argparse.Namespace) -> tuple[dict[str, float], list[dict[str, float]]]:
     model_dir = Path(args.model_dir)
-    local = InProcess(model_dir, args.backend, args.threads)
+    local = InProcess(model_dir, args.backend, args.threads, args.device)
     task, name = local.spec.task, model_dir.name
     scan = {b: local.throughput(b, 1.0) for b in (1, 8, 16, 32, 64)}
     best_b = max(scan, key=scan.get)  # type: ignore[arg-type]
     print("in-process items/s by batch size: " + json.dumps({b: round(v, 1) for b, v in scan.items()}), flush=True)
     reqs = [request_bytes(ENDPOINT[task], body(task, s, name)) for s in SENTENCES]
     env = {"DISTILSERVE_THREADS": str(args.threads)} if args.threads else {}
+    env["DISTILSERVE_DEVICE"] = args.device
     rounds: list[dict[str, float]] = []
     with Server(model_dir, args.backend, args.port, env) as server:
         run_load(args.port, [reqs] * 4, 1.0)  # warm the whole HTTP path
@@ -350,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", required=True, help="a model folder (manifest or plain HF) with ONNX files")
     parser.add_argument("--backend", default="onnx", choices=["onnx", "onnx-int8", "torch"])
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: runtime's)")
+    parser.add_argument("--device", default="cpu", help="torch backend only: cpu | cuda (server gets DISTILSERVE_DEVICE)")
     parser.add_argument("--port", type=int, default=18231)
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each timed run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")

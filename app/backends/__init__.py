@@ -55,19 +55,21 @@ def load_backend(
     threads: int | None = None,
     graph_optimization: str = "all",
     spinning: bool = False,
+    device: str = "cpu",
 ) -> Backend:
     """Load `model_dir` for `task` on runtime `kind`.
 
     `model_dir` may also be a Hugging Face hub id for the torch backend (downloaded by
     transformers). `threads` sets intra-op threads (None: the runtime's default);
-    `graph_optimization` and `spinning` (ORT thread spin-waiting) apply to ONNX only.
+    `graph_optimization` and `spinning` (ORT thread spin-waiting) apply to ONNX only;
+    `device` ("cpu", "cuda", "cuda:1") applies to torch only.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     if kind == "torch":
         from app.backends.torch import TorchBackend
 
-        return TorchBackend(model_dir, task, threads)
+        return TorchBackend(model_dir, task, threads, device)
     if kind in ONNX_FILES:
         from app.backends.onnx import OnnxBackend
 
