@@ -39,8 +39,10 @@ serve: models
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest -q
 
+MODEL ?= models/embed-student
+BACKEND ?= onnx
 bench: setup
-	$(BIN)/python -m benchmarks.bench_serving
+	$(BIN)/python -m benchmarks.bench_serving --model-dir $(MODEL) --backend $(BACKEND)
 
 report:
 	$(BIN)/python -m benchmarks.report --url http://127.0.0.1:$(PORT) --out reports/
