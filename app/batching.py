@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from app.backends import Backend
+from app.admission import ServiceRate
 from app.errors import ServiceError
 from app.metrics import BATCH_SIZE, BATCH_TOKENS, INPUT_TOKENS, QUEUE_DEPTH, STAGE_DURATION, TRUNCATED_INPUTS
 from app.pipelines import Pipeline
@@ -24,8 +25,7 @@ from app.tasks import pad_batch
 
 
 _WAIT_SHARE = 0.25  # longest fill wait, as a share of the last model call
-_AUTO_BUDGET = 2.0  # automatic admission budget, in solo service times (see `Batcher.budget`)
-_ALPHA = 0.1  # weight of the newest model call in the service-time fit
+_AUTO_BUDGET = 0.5  # automatic admission budget, in solo service times (see `Batcher.budget`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,51 +45,6 @@ class BatchConfig:
         """Items taken per cycle: when sorting, several batches' worth (the sort window), so
         that length sorting has room to work; first-come takes one batch at a time."""
         return max(self.sort_window, self.max_batch_size) if self.sort_by_length else self.max_batch_size
-
-
-class ServiceRate:
-    """What a model call costs here: seconds ~ fixed + per_token x padded tokens, fitted by
-    exponentially weighted least squares over recent calls (so it follows the machine's load),
-    plus the padded tokens an item brings. Admission needs a cost per item, not per call: on a
-    CPU a full batch takes many times longer than one item, so an item count says little about
-    how long the queue ahead will take."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self._x = self._y = self._xx = self._xy = 0.0
-        self.fixed, self.per_token, self.tokens_per_item = 0.0, 0.0, 0.0
-
-    def observe(self, tokens: int, items: int, seconds: float) -> None:
-        """One model call (with its share of tokenization and post-processing)."""
-        w = max(_ALPHA, 1.0 / (self.calls + 1))  # plain mean over the first calls
-        self.calls += 1
-        x = float(tokens)
-        self._x += w * (x - self._x)
-        self._y += w * (seconds - self._y)
-        self._xx += w * (x * x - self._xx)
-        self._xy += w * (x * seconds - self._xy)
-        self.tokens_per_item += w * (tokens / items - self.tokens_per_item)
-        self._fit()
-
-    def _fit(self) -> None:
-        """Slope and intercept; with too little spread in sizes (or a fit that goes negative)
-        the whole cost is put on the tokens, which over- rather than under-states big queues."""
-        mx, my = self._x, self._y
-        var = self._xx - mx * mx
-        slope = (self._xy - mx * my) / var if var > (0.05 * mx) ** 2 else -1.0
-        if slope < 0 or my - slope * mx < 0:
-            self.fixed, self.per_token = 0.0, my / mx if mx > 0 else 0.0
-        else:
-            self.fixed, self.per_token = my - slope * mx, slope
-
-    def work(self, items: int, batch: int) -> float:
-        """Seconds to compute `items` queued items in batches of `batch`."""
-        return math.ceil(items / batch) * self.fixed + items * self.tokens_per_item * self.per_token
-
-    @property
-    def solo(self) -> float:
-        """Seconds for one typical item alone: what a request on an idle service waits."""
-        return self.fixed + self.tokens_per_item * self.per_token
 
 
 @dataclass(slots=True)
@@ -116,6 +71,8 @@ class Batcher:
         self._stopping = False
         self._answered = 0  # items answered in the last cycle (they tend to come back)
         self._last_compute = 0.0  # seconds of model calls in the last cycle
+        self.rate = ServiceRate()
+        self._busy_until = 0.0  # when the cycle in flight should end, by the estimate
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._m = _Metrics(pipeline.task, labels)
@@ -147,23 +104,78 @@ class Batcher:
                     f.exception()
 
     def submit(self, payloads: Sequence[Any]) -> list[asyncio.Future[Any]]:
-        """Enqueue items atomically (all or none); 429 when the queue would overflow."""
+        """Enqueue items atomically (all or none); 429 when they would overflow the queue or
+        when the estimated wait is already past the admission budget."""
         loop = self._loop or asyncio.get_running_loop()
         now = time.perf_counter()
         jobs = [Job(p, loop.create_future(), now, now + self.config.deadline_s) for p in payloads]
         with self._cond:
-            if len(self._queue) + len(jobs) > self.config.queue_depth:
-                raise _queue_full(self.config, len(self._queue))
+            self._admit(len(jobs))
             self._queue.extend(jobs)
             self._cond.notify()
             depth = len(self._queue)
         self._m.depth.set(depth)
         return [j.future for j in jobs]
 
+    def _admit(self, count: int) -> None:
+        """Under the lock. The item cap is a hard bound on memory; the estimated wait is what
+        keeps admitted requests' latency near the uncongested one (a deep queue of cheap items
+        and a short queue of long ones are told apart by what they cost, not their count)."""
+        depth, cap, wait = len(self._queue), self.config.queue_depth, self.estimated_wait()
+        if depth + count > cap:
+            raise _queue_full(f"queue full ({depth} of {cap} items waiting)", self.retry_after(wait))
+        if wait is not None and wait > (budget := self.budget):
+            message = f"estimated wait {wait * 1000:.0f} ms exceeds the admission budget of {budget * 1000:.0f} ms"
+            raise _queue_full(message, self.retry_after(wait))
+
+    def estimated_wait(self) -> float | None:
+        """Seconds a new item would wait for the queue ahead (at the measured rate) and the rest
+        of the cycle in flight; None before any model call was measured (item cap only)."""
+        if not self.rate.calls:
+            return None
+        ahead = self.rate.work(len(self._queue), self.config.max_batch_size)
+        return ahead + max(0.0, self._busy_until - time.perf_counter())
+
+    @property
+    def budget(self) -> float:
+        """Admission budget in seconds: the setting, or automatically `_AUTO_BUDGET` solo service
+        times. An admitted item waits up to the budget, then for its own cycle, on a machine the
+        flood of turned-away requests also loads; an uncongested request waits about one to two
+        solo times. So the budget is sized in solo times, not in full batches (on a CPU a full
+        batch costs many solo times), and half of one kept admitted p99 within 2x of the
+        uncongested p99 at 10x overload on 2 shared cores (benchmarks/overload.py), where one
+        whole solo time did not. Under overload the service then runs near batch-1 throughput;
+        a wider `max_queue_wait_ms` trades admitted latency for batch throughput."""
+        ms = self.config.max_queue_wait_ms
+        return ms / 1000 if ms else _AUTO_BUDGET * self.rate.solo
+
+    def retry_after(self, wait: float | None = None) -> int:
+        """Whole seconds for Retry-After: the estimated wait rounded up, at least the setting."""
+        wait = self.estimated_wait() if wait is None else wait
+        return max(self.config.retry_after_s, math.ceil(wait or 0.0), 1)
+
     @property
     def full(self) -> bool:
         """No room for even one more item (read without the lock: a hint for early 429s)."""
-        return len(self._queue) >= self.config.queue_depth
+        if len(self._queue) >= self.config.queue_depth:
+            return True
+        wait = self.estimated_wait()
+        return wait is not None and wait > self.budget
+
+    def calibrate(self, payload: Any, sizes: Sequence[int] = (1, 8)) -> None:
+        """Warm-up: time full cycles (tokenize, model call, post-process) of a few batch sizes, so
+        the service-time fit and admission by estimated wait hold from the first request."""
+        for n in sizes:
+            start = time.perf_counter()
+            encoded = [e for e in self.pipeline.encode([payload] * n) if not isinstance(e, Exception)]
+            seqs = [s for e in encoded for s in e]
+            inputs = pad_batch(seqs, self.pad)
+            outputs = self.pipeline.reduce(self.backend.forward(inputs), inputs)
+            rows, at = [{k: v[i] for k, v in outputs.items()} for i in range(len(seqs))], 0
+            for e in encoded:
+                self.pipeline.finish(payload, e, rows[at:at + len(e)])
+                at += len(e)
+            self.rate.observe(int(inputs["input_ids"].size), len(seqs), time.perf_counter() - start)
 
     # ---- worker side -----------------------------------------------------------------
     def _run(self) -> None:
@@ -181,7 +193,7 @@ class Batcher:
             if self._stopping:
                 return None
             target, until = self._fill_target()
-            while len(self._queue) < target and (left := until - time.perf_counter()) > 0:
+            while len(self._queue) < target and not self.full and (left := until - time.perf_counter()) > 0:
                 self._cond.wait(left)
             take = min(len(self._queue), self.config.collect_limit)
             jobs = [self._queue.popleft() for _ in range(take)]
@@ -197,7 +209,8 @@ class Batcher:
         the sort window when sorting, which only helps if it fills). The wait is capped by
         max_wait_ms (from now: queued items already waited through the last cycle) and by a
         quarter of the last cycle's model time, so it costs at most a fraction of compute: it
-        shrinks on a fast machine and grows on a loaded one. A lone client never waits.
+        shrinks on a fast machine and grows on a loaded one. A lone client never waits, nor does
+        a queue that admission has closed (the awaited items would be turned away).
         """
         cfg = self.config
         expected = min(cfg.collect_limit, len(self._queue) + self._answered)
@@ -208,6 +221,8 @@ class Batcher:
 
     def _process(self, jobs: list[Job]) -> None:
         started = time.perf_counter()
+        if self.rate.calls:
+            self._busy_until = started + self.rate.work(len(jobs), self.config.max_batch_size)
         live = [j for j in jobs if not _expired(j, started)]
         self._drop([j for j in jobs if _expired(j, started)])
         encoded = self.pipeline.encode([j.payload for j in live])
@@ -223,8 +238,9 @@ class Batcher:
                 job.seqs, job.rows, job.pending = seqs, [None] * len(seqs), len(seqs)
                 ready.append(job)
         answered, compute_start = len(jobs) - len(ready), time.perf_counter()
+        share = (compute_start - started) / max(1, sum(j.pending for j in ready))  # tokenize time per sequence
         for batch in self._cut(ready):
-            answered += self._compute(batch)
+            answered += self._compute(batch, share)
         self._answered, self._last_compute = answered, time.perf_counter() - compute_start
 
     def _cut(self, jobs: list[Job]) -> list[list[tuple[Job, int]]]:
@@ -245,8 +261,9 @@ class Batcher:
             width = grown
         return batches + ([current] if current else [])
 
-    def _compute(self, batch: list[tuple[Job, int]]) -> int:
-        """Run one model call; items that expired before compute are dropped from it.
+    def _compute(self, batch: list[tuple[Job, int]], tokenize_share: float = 0.0) -> int:
+        """Run one model call; items that expired before compute are dropped from it. Its time
+        (with post-processing and its share of tokenization) feeds the service-time fit.
         Returns how many requests' items were answered."""
         now = time.perf_counter()
         expired = {id(j): j for j, _ in batch if _expired(j, now)}
@@ -266,6 +283,8 @@ class Batcher:
             if job.pending == 0:
                 done.append(job)
         self._resolve([self._finish(j) for j in done])
+        seconds = time.perf_counter() - now + tokenize_share * len(batch)
+        self.rate.observe(int(inputs["input_ids"].size), len(batch), seconds)
         return len(done) + len(expired)
 
     def _finish(self, job: Job) -> tuple[Job, Any, BaseException | None]:
@@ -312,11 +331,8 @@ def _deadline_error(config: BatchConfig) -> ServiceError:
     return ServiceError("deadline_exceeded", f"request exceeded its {config.deadline_s} s deadline before compute")
 
 
-def _queue_full(config: BatchConfig, depth: int) -> ServiceError:
-    return ServiceError(
-        "queue_full", f"queue full ({depth} of {config.queue_depth} items waiting); retry later",
-        headers={"Retry-After": str(config.retry_after_s)},
-    )
+def _queue_full(reason: str, retry_after: int) -> ServiceError:
+    return ServiceError("queue_full", f"{reason}; retry later", headers={"Retry-After": str(retry_after)})
 
 
 class _Metrics:

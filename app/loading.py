@@ -44,7 +44,7 @@ def batch_config(settings: Settings) -> BatchConfig:
         max_wait_ms=settings.max_wait_ms, sort_by_length=settings.sort_by_length,
         sort_window=settings.sort_window,
         queue_depth=settings.queue_depth, deadline_s=settings.request_deadline_s,
-        retry_after_s=settings.retry_after_s,
+        retry_after_s=settings.retry_after_s, max_queue_wait_ms=settings.max_queue_wait_ms,
     )
 
 
@@ -82,6 +82,7 @@ def build(spec: ModelSpec, name: str, kind: str, settings: Settings, loop: async
     model.batcher = Batcher(pipeline, model.backend, batch_config(settings), model.labels, pad)
     if settings.warmup:
         warm_up(pipeline, model.backend, pad, spec.task)
+        model.batcher.calibrate(_WARMUP[spec.task])  # seeds the service-time estimate for admission
     model.batcher.start(loop)
     MODEL_INFO.labels(
         model=name, task=spec.task, role=spec.role, backend=kind, layers=str(spec.layers),

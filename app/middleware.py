@@ -165,16 +165,16 @@ class ShedMiddleware:
     Only certain rejections are made here (no model of the task could take even one item);
     everything else goes on to the route, whose own queue check is exact."""
 
-    def __init__(self, app: ASGIApp, retry_after_s: int) -> None:
-        self.app, self.retry_after = app, str(retry_after_s)
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
         self._by_task: dict[str, list[Any]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = TASK_BY_PATH.get(scope["path"]) if scope["type"] == "http" else None
         batchers = self._batchers(scope, task) if task else None
         if batchers and all(b.full for b in batchers):
-            message = f"every {task} model's queue is full; retry later"
-            headers = {"Retry-After": self.retry_after}
+            message = f"every {task} model's queue is full (items or estimated wait); retry later"
+            headers = {"Retry-After": str(min(b.retry_after() for b in batchers))}
             await error_response("queue_full", message, None, headers, task or "")(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -234,7 +234,7 @@ def install(app: Any, settings: Any) -> Any:
 
     configure_logging()
     drain = Drain(settings.shutdown_grace_s)
-    app.add_middleware(ShedMiddleware, retry_after_s=settings.retry_after_s)
+    app.add_middleware(ShedMiddleware)
     app.add_middleware(ServingMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     if settings.api_keys:

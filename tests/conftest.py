@@ -50,6 +50,8 @@ async def client(model_repo: Path) -> AsyncIterator[httpx.AsyncClient]:
     """One app serving every tiny model on ONNX (plain names), torch and int8 (`@backend`)."""
     from app.settings import Settings
 
-    settings = Settings(models_dir=model_repo, backends=["onnx", "torch", "onnx-int8"], threads=1)
+    settings = Settings(  # bursts of concurrent requests here test answers, not admission: a wide budget
+        models_dir=model_repo, backends=["onnx", "torch", "onnx-int8"], threads=1, max_queue_wait_ms=600_000
+    )
     async with serve(settings) as c:
         yield c

@@ -67,6 +67,7 @@ class QARecipe(Common):
     serve_max_length: int | None = 256    # window length the service (and evaluate) uses
     teacher_rows: int = 400               # training windows (each holds its answer)
     student_rows: int = 800               # teacher's windows + more, soft-labelled by the teacher
+    student_train_top: int = 2
     teacher_lr: float = 2e-4
     student_lr: float = 2e-4
 

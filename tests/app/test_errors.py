@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from pathlib import Path
@@ -92,3 +93,24 @@ async def test_internal_errors_hide_internals(small, one_model: Path) -> None:
 async def test_deadline_is_504(one_model: Path) -> None:
     async with serve(Settings(models_dir=one_model, request_deadline_s=1e-6)) as c:
         _error(await c.post("/classify", json={"inputs": "good"}), 504, "deadline_exceeded")
+
+
+async def _burst(settings: Settings, requests: int = 24) -> list[httpx.Response]:
+    texts = [f"a good film number {i} with a long and funny story " * 4 for i in range(8)]
+    async with serve(settings) as c:
+        return await asyncio.gather(*(c.post("/classify", json={"inputs": texts}) for _ in range(requests)))
+
+
+async def test_wait_budget_rejects_before_the_item_cap(one_model: Path) -> None:
+    """The same burst (192 items, far below the cap of 1024): a tiny wait budget turns most of it
+    away by estimated wait, a wide one admits it all. Admission reads the measured service time
+    (seeded at warm-up), not the item count."""
+    tight = await _burst(Settings(models_dir=one_model, max_queue_wait_ms=0.001))
+    wide = await _burst(Settings(models_dir=one_model, max_queue_wait_ms=600_000))
+    assert {r.status_code for r in wide} == {200}
+    shed = [r for r in tight if r.status_code == 429]
+    assert len(shed) >= len(tight) // 2 and 200 in {r.status_code for r in tight}, [r.status_code for r in tight]
+    for r in shed:
+        err = _error(r, 429, "queue_full")
+        assert "admission budget of 0 ms" in err["message"] or "estimated wait" in err["message"], err
+        assert int(r.headers["retry-after"]) >= 1

@@ -17,6 +17,6 @@ def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     # 1,000 requests at once on a shared 2-core machine may queue for longer than the default
     # 30 s deadline: a deadline is not what those tests are about
     env = {"DISTILSERVE_BACKENDS": '["onnx","torch","onnx-int8"]', "DISTILSERVE_QUEUE_DEPTH": "4096",
-           "DISTILSERVE_REQUEST_DEADLINE_S": "300"}
+           "DISTILSERVE_REQUEST_DEADLINE_S": "300", "DISTILSERVE_MAX_QUEUE_WAIT_MS": "600000"}
     with running(model_repo, log, env) as s:
         yield s

@@ -23,7 +23,8 @@ JSON = {"content-type": "application/json"}
 
 
 def start(model_repo: Path, tmp_path: Path, grace_s: float) -> Server:
-    env = {"DISTILSERVE_BACKENDS": '["onnx"]', "DISTILSERVE_SHUTDOWN_GRACE_S": str(grace_s)}
+    env = {"DISTILSERVE_BACKENDS": '["onnx"]', "DISTILSERVE_SHUTDOWN_GRACE_S": str(grace_s),
+           "DISTILSERVE_MAX_QUEUE_WAIT_MS": "600000"}  # 4 clients back to back: no 429s before SIGTERM
     server = launch(model_repo, tmp_path / "server.log", env, grace_s=30)  # uvicorn's own limit: far off
     wait_ready(server)
     return server
