@@ -184,6 +184,7 @@ class Batcher:
                 self._process(jobs)
             except BaseException as exc:  # a failed batch fails its items, never the worker
                 self._resolve([(j, None, exc) for j in jobs if not j.future.done()])
+            self._busy_until = 0.0  # the cycle is over, however long the estimate said it would take
 
     def _collect(self) -> list[Job] | None:
         """Block for work, then maybe wait for a fuller batch (see `_fill_target`)."""

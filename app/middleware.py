@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextvars
 import datetime
+import itertools
 import logging
+import os
 import re
 import sys
 import time
-import uuid
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 from starlette.exceptions import HTTPException
@@ -27,6 +28,8 @@ from app.metrics import REQUEST_DURATION, REQUESTS
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 _VALID_ID = re.compile(rb"[A-Za-z0-9._:=+/-]{1,128}")
 _LOGGED_BODY_BYTES = 4096
+_ID_PREFIX = os.urandom(10).hex()  # 20 hex digits per process, then a 12-digit counter
+_ID_COUNTER = itertools.count()
 access_log = logging.getLogger("distilserve.access")
 
 
@@ -71,12 +74,53 @@ def request_id(scope: Scope) -> str:
     given = _header(scope, b"x-request-id")
     if given is not None and _VALID_ID.fullmatch(given):
         return given.decode()
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFF:012x}"  # unique, without a urandom call per request
+
+
+class AccessLog:
+    """The per-request JSON line, built and written directly. Through `logging` (a LogRecord,
+    the formatter, a datetime) it cost about 7% of the event loop's time under load; this
+    writes the same fields (those of `JsonFormatter`) to the same stream, under the handler's
+    lock, one write per line. It follows the `distilserve.access` logger's level."""
+
+    def __init__(self) -> None:
+        self._second, self._stamp = -1, ""
+
+    def write(self, request_id: str, fields: dict[str, Any]) -> None:
+        handler = _handler()
+        if handler is None or not access_log.isEnabledFor(logging.INFO):
+            return
+        entry = {"ts": self._ts(), "level": "info", "logger": access_log.name, "msg": "request",
+                 "request_id": request_id, **fields}
+        line = orjson.dumps(entry, default=str).decode() + "\n"
+        stream: TextIO = handler.stream
+        with handler.lock:  # type: ignore[union-attr]
+            stream.write(line)
+            stream.flush()
+
+    def _ts(self) -> str:
+        """ISO 8601 UTC with milliseconds, as `JsonFormatter` writes it; the date part is
+        formatted once per second."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp}.{int((now - second) * 1000):03d}+00:00"
+
+
+def _handler() -> logging.StreamHandler | None:  # type: ignore[type-arg]
+    """The JSON handler `configure_logging` installed (None before it ran)."""
+    for handler in logging.getLogger("distilserve").handlers:
+        if getattr(handler, "_distilserve", False):
+            return handler  # type: ignore[return-value]
+    return None
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, log_inputs: bool = False) -> None:
+    def __init__(self, app: ASGIApp, log_inputs: bool = False, access_log: bool = True) -> None:
         self.app, self.log_inputs = app, log_inputs
+        self.access = AccessLog() if access_log else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -101,10 +145,11 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive_logged if self.log_inputs else receive, send_with_id)
         finally:
-            self._log(scope, status[0], time.perf_counter() - start, body)
+            if self.access is not None:
+                self._log(rid, scope, status[0], time.perf_counter() - start, body)
             REQUEST_ID.reset(token)
 
-    def _log(self, scope: Scope, status: int, seconds: float, body: bytearray) -> None:
+    def _log(self, rid: str, scope: Scope, status: int, seconds: float, body: bytearray) -> None:
         served: Any = scope.get("state", {}).get("served")
         fields: dict[str, Any] = {
             "method": scope["method"], "path": scope["path"], "status": status,
@@ -114,7 +159,7 @@ class RequestContextMiddleware:
         }
         if self.log_inputs:
             fields["body"] = body.decode("utf-8", "replace")
-        access_log.info("request", extra={"fields": fields})
+        self.access.write(rid, fields)  # type: ignore[union-attr]
 
 
 class BodyTooLarge(HTTPException):
@@ -196,6 +241,7 @@ class ServingMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._children: dict[tuple[str, str, str, str, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = TASK_BY_PATH.get(scope.get("path", "")) if scope["type"] == "http" else None
@@ -218,12 +264,18 @@ class ServingMiddleware:
         finally:
             self._record(scope, task, str(status[0]), time.perf_counter() - start)
 
-    @staticmethod
-    def _record(scope: Scope, task: str, status: str, seconds: float) -> None:
+    def _record(self, scope: Scope, task: str, status: str, seconds: float) -> None:
+        """Metric children are looked up once per label set (a `labels()` call per request
+        builds and hashes the label tuple under a lock, twice)."""
         served: Any = scope.get("state", {}).get("served")
         labels = served.labels if served is not None else {"model": "", "role": "", "backend": ""}
-        REQUEST_DURATION.labels(task=task, status=status, **labels).observe(seconds)
-        REQUESTS.labels(task=task, status=status, **labels).inc()
+        key = (task, status, labels["model"], labels["role"], labels["backend"])
+        if (children := self._children.get(key)) is None:
+            children = self._children[key] = (
+                REQUEST_DURATION.labels(task=task, status=status, **labels), REQUESTS.labels(task=task, status=status, **labels)
+            )
+        children[0].observe(seconds)
+        children[1].inc()
 
 
 def install(app: Any, settings: Any) -> Any:
@@ -241,5 +293,5 @@ def install(app: Any, settings: Any) -> Any:
         keys = [k.get_secret_value() for k in settings.api_keys]
         app.add_middleware(ApiKeyMiddleware, keys=keys, public_paths=settings.public_paths)
     app.add_middleware(DrainMiddleware, drain=drain)
-    app.add_middleware(RequestContextMiddleware, log_inputs=settings.log_inputs)
+    app.add_middleware(RequestContextMiddleware, log_inputs=settings.log_inputs, access_log=settings.access_log)
     return drain

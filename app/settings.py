@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     public_paths: list[str] = Field(
         default_factory=lambda: ["/health", "/ready", "/metrics"], description="paths served without an API key"
     )
+    access_log: bool = Field(default=True, description="one JSON line per request (method, path, status, ms, model, request id)")
     log_inputs: bool = Field(default=False, description="put request bodies (input text) in the request log")
     shutdown_grace_s: float = Field(default=20.0, gt=0, description="SIGTERM: longest wait for in-flight requests")
     on_model_error: Literal["fail", "skip"] = Field(

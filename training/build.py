@@ -43,9 +43,10 @@ class Build:
 def timed(build: Build, model: str, what: str, fn, *args, **kwargs):
     """Run one step; wall time and this process's CPU time (a shared machine inflates wall)."""
     t0, c0 = time.monotonic(), time.process_time()
-    result = fn(*args, **kwargs)
-    build.step(model, what, time.monotonic() - t0, time.process_time() - c0)
-    return result
+    try:
+        return fn(*args, **kwargs)
+    finally:  # a failed step's time is recorded too
+        build.step(model, what, time.monotonic() - t0, time.process_time() - c0)
 
 
 def eval_target(recipe: Common) -> tuple[Path, list[int] | None]:

@@ -82,6 +82,7 @@ class EmbeddingRecipe(Common):
     loss: str = "cosine"                  # mse | cosine, on mean-pooled sentence embeddings
     pooling: str = "mean"
     normalize: bool = True
+    student_train_top: int = 6            # all layers: the skipped-layer student is far off at init
     student_lr: float = 2e-4
     student_epochs: float = 2.0
 
