@@ -32,7 +32,7 @@ _AUTO_BUDGET = 0.5  # automatic admission budget, in solo service times (see `Ba
 class BatchConfig:
     max_batch_size: int = 32
     max_batch_tokens: int = 16384
-    max_wait_ms: float = 50.0
+    max_wait_ms: float = 0.0
     sort_by_length: bool = True
     sort_window: int = 256
     queue_depth: int = 1024

@@ -33,7 +33,12 @@ class Settings(BaseSettings):
     ort_spinning: bool = Field(default=False, description="let ONNX Runtime pool threads spin-wait between batches")
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     max_batch_tokens: int = Field(default=16384, ge=1)
-    max_wait_ms: float = Field(default=50.0, ge=0, le=1000, description="cap on the wait for a fuller batch (also capped at 1/4 of the last model call)")
+    max_wait_ms: float = Field(
+        default=0.0, ge=0, le=1000,
+        description="cap on the wait for a fuller batch (also capped at 1/4 of the last model call); 0: no wait. "
+        "On CPU no wait is faster: the worker computes one group of requests while the event loop answers and "
+        "reads the next (32 clients, MiniLM ONNX, 2 cores: 406 vs 325 req/s)",
+    )
     sort_by_length: bool = True
     sort_window: int = Field(default=256, ge=1, description="items taken per cycle to sort by length")
     queue_depth: int = Field(default=1024, ge=1)

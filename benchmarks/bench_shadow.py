@@ -88,7 +88,7 @@ def measure(args: argparse.Namespace, teacher: Path, student: Path, task: str) -
     repo = tempfile.TemporaryDirectory(prefix="bench-shadow-")
     for folder in (teacher, student):
         (Path(repo.name) / folder.name).symlink_to(folder.resolve())
-    base = {"DISTILSERVE_MODELS_DIR": repo.name}
+    base = {"DISTILSERVE_MODELS_DIR": repo.name, "DISTILSERVE_MAX_QUEUE_WAIT_MS": "600000"}  # closed-loop clients: no admission 429s
     if args.threads:
         base["DISTILSERVE_THREADS"] = str(args.threads)
     reqs = requests_for(task, "student", args.requests)

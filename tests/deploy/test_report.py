@@ -31,7 +31,8 @@ def service_url(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     """uvicorn serving the tiny models on 127.0.0.1, stopped after the module's tests."""
     port = free_port()
     env = {**os.environ, "DISTILSERVE_MODELS_DIR": str(model_repo), "DISTILSERVE_THREADS": "1",
-           "DISTILSERVE_BACKENDS": '["onnx","onnx-int8"]'}
+           "DISTILSERVE_BACKENDS": '["onnx","onnx-int8"]',
+           "DISTILSERVE_MAX_QUEUE_WAIT_MS": "600000"}  # closed-loop clients: throughput, not admission
     log = (tmp_path_factory.mktemp("api") / "api.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
