@@ -38,7 +38,7 @@ class BatchConfig:
     queue_depth: int = 1024
     deadline_s: float = 30.0
     retry_after_s: int = 1
-    max_queue_wait_ms: float | None = None  # admission budget; None or 0: automatic
+    max_queue_wait_ms: float = 2000.0  # admission budget; 0: automatic (latency-protecting)
 
     @property
     def collect_limit(self) -> int:

@@ -44,10 +44,12 @@ class Settings(BaseSettings):
     queue_depth: int = Field(default=1024, ge=1)
     request_deadline_s: float = Field(default=30.0, gt=0)
     retry_after_s: int = Field(default=1, ge=0, description="least Retry-After on a 429 (the estimated wait, rounded up, if longer)")
-    max_queue_wait_ms: float | None = Field(
-        default=None, ge=0, le=600_000,
+    max_queue_wait_ms: float = Field(
+        default=2000.0, ge=0, le=600_000,
         description="admission budget: a request whose estimated wait (queue ahead at the measured service rate) "
-        "is longer gets 429 at once; 0 or unset: automatic, half the service time of one item alone (see app/batching.py)",
+        "is longer gets 429 at once. The default bounds queueing at 2 s without turning away clients that "
+        "cannot overload the service; 0 is the latency-protecting automatic budget, half the service time "
+        "of one item alone, which keeps admitted p99 near the uncongested p99 under overload (app/batching.py)",
     )
 
     max_items: int = Field(default=64, ge=1)

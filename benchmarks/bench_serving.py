@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mixed-rounds", type=int, default=1)
     parser.add_argument("--sort-window", type=int, default=256, help="server's DISTILSERVE_SORT_WINDOW")
     parser.add_argument("--skip-mixed", action="store_true", help="only (a) and (b)")
-    parser.add_argument("--max-queue-wait-ms", type=float, default=600_000, help="server's DISTILSERVE_MAX_QUEUE_WAIT_MS")
+    parser.add_argument("--max-queue-wait-ms", type=float, default=2000.0, help="server's DISTILSERVE_MAX_QUEUE_WAIT_MS (the service default)")
     args = parser.parse_args(argv)
     print(f"{args.model_dir} on {args.backend}; medians over rounds:", flush=True)
     r, _ = measure(args)

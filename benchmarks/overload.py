@@ -15,9 +15,11 @@ a client that falls behind shows up as latency rather than as silently lower loa
 printed too. The client is raw asyncio HTTP/1.1 (one connection per request in flight, up to
 `--max-connections`), cheap enough to share the machine with the server.
 
-The server runs with the service's default settings: admission by estimated wait (the
-queue ahead at the measured service rate, against `DISTILSERVE_MAX_QUEUE_WAIT_MS`, automatic
-by default) keeps admitted latency near the uncongested one while the item cap stays at 1024.
+The server runs with the service's default settings except the admission budget, which is
+the latency-protecting automatic one (`DISTILSERVE_MAX_QUEUE_WAIT_MS=0`): admission by estimated
+wait (the queue ahead at the measured service rate) keeps admitted latency near the uncongested
+one while the item cap stays at 1024. The service's default budget (2 s) favours clients that
+send back to back; pass `--max-queue-wait-ms 2000` to see what it does under overload.
 `--queue-depth`, `--max-batch-size` and `--max-queue-wait-ms` override a setting to show the
 trade-off (a wider budget buys throughput on a busy server at admitted latency's expense).
 """
@@ -261,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=8, help="closed-loop clients for the capacity run")
     parser.add_argument("--queue-depth", type=int, help="override DISTILSERVE_QUEUE_DEPTH (items; default: the service's)")
     parser.add_argument("--max-batch-size", type=int, help="override DISTILSERVE_MAX_BATCH_SIZE")
-    parser.add_argument("--max-queue-wait-ms", type=float, help="override DISTILSERVE_MAX_QUEUE_WAIT_MS (admission budget)")
+    parser.add_argument("--max-queue-wait-ms", type=float, default=0.0,
+                        help="DISTILSERVE_MAX_QUEUE_WAIT_MS (admission budget; default 0: automatic, latency-protecting)")
     parser.add_argument("--max-connections", type=int, default=512, help="client connections at most")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds before a request counts as lost")
     args = parser.parse_args(argv)
