@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from app.backends import Backend
 from app.admission import ServiceRate
 from app.errors import ServiceError
-from app.metrics import BATCH_SIZE, BATCH_TOKENS, INPUT_TOKENS, QUEUE_DEPTH, STAGE_DURATION, TRUNCATED_INPUTS
+from app.metrics import BATCH_SIZE, BATCH_TOKENS, INPUT_TOKENS, QUEUE_DEPTH, STAGE_DURATION, STAGES, TRUNCATED_INPUTS
 from app.pipelines import Pipeline
 from app.tasks import pad_batch
 
@@ -342,7 +342,7 @@ class _Metrics:
     def __init__(self, task: str, labels: dict[str, str]) -> None:
         self.name = labels["model"]
         self.depth = QUEUE_DEPTH.labels(**labels)
-        self._stages = {s: STAGE_DURATION.labels(stage=s, task=task, **labels) for s in ("tokenize", "queue", "inference", "postprocess")}
+        self._stages = {s: STAGE_DURATION.labels(stage=s, task=task, **labels) for s in STAGES}
         self._size, self._tokens = BATCH_SIZE.labels(**labels), BATCH_TOKENS.labels(**labels)
         self._in_tokens = INPUT_TOKENS.labels(task=task, **labels)
         self._truncated = TRUNCATED_INPUTS.labels(task=task, **labels)

@@ -10,7 +10,7 @@ from typing import Collection
 from app.backends import Backend, load_backend
 from app.faults import load_fault
 from app.batching import BatchConfig, Batcher
-from app.metrics import MODEL_INFO
+from app.metrics import register_model
 from app.pipelines import ClassifyItem, ClassifyPipeline, EmbedItem, EmbedPipeline, Pipeline, QAItem, QAPipeline
 from app.registry import ModelSpec, ServedModel, discover, hub_folder, read_spec, served_names
 from app.settings import Settings
@@ -84,10 +84,10 @@ def build(spec: ModelSpec, name: str, kind: str, settings: Settings, loop: async
         warm_up(pipeline, model.backend, pad, spec.task)
         model.batcher.calibrate(_WARMUP[spec.task])  # seeds the service-time estimate for admission
     model.batcher.start(loop)
-    MODEL_INFO.labels(
-        model=name, task=spec.task, role=spec.role, backend=kind, layers=str(spec.layers),
-        hidden_size=str(spec.hidden_size), params=str(spec.params), max_length=str(spec.max_length),
-    ).info({})
+    register_model(name, spec.task, spec.role, kind, {
+        "layers": str(spec.layers), "hidden_size": str(spec.hidden_size),
+        "params": str(spec.params), "max_length": str(spec.max_length),
+    })
     return model
 
 

@@ -81,6 +81,25 @@ SHADOW_COSINE = Histogram(
 )
 
 
+STAGES = ("tokenize", "queue", "inference", "postprocess")
+
+
+def register_model(name: str, task: str, role: str, backend: str, info: dict[str, str]) -> None:
+    """Publish a served model and create its series at zero. Prometheus computes `rate()` from
+    samples it has seen: a series born with its first requests already counted never shows an
+    increase, and a short burst to a fresh model would be invisible in latency quantiles."""
+    labels = {"model": name, "role": role, "backend": backend}
+    MODEL_INFO.labels(task=task, **labels, **info).info({})
+    REQUEST_DURATION.labels(task=task, status="200", **labels)
+    REQUESTS.labels(task=task, status="200", **labels)
+    for counter in (INPUT_TOKENS, TRUNCATED_INPUTS):
+        counter.labels(task=task, **labels)
+    for stage in STAGES:
+        STAGE_DURATION.labels(stage=stage, task=task, **labels)
+    for histogram in (BATCH_SIZE, BATCH_TOKENS):
+        histogram.labels(**labels)
+
+
 def render() -> tuple[bytes, str]:
     """The exposition text and its content type, for GET /metrics."""
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

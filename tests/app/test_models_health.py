@@ -68,3 +68,15 @@ async def test_not_ready_says_why(model_repo: Path, tmp_path: Path) -> None:
         assert "translation" in r.json()["error"]["message"]
         assert (await c.post("/classify", json={"inputs": "x"})).status_code == 503
         assert (await c.get("/health")).status_code == 200
+
+
+async def test_every_served_model_has_its_series_from_zero(model_repo: Path, tmp_path: Path) -> None:
+    """Prometheus only sees an increase between two scrapes: a series must exist, at zero,
+    before the model's first request, or a short burst never shows in rate() or quantiles."""
+    shutil.copytree(model_repo / "sst2-student", tmp_path / "fresh-student")
+    async with serve(Settings(models_dir=tmp_path, backends=["onnx"])) as c:
+        text = (await c.get("/metrics")).text
+    labels = 'backend="onnx",model="fresh-student",role="student"'
+    assert f'distilserve_requests_total{{{labels},status="200",task="classification"}} 0.0' in text
+    assert f'distilserve_request_duration_seconds_count{{{labels},status="200",task="classification"}} 0.0' in text
+    assert f'distilserve_stage_duration_seconds_count{{{labels},stage="queue",task="classification"}}' in text
