@@ -336,7 +336,7 @@ def mixed_rounds(args: argparse.Namespace, model_dir: Path, task: str, name: str
     sorted_port, fifo_port = args.port + 1, args.port + 2
     reqs = [request_bytes(ENDPOINT[task], body(task, t, name)) for t in texts]
     per_client = {p: [reqs[i::k] for i in range(k)] for p in (sorted_port, fifo_port)}
-    env = {**env, "DISTILSERVE_REQUEST_DEADLINE_S": "900",  # throughput here, not deadlines
+    env = {**env, "DISTILSERVE_REQUEST_DEADLINE_S": "900", "DISTILSERVE_MAX_QUEUE_WAIT_MS": "600000",  # throughput here, not deadlines or admission
            "DISTILSERVE_SORT_WINDOW": str(args.sort_window)}
     with Server(model_dir, args.backend, sorted_port, {**env, "DISTILSERVE_SORT_BY_LENGTH": "true"}) as srt, \
             Server(model_dir, args.backend, fifo_port, {**env, "DISTILSERVE_SORT_BY_LENGTH": "false"}) as fifo:
