@@ -99,7 +99,8 @@ def build_task(build: Build, task: str, prefix: str) -> None:
     recipe = get_recipe(task, build.recipe_name, overrides_for(task, build.overrides))
     t_name, s_name = f"{prefix}-teacher", f"{prefix}-student"
     t_dir, s_dir = build.models / t_name, build.models / s_name
-    eval_target(recipe)  # a bad evaluation set fails before training, not after
+    if not (is_complete(t_dir) and is_complete(s_dir)):
+        eval_target(recipe)  # a bad evaluation set fails before training, not after; built pairs need no data
     teacher = cached = None
     if not is_complete(t_dir):
         tmp = build.models / f".building-{t_name}"

@@ -20,7 +20,11 @@ from training.student import parse_layer_map
 def data_path(path: str) -> Path:
     """Recipe data paths are relative to the data directory setting unless absolute."""
     candidate = Path(path).expanduser()
-    return candidate if candidate.is_absolute() or candidate.exists() else data_dir() / candidate
+    resolved = candidate if candidate.is_absolute() or candidate.exists() else data_dir() / candidate
+    if not resolved.exists():
+        raise FileNotFoundError(f"data file {resolved} not found: set DISTILSERVE_DATA_DIR to the folder "
+                                f"that holds {path} (default ../shared/data from the repository root)")
+    return resolved
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], pairs: Sequence[str | None] | None,
