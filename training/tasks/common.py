@@ -9,12 +9,12 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from training.engine import Batch, LoopResult, setup_torch
-from training.modeling import forward_range, num_layers
+from training.engine import Batch, LoopResult, cache_hidden, setup_torch
+from training.modeling import forward_range, freeze_below, num_layers
 from training.paths import data_dir
 from training.pretrained import resolve_base
 from training.recipes import Common, recipe_dict
-from training.student import parse_layer_map
+from training.student import make_student, parse_layer_map
 
 
 def data_path(path: str) -> Path:
@@ -81,6 +81,19 @@ def manifest_fields(recipe: Common, *, name: str, role: str, data: list[dict], r
 
 def layer_map_for(recipe: Common, teacher: PreTrainedModel) -> list[int]:
     return parse_layer_map(recipe.layer_map, num_layers(teacher))
+
+
+def student_for(recipe: Common, teacher: PreTrainedModel, batches: list[Batch], label: str
+                ) -> tuple[PreTrainedModel, list[int], int, list[torch.nn.Parameter]]:
+    """The student every task distils the same way: initialised from the teacher's layer map,
+    its layers below the top `student_train_top` frozen and their output cached once in
+    ``batch["s_hidden"]``. Returns (student, layer map, first trained layer, trained params)."""
+    layer_map = layer_map_for(recipe, teacher)
+    student = make_student(teacher, layer_map)
+    first = num_layers(student) - recipe.student_train_top             # e.g. 6 - 3 = 3
+    if first > 0:
+        cache_hidden(student, batches, first, "s_hidden", f"{label}: frozen layers (once)")
+    return student, layer_map, first, freeze_below(student, first)
 
 
 class Clock:

@@ -17,10 +17,9 @@ from training.data import load_labelled, sentences_of
 from training.engine import Batch, cache_hidden, make_batches, run_top, train_loop
 from training.losses import embedding_loss, mean_pool
 from training.manifest import describe, save_model
-from training.modeling import freeze_below, load_model, num_layers
+from training.modeling import load_model, num_layers
 from training.recipes import EmbeddingRecipe
-from training.student import make_student
-from training.tasks.common import Clock, data_path, encode, layer_map_for, manifest_fields, start
+from training.tasks.common import Clock, data_path, encode, manifest_fields, student_for, start
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +67,7 @@ def distil_student(recipe: EmbeddingRecipe, teacher_dir: Path, out: Path, name: 
     batches = to_batches(tokenizer, texts, recipe)
     teacher_embeddings(teacher, batches)
 
-    layer_map = layer_map_for(recipe, teacher)
-    student = make_student(teacher, layer_map)
-    s_first = num_layers(student) - recipe.student_train_top
-    if s_first > 0:
-        cache_hidden(student, batches, s_first, "s_hidden", "embedding student: frozen layers (once)")
-    params = freeze_below(student, s_first)
+    student, layer_map, s_first, params = student_for(recipe, teacher, batches, "embedding student")
 
     def loss_fn(m: PreTrainedModel, b: Batch) -> tuple[torch.Tensor, dict]:
         hidden = run_top(m, b, s_first, "s_hidden").last_hidden_state   # [batch, seq, hidden]

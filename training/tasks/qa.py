@@ -22,8 +22,7 @@ from training.losses import qa_loss
 from training.manifest import describe, save_model
 from training.modeling import freeze_below, load_model, num_layers
 from training.recipes import QARecipe
-from training.student import make_student
-from training.tasks.common import Clock, data_path, layer_map_for, manifest_fields, start, teacher_outputs
+from training.tasks.common import Clock, data_path, manifest_fields, student_for, start, teacher_outputs
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +121,7 @@ def distil_student(recipe: QARecipe, teacher_dir: Path, out: Path, name: str, te
     first_top = num_layers(teacher) - recipe.teacher_train_top
     teacher_outputs(teacher, batches, first_top, keep_hidden=False, desc="qa teacher span logits (once)")
 
-    layer_map = layer_map_for(recipe, teacher)
-    student = make_student(teacher, layer_map)
-    s_first = num_layers(student) - recipe.student_train_top
-    if s_first > 0:
-        cache_hidden(student, batches, s_first, "s_hidden", "qa student: frozen layers (once)")
-    params = freeze_below(student, s_first)
+    student, layer_map, s_first, params = student_for(recipe, teacher, batches, "qa student")
     result = train_loop(student, params, batches, lambda m, b: span_loss(recipe, m, b, s_first, "s_hidden", False),
                         epochs=recipe.student_epochs, lr=recipe.student_lr, max_seconds=recipe.student_max_s,
                         seed=recipe.seed, desc=f"{name}: distil")
