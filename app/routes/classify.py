@@ -7,7 +7,7 @@ from app.responses import FastJSON
 
 from app.deps import RegistryDep, SettingsDep
 from app.pipelines import ClassifyItem
-from app.routes.common import check_limits, check_max, error_docs, items_and_usage, resolve, run_items
+from app.routes.common import check_limits, check_max, error_docs, resolve, results_body, run_items
 from app.schemas import ClassifyRequest, ClassifyResponse
 from app.settings import Settings
 
@@ -35,7 +35,4 @@ async def classify(
     payloads = prepare(body, settings)
     model = resolve(registry, request, body.model, "classification", settings)
     outcomes = await run_items(model, payloads)
-    items, usage = items_and_usage(outcomes)
-    return FastJSON(
-        {"model": model.name, "results": [o["result"] for o in outcomes], "items": items, "usage": usage}
-    )
+    return FastJSON(results_body(model, outcomes))

@@ -65,3 +65,10 @@ async def run_items(
 def items_and_usage(outcomes: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
     items = [{"tokens": o["tokens"], "truncated": o["truncated"], **({"windows": o["windows"]} if "windows" in o else {})} for o in outcomes]
     return items, {"tokens": sum(o["tokens"] for o in outcomes)}
+
+
+def results_body(model: ServedModel, outcomes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The response of /classify and /qa (and each side of /compare): results in input order,
+    per-item token counts, and usage."""
+    items, usage = items_and_usage(outcomes)
+    return {"model": model.name, "results": [o["result"] for o in outcomes], "items": items, "usage": usage}

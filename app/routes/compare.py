@@ -24,7 +24,7 @@ from app.errors import ServiceError
 from app.registry import Registry, ServedModel
 from app.responses import FastJSON
 from app.routes import classify, embed, qa
-from app.routes.common import check_limits, error_docs, items_and_usage, run_items
+from app.routes.common import check_limits, error_docs, results_body, run_items
 from app.schemas import ClassifyRequest, EmbedRequest, ItemInfo, QARequest, Usage
 from app.settings import Settings
 
@@ -101,11 +101,8 @@ async def _side(model: ServedModel, payloads: list[Any]) -> dict[str, Any]:
     start = time.perf_counter()
     outcomes = await run_items(model, payloads, shadow=False)
     latency_ms = (time.perf_counter() - start) * 1000.0
-    items, usage = items_and_usage(outcomes)
-    return {
-        "model": model.name, "role": model.spec.role, "backend": model.backend_kind,
-        "results": [o["result"] for o in outcomes], "items": items, "usage": usage, "latency_ms": latency_ms,
-    }
+    return {**results_body(model, outcomes), "role": model.spec.role, "backend": model.backend_kind,
+            "latency_ms": latency_ms}
 
 
 @router.post("/compare", response_model=CompareResponse, responses=error_docs())
