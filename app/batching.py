@@ -245,22 +245,20 @@ class Batcher:
         self._answered, self._last_compute = answered, time.perf_counter() - compute_start
 
     def _cut(self, jobs: list[Job]) -> list[list[tuple[Job, int]]]:
-        """Flatten to sequences, sort by length (if enabled), cut by items and padded tokens."""
+        """Flatten to sequences; when sorting, order them by length and split where the fitted
+        cost says (`partition`); first-come batches fill greedily up to items and padded tokens."""
         seqs = [(j, i) for j in jobs for i in range(len(j.seqs))]
-        if self.config.sort_by_length:
-            seqs.sort(key=lambda s: len(s[0].seqs[s[1]].ids))
-        batches: list[list[tuple[Job, int]]] = []
-        current: list[tuple[Job, int]] = []
-        width = 0
-        for job, i in seqs:
-            n = len(job.seqs[i].ids)
-            grown = max(width, n)
-            if current and (len(current) >= self.config.max_batch_size or grown * (len(current) + 1) > self.config.max_batch_tokens):
-                batches.append(current)
-                current, grown = [], n
-            current.append((job, i))
-            width = grown
-        return batches + ([current] if current else [])
+        lengths = [len(j.seqs[i].ids) for j, i in seqs]
+        cfg = self.config
+        if cfg.sort_by_length:
+            order = sorted(range(len(seqs)), key=lengths.__getitem__)
+            seqs, lengths = [seqs[k] for k in order], [lengths[k] for k in order]
+            if self.rate.fixed > 0 and self.rate.per_token > 0:
+                overhead = self.rate.fixed / self.rate.per_token  # one model call's fixed cost, in tokens
+                bounds = partition(lengths, cfg.max_batch_size, cfg.max_batch_tokens, overhead)
+                return [seqs[a:b] for a, b in zip(bounds, bounds[1:])]
+        bounds = greedy_bounds(lengths, cfg.max_batch_size, cfg.max_batch_tokens)
+        return [seqs[a:b] for a, b in zip(bounds, bounds[1:])]
 
     def _compute(self, batch: list[tuple[Job, int]], tokenize_share: float = 0.0) -> int:
         """Run one model call; items that expired before compute are dropped from it. Its time
@@ -305,6 +303,42 @@ class Batcher:
     def _resolve(self, outcomes: list[tuple[Job, Any, BaseException | None]]) -> None:
         if outcomes and self._loop is not None:
             self._loop.call_soon_threadsafe(_settle, outcomes)
+
+
+def greedy_bounds(lengths: Sequence[int], max_items: int, max_tokens: int) -> list[int]:
+    """Batch boundaries in the given order: a batch closes when one more item would pass the
+    item cap or the padded-token cap (items x longest)."""
+    bounds, width = [0], 0
+    for k, n in enumerate(lengths):
+        grown = max(width, n)
+        if k > bounds[-1] and (k - bounds[-1] >= max_items or grown * (k - bounds[-1] + 1) > max_tokens):
+            bounds.append(k)
+            grown = n
+        width = grown
+    return bounds + [len(lengths)] if lengths else [0]
+
+
+def partition(lengths: Sequence[int], max_items: int, max_tokens: int, overhead: float) -> list[int]:
+    """Boundaries that split ascending `lengths` into batches of least total cost, where a batch
+    costs `overhead` (a model call's fixed cost, in tokens) + items x its longest length.
+
+    Equal-size chunks of a sorted window still pad: the last item of each chunk sets its width,
+    and in a long-tailed mix one chunk spans 60 to 200 tokens. Cutting where the lengths jump,
+    at the price of one more model call when that is cheaper, takes most of the remaining padding
+    out. Dynamic programming over cut points: O(items x max_items), about 1 ms for 256 items.
+    """
+    n = len(lengths)
+    best, cut = [0.0] * (n + 1), [0] * (n + 1)
+    for j in range(1, n + 1):
+        width = lengths[j - 1]  # the batch (i, j] is as wide as its last, longest item
+        lo = min(j - 1, max(0, j - max_items, j - max_tokens // max(1, width)))
+        cost, at = min((best[i] - i * width, i) for i in range(lo, j))
+        best[j], cut[j] = cost + j * width + overhead, at
+    bounds, j = [n], n
+    while j > 0:
+        j = cut[j]
+        bounds.append(j)
+    return bounds[::-1] if n else [0]
 
 
 def _settle(outcomes: list[tuple[Job, Any, BaseException | None]]) -> None:

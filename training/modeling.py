@@ -22,6 +22,43 @@ from transformers import (
     PreTrainedModel,
 )
 
+_COMPUTE_DTYPE: torch.dtype | None = None  # None: plain fp32; else the CPU autocast dtype
+
+
+def bf16_native() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is
+    emulated and slower than fp32."""
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def set_precision(name: str) -> str:
+    """'fp32'; 'bf16': CPU autocast, matmuls in bfloat16 (1.8-1.9x faster training and cached
+    passes on the 2-core AVX512-BF16 machine), while weights, optimizer state, losses and the
+    saved model stay fp32; 'auto': bf16 where the CPU has it natively. Returns what is used."""
+    global _COMPUTE_DTYPE
+    if name not in ("fp32", "bf16", "auto"):
+        raise ValueError(f"precision must be fp32, bf16 or auto, not {name!r}")
+    used = ("bf16" if bf16_native() else "fp32") if name == "auto" else name
+    _COMPUTE_DTYPE = torch.bfloat16 if used == "bf16" else None
+    return used
+
+
+def precision_in_use() -> str:
+    """What training runs in now (recorded in each manifest)."""
+    return "fp32" if _COMPUTE_DTYPE is None else "bf16"
+
+
+def _fp32(value: object) -> object:
+    """Model outputs back in fp32 (logits, hidden states), so losses and caches see one dtype."""
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.float()
+    if isinstance(value, tuple):
+        return tuple(_fp32(v) for v in value)
+    return value
+
+
 TASK_CLASSES = {
     "classification": AutoModelForSequenceClassification,
     "qa": AutoModelForQuestionAnswering,
@@ -108,7 +145,11 @@ def forward_range(model: PreTrainedModel, start: int, end: int, batch: dict[str,
                 kwargs["token_type_ids"] = batch["token_type_ids"]
         else:
             kwargs["inputs_embeds"] = hidden
-        out = target(**kwargs)
+        with torch.autocast("cpu", dtype=_COMPUTE_DTYPE or torch.bfloat16, enabled=_COMPUTE_DTYPE is not None):
+            out = target(**kwargs)
+        if _COMPUTE_DTYPE is not None:
+            for key in list(out.keys()):
+                out[key] = _fp32(out[key])
         return out if head else out.last_hidden_state
 
 

@@ -20,6 +20,7 @@ class Common:
     base: str = "all-mpnet-base-v2"       # pretrained weights: cache name, HF folder or hub id
     seed: int = 0
     threads: int = 2
+    precision: str = "fp32"               # fp32 | bf16 | auto (bf16 CPU autocast where native) for training
     layer_map: str | None = None          # student layers from teacher layers; None = 0,2,4,...
     max_length: int = 64                  # tokens per training item (short: SST-2/STS-B are short)
     serve_max_length: int | None = 128    # manifest max_length the service enforces (None: max_length)
@@ -92,18 +93,18 @@ RECIPE_CLASSES = {"classification": ClassificationRecipe, "qa": QARecipe, "embed
 # Named recipes: per task, the fields that differ from the dataclass defaults.
 NAMED: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
-        "classification": {"eval_limit": None},
-        "qa": {"eval_limit": 300},
-        "embedding": {"eval_limit": 500},
+        "classification": {"eval_limit": None, "precision": "auto"},
+        "qa": {"eval_limit": 300, "student_rows": 600, "precision": "auto"},
+        "embedding": {"eval_limit": 500, "student_rows": 3500, "precision": "auto"},
     },
     "full": {
-        "classification": {"name": "full", "teacher_rows": 67349, "student_rows": 67349, "min_words": 0,
+        "classification": {"name": "full", "precision": "auto", "teacher_rows": 67349, "student_rows": 67349, "min_words": 0,
                            "teacher_train_top": 12, "student_train_top": 6, "teacher_epochs": 2,
                            "student_epochs": 3, "teacher_lr": 3e-5, "student_lr": 5e-5, "max_length": 66},
-        "qa": {"name": "full", "heldout_articles": 8, "teacher_rows": 100000, "student_rows": 100000,
+        "qa": {"name": "full", "precision": "auto", "heldout_articles": 8, "teacher_rows": 100000, "student_rows": 100000,
                "max_length": 384, "serve_max_length": 384, "doc_stride": 128, "teacher_train_top": 12, "student_train_top": 6, "teacher_epochs": 2,
                "student_epochs": 3, "teacher_lr": 3e-5, "student_lr": 5e-5},
-        "embedding": {"name": "full", "train_data": "stsb/train.tsv", "student_rows": 100000,
+        "embedding": {"name": "full", "precision": "auto", "train_data": "stsb/train.tsv", "student_rows": 100000,
                       "student_train_top": 6, "student_epochs": 10, "student_lr": 5e-5},
     },
 }

@@ -83,6 +83,10 @@ def test_broken_tolerance_fails_export_and_removes_file(tmp_path: Path) -> None:
     assert not (folder / "model.int8.onnx").exists() and (folder / "model.onnx").exists()
     entry = json.loads((folder / "manifest.json").read_text())["onnx"]["model.int8.onnx"]
     assert entry["parity"]["ok"] is False and entry["tolerance"]["max_abs_diff"] == 1e-12
+    # the default scheme "auto" tried the whole chain, finest last, and recorded each attempt
+    assert entry["scheme_name"] == "weight-only8"
+    assert [t["scheme_name"] for t in entry["schemes_tried"]] == ["blockwise8", "blockwise8-b32"]
+    assert all(t["parity"]["ok"] is False and t["parity"]["max_abs_diff"] > 1e-12 for t in entry["schemes_tried"])
 
 
 def test_cli_tolerance_flag_breach_exits_nonzero(tmp_path: Path) -> None:

@@ -9,16 +9,20 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from training.data import is_hub_spec
 from training.engine import Batch, LoopResult, cache_hidden, setup_torch
-from training.modeling import forward_range, freeze_below, num_layers
+from training.modeling import forward_range, freeze_below, num_layers, precision_in_use, set_precision
 from training.paths import data_dir
 from training.pretrained import resolve_base
 from training.recipes import Common, recipe_dict
 from training.student import make_student, parse_layer_map
 
 
-def data_path(path: str) -> Path:
-    """Recipe data paths are relative to the data directory setting unless absolute."""
+def data_path(path: str) -> Path | str:
+    """Recipe data paths are relative to the data directory setting unless absolute; a hub
+    dataset spec (``hf:glue:sst2@train``) is passed through to the loaders as is."""
+    if is_hub_spec(path):
+        return path
     candidate = Path(path).expanduser()
     resolved = candidate if candidate.is_absolute() or candidate.exists() else data_dir() / candidate
     if not resolved.exists():
@@ -42,6 +46,7 @@ def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], pairs: Sequ
 def start(recipe: Common, base: str | Path | None = None) -> tuple[str, PreTrainedTokenizerBase]:
     """Seed + threads, then the base model's location and tokenizer."""
     setup_torch(recipe.threads, recipe.seed)
+    set_precision(recipe.precision)
     source = resolve_base(str(base or recipe.base))
     return source, AutoTokenizer.from_pretrained(source)
 
@@ -73,7 +78,7 @@ def manifest_fields(recipe: Common, *, name: str, role: str, data: list[dict], r
     fields = {"name": name, "task": recipe.task, "role": role,
               "max_length": recipe.serve_max_length or recipe.max_length, "train_max_length": recipe.max_length,
               "data": data, "recipe": recipe_dict(recipe), "seed": recipe.seed,
-              "training_time_s": round(seconds, 1),
+              "training_time_s": round(seconds, 1), "training_precision": precision_in_use(),
               "training": vars(result) if result else None}
     fields.update(extra)
     return fields
