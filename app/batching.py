@@ -14,7 +14,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from app.backends import Backend
 from app.admission import ServiceRate
@@ -175,7 +175,8 @@ class Batcher:
             for e in encoded:
                 self.pipeline.finish(payload, e, rows[at:at + len(e)])
                 at += len(e)
-            self.rate.observe(int(inputs["input_ids"].size), len(seqs), time.perf_counter() - start)
+            self.rate.observe(int(inputs["input_ids"].size), len(seqs), time.perf_counter() - start,
+                              int(inputs["input_ids"].shape[1]))
 
     # ---- worker side -----------------------------------------------------------------
     def _run(self) -> None:
@@ -253,9 +254,8 @@ class Batcher:
         if cfg.sort_by_length:
             order = sorted(range(len(seqs)), key=lengths.__getitem__)
             seqs, lengths = [seqs[k] for k in order], [lengths[k] for k in order]
-            if self.rate.fixed > 0 and self.rate.per_token > 0:
-                overhead = self.rate.fixed / self.rate.per_token  # one model call's fixed cost, in tokens
-                bounds = partition(lengths, cfg.max_batch_size, cfg.max_batch_tokens, overhead)
+            if self.rate.fixed > 0 and self.rate.per_token > 0:  # a fitted cost with a fixed part
+                bounds = partition(lengths, cfg.max_batch_size, cfg.max_batch_tokens, self.rate.fixed, self.rate.item_cost)
                 return [seqs[a:b] for a, b in zip(bounds, bounds[1:])]
         bounds = greedy_bounds(lengths, cfg.max_batch_size, cfg.max_batch_tokens)
         return [seqs[a:b] for a, b in zip(bounds, bounds[1:])]
@@ -283,7 +283,7 @@ class Batcher:
                 done.append(job)
         self._resolve([self._finish(j) for j in done])
         seconds = time.perf_counter() - now + tokenize_share * len(batch)
-        self.rate.observe(int(inputs["input_ids"].size), len(batch), seconds)
+        self.rate.observe(int(inputs["input_ids"].size), len(batch), seconds, int(inputs["input_ids"].shape[1]))
         return len(done) + len(expired)
 
     def _finish(self, job: Job) -> tuple[Job, Any, BaseException | None]:
@@ -318,9 +318,11 @@ def greedy_bounds(lengths: Sequence[int], max_items: int, max_tokens: int) -> li
     return bounds + [len(lengths)] if lengths else [0]
 
 
-def partition(lengths: Sequence[int], max_items: int, max_tokens: int, overhead: float) -> list[int]:
+def partition(lengths: Sequence[int], max_items: int, max_tokens: int, overhead: float,
+              item_cost: Callable[[int], float] = float) -> list[int]:
     """Boundaries that split ascending `lengths` into batches of least total cost, where a batch
-    costs `overhead` (a model call's fixed cost, in tokens) + items x its longest length.
+    costs `overhead` (a model call's fixed cost) + items x `item_cost(its longest length)`
+    (default: the length itself, i.e. padded tokens).
 
     Equal-size chunks of a sorted window still pad: the last item of each chunk sets its width,
     and in a long-tailed mix one chunk spans 60 to 200 tokens. Cutting where the lengths jump,
@@ -332,8 +334,9 @@ def partition(lengths: Sequence[int], max_items: int, max_tokens: int, overhead:
     for j in range(1, n + 1):
         width = lengths[j - 1]  # the batch (i, j] is as wide as its last, longest item
         lo = min(j - 1, max(0, j - max_items, j - max_tokens // max(1, width)))
-        cost, at = min((best[i] - i * width, i) for i in range(lo, j))
-        best[j], cut[j] = cost + j * width + overhead, at
+        unit = item_cost(width)  # what each of its items costs at that width
+        cost, at = min((best[i] - i * unit, i) for i in range(lo, j))
+        best[j], cut[j] = cost + j * unit + overhead, at
     bounds, j = [n], n
     while j > 0:
         j = cut[j]

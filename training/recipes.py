@@ -79,6 +79,7 @@ class EmbeddingRecipe(Common):
     train_data: str = "stsb/train.tsv"    # sentences only: distillation needs no labels
     eval_data: str = "stsb/dev.tsv"
     eval_name: str = "stsb-dev"
+    serve_max_length: int | None = 384    # all-mpnet-base-v2's own limit: paragraphs embed whole
     student_rows: int = 4000              # unlabelled sentences the student learns from
     loss: str = "cosine"                  # mse | cosine, on mean-pooled sentence embeddings
     pooling: str = "mean"

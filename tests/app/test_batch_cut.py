@@ -62,3 +62,28 @@ def test_greedy_bounds_respects_items_and_tokens() -> None:
     assert greedy_bounds([5, 5, 5], 2, 100) == [0, 2, 3]
     assert greedy_bounds([10, 60], 8, 100) == [0, 1, 2]  # 2 x 60 padded tokens > 100
     assert greedy_bounds([], 8, 100) == [0]
+
+
+def _fed(calls: list[tuple[int, int]], seed: int = 0) -> "ServiceRate":
+    """A ServiceRate fed calls (items, width) whose time follows a known cost with 10% noise:
+    2 ms per call + 40 us per padded token + 0.16 us per item x width^2 (the int8 MiniLM here)."""
+    from app.admission import ServiceRate
+
+    rng, rate = random.Random(seed), ServiceRate()
+    for n, width in calls:
+        seconds = (2e-3 + n * (40e-6 * width + 0.16e-6 * width * width)) * rng.uniform(0.9, 1.1)
+        rate.observe(n * width, n, seconds, width)
+    return rate
+
+
+def test_cost_fit_recovers_the_fixed_cost_on_mixed_widths() -> None:
+    rng = random.Random(1)
+    rate = _fed([(rng.randint(1, 32), rng.randint(12, 200)) for _ in range(300)])
+    assert 1e-3 < rate.fixed < 4e-3 and rate.per_sq > 0  # a line without the squared term goes below 0
+    assert rate.item_cost(200) / 200 > rate.item_cost(16) / 16  # wide batches cost more per token
+
+
+def test_cost_fit_with_one_width_falls_back_to_tokens_and_stays_positive() -> None:
+    rate = _fed([(32, 16)] * 50)  # no spread at all: nothing but a cost per token can be fitted
+    assert rate.fixed == 0 and rate.per_sq == 0 and rate.per_token == pytest.approx(40e-6 + 0.16e-6 * 16 + 2e-3 / 512, rel=0.15)
+    assert rate.work(64, 32) == pytest.approx(2 * 32 * 16 * rate.per_token)
