@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Collection
 
 from app.backends import Backend, load_backend
-from app.faults import load_fault
+from app.faults import ModelFault, load_fault
 from app.batching import BatchConfig, Batcher
 from app.metrics import register_model
 from app.pipelines import ClassifyItem, ClassifyPipeline, EmbedItem, EmbedPipeline, Pipeline, QAItem, QAPipeline
-from app.registry import ModelSpec, ServedModel, discover, hub_folder, read_spec, served_names
+from app.registry import HubModelUnavailable, ModelSpec, ServedModel, discover, hub_folder, read_spec, served_names
 from app.settings import Settings
 from app.tasks import load_tokenizer, pad_batch, pad_id
 from app.tasks.classify import score_function
@@ -61,12 +62,21 @@ def make_pipeline(spec: ModelSpec) -> tuple[Pipeline, int]:
     return pipeline, pad_id(tokenizer)
 
 
-def all_specs(settings: Settings, skip: Collection[str] = ()) -> list[tuple[ModelSpec, list[str]]]:
+def all_specs(settings: Settings, skip: Collection[str] = (), missing: list[ModelFault] | None = None
+              ) -> list[tuple[ModelSpec, list[str]]]:
     """Local folders with the configured backends (less the `skip` folders, which failed the
-    start-up checks); hub ids are served on torch only."""
+    start-up checks); hub ids are served on torch only. A hub id that cannot be had fails
+    start-up, or in `skip` mode joins `missing` (named on /ready) like a broken folder."""
     specs = [(s, settings.backends) for s in discover(settings.models_dir, skip)] if settings.models_dir.is_dir() else []
     for model_id in settings.hub_models:
-        spec = read_spec(hub_folder(model_id))
+        try:
+            spec = read_spec(hub_folder(model_id))
+        except HubModelUnavailable as exc:
+            if settings.on_model_error == "fail" or missing is None:
+                raise
+            missing.append(fault := ModelFault(model_id, Path(model_id), str(exc)[:300]))
+            log.error("model fault: %s", fault)
+            continue
         spec.name = model_id
         specs.append((spec, ["torch"]))
     return specs
@@ -95,7 +105,8 @@ async def load_all(settings: Settings, state: object) -> list[ServedModel]:
     """Load and warm every served model, reporting progress through `state.reason`."""
     loop = asyncio.get_running_loop()
     skip = {fault.name for fault in getattr(state, "missing", [])}
-    todo = [(spec, name, kind) for spec, kinds in await asyncio.to_thread(all_specs, settings, skip) for name, kind in served_names(spec, kinds)]
+    specs = await asyncio.to_thread(all_specs, settings, skip, getattr(state, "missing", None))
+    todo = [(spec, name, kind) for spec, kinds in specs for name, kind in served_names(spec, kinds)]
     models = []
     for n, (spec, name, kind) in enumerate(todo, 1):
         state.reason = f"loading {name} ({n}/{len(todo)})"  # type: ignore[attr-defined]

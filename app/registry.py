@@ -137,12 +137,24 @@ def discover(models_dir: Path, skip: Collection[str] = ()) -> list[ModelSpec]:
     return specs
 
 
+class HubModelUnavailable(RuntimeError):
+    """A configured hub id that cannot be served; the message names the id (the hub's own
+    errors, e.g. offline and not cached, do not)."""
+
+
 def hub_folder(model_id: str) -> Path:
-    """Download a hub model's files (torch backend only) and return the local snapshot folder."""
+    """Download a hub model's files (torch backend only) and return the local snapshot folder;
+    with HF_HUB_OFFLINE=1 the snapshot already in the hub cache (HF_HUB_CACHE) is used."""
     from huggingface_hub import snapshot_download
 
     patterns = ["*.json", "*.safetensors", "*.txt", "1_Pooling/*"]
-    return Path(snapshot_download(model_id, allow_patterns=patterns))
+    try:
+        folder = Path(snapshot_download(model_id, allow_patterns=patterns))
+    except Exception as exc:  # unknown id, no hub, offline and not cached: one line naming the id
+        raise HubModelUnavailable(f"hub model {model_id!r}: {type(exc).__name__}: {exc}") from exc
+    if "torch" not in available_kinds(folder) or not (folder / "tokenizer.json").is_file():
+        raise HubModelUnavailable(f"hub model {model_id!r} needs model.safetensors and tokenizer.json to be served")
+    return folder
 
 
 def served_names(spec: ModelSpec, backends: list[str]) -> list[tuple[str, str]]:

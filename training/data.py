@@ -1,8 +1,13 @@
-"""Datasets for training: labelled text (TSV/CSV/JSONL), SQuAD JSON, STS-B, Rotten Tomatoes.
+"""Datasets for training: labelled text (TSV/CSV/JSONL or a hub dataset), SQuAD JSON, STS-B,
+Rotten Tomatoes.
 
 Every loader validates each row and either raises a ``DataError`` that names the file, the line
 and the problem, or - with ``skip_bad`` - skips the row and counts it. The count travels in the
 ``DataRecord`` that goes into the manifest, so a skip is never silent.
+
+A data path ``hf:<dataset>[:<config>][@<split>]`` (e.g. ``hf:glue:sst2@validation``) names a
+dataset of the ``datasets`` library instead of a file: same column rules, same checks, and the
+row index (0-based, in the split) in place of the line. SQuAD stays file-only.
 """
 from __future__ import annotations
 
@@ -12,15 +17,21 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 log = logging.getLogger(__name__)
 
 TEXT_COLUMNS = ("text", "sentence", "sentence1", "question")
 PAIR_COLUMNS = ("text_pair", "sentence2")
 LABEL_COLUMNS = ("label", "score")
+HUB_PREFIX = "hf:"
 
 
 class DataError(ValueError):
@@ -59,7 +70,7 @@ class DataRecord:
 class Skipper:
     """Raise on a bad row, or (``skip_bad``) count and log it: the one place for that policy."""
 
-    path: Path
+    path: Path | str
     skip_bad: bool
     skipped: int = 0
     first: list[str] = field(default_factory=list)
@@ -139,7 +150,7 @@ def _parse_label(raw: object, labels: Sequence[str] | None) -> int | float:
 
 
 def load_labelled(
-    path: Path,
+    path: Path | str,
     *,
     labels: Sequence[str] | None = ("0", "1"),
     text_col: str | None = None,
@@ -150,27 +161,36 @@ def load_labelled(
     limit: int | None = None,
     split: str = "train",
 ) -> tuple[list[Example], DataRecord]:
-    """Read labelled text; ``labels=None`` means a float score (STS-B); columns are auto-detected."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, 0, "file not found")
-    skipper, examples = Skipper(path, skip_bad), []
-    for number, row in _rows(path):
-        if isinstance(row, str):
-            skipper.bad(number, row)
-            continue
-        example = _example(row, number, labels, (text_col, pair_col, label_col), require_label)
+    """Read labelled text; ``labels=None`` means a float score (STS-B); columns are auto-detected.
+    ``path`` may be a hub spec (``hf:...``), read through the ``datasets`` library."""
+    if is_hub_spec(path):
+        rows, digest = _hub_rows(str(path), labels)
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(path, 0, "file not found")
+        rows, digest = _rows(path), partial(sha256_file, path)
+    skipper = Skipper(path, skip_bad)
+    examples = _collect(rows, skipper, labels, (text_col, pair_col, label_col), require_label, limit)
+    if not examples:
+        raise DataError(path, 1, "no usable rows (empty file or every row bad)")
+    skipper.report()
+    return examples, DataRecord(str(path), digest(), len(examples), split, skipper.skipped)
+
+
+def _collect(rows: Iterator[tuple[int, dict | str]], skipper: Skipper, labels: Sequence[str] | None, cols,
+             require_label: bool, limit: int | None) -> list[Example]:
+    """Valid examples of ``rows`` (file lines or hub rows); bad ones go to ``skipper``."""
+    examples: list[Example] = []
+    for number, row in rows:
+        example = row if isinstance(row, str) else _example(row, number, labels, cols, require_label)
         if isinstance(example, str):
             skipper.bad(number, example)
             continue
         examples.append(example)
         if limit and len(examples) >= limit:
             break
-    if not examples:
-        raise DataError(path, 1, "no usable rows (empty file or every row bad)")
-    skipper.report()
-    record = DataRecord(str(path), sha256_file(path), len(examples), split, skipper.skipped)
-    return examples, record
+    return examples
 
 
 def _example(row: dict, number: int, labels, cols, require_label: bool) -> Example | str:
@@ -191,6 +211,76 @@ def _example(row: dict, number: int, labels, cols, require_label: bool) -> Examp
         return Example(text, pair, _parse_label(row[label_key], labels))
     except ValueError as exc:
         return str(exc) if "unknown label" in str(exc) else f"bad label {row[label_key]!r}"
+
+
+# --- hub datasets (hf:<dataset>[:<config>][@<split>]) ---------------------------------------
+
+def is_hub_spec(source: object) -> bool:
+    return str(source).startswith(HUB_PREFIX)
+
+
+def parse_hub_spec(spec: str) -> tuple[str, str | None, str]:
+    """'hf:glue:sst2@validation' -> ('glue', 'sst2', 'validation'); the split defaults to train."""
+    body = spec[len(HUB_PREFIX):]
+    body, _, split = body.rpartition("@") if "@" in body else (body, "", "train")
+    name, _, config = body.partition(":")
+    if not name or not split:
+        raise DataError(spec, 0, "expected hf:<dataset>[:<config>][@<split>], e.g. hf:glue:sst2@validation")
+    return name, config or None, split
+
+
+def load_hub_split(spec: str) -> Dataset:
+    """``datasets.load_dataset(name, config, split=split)``; any failure (unknown dataset or
+    split, no hub while offline) becomes a DataError naming the spec."""
+    name, config, split = parse_hub_spec(spec)
+    try:
+        import datasets
+    except ImportError as exc:
+        raise DataError(spec, 0, "hub datasets need the datasets package: pip install -e '.[train]'") from exc
+    try:
+        return datasets.load_dataset(name, config, split=split)
+    except (OSError, ValueError) as exc:  # DatasetNotFoundError is an OSError; an unknown split a ValueError
+        raise DataError(spec, 0, f"cannot load the dataset: {type(exc).__name__}: {exc}") from exc
+
+
+def _class_labels(dataset: Dataset, labels: Sequence[str] | None) -> dict[str, list[str] | None]:
+    """ClassLabel columns -> their names when every name is a known label (the ints are then read
+    as names, so a dataset that orders its classes differently still maps onto ours), else None
+    (the ints are class indices)."""
+    from datasets import ClassLabel
+
+    return {column: list(feature.names) if labels is not None and set(feature.names) <= set(labels) else None
+            for column, feature in dataset.features.items() if isinstance(feature, ClassLabel)}
+
+
+def _hub_rows(spec: str, labels: Sequence[str] | None) -> tuple[Iterator[tuple[int, dict]], Callable[[], str]]:
+    """(row index, row dict) of the split, and its content hash (computed when asked). A
+    ClassLabel value of -1 (GLUE's unlabelled test rows) reads as a missing label."""
+    dataset = load_hub_split(spec)
+    classes = _class_labels(dataset, labels)
+
+    def rows() -> Iterator[tuple[int, dict]]:
+        for index, row in enumerate(dataset):
+            for column, names in classes.items():
+                value = row[column]
+                row[column] = None if value is None or value < 0 else names[value] if names else value
+            yield index, row
+
+    return rows(), partial(hub_sha256, dataset)
+
+
+def hub_sha256(dataset: Dataset) -> str:
+    """sha256 of the split's rows as canonical JSON: ties a result to the exact data, as the
+    file hash does (the datasets fingerprint depends on the cache location)."""
+    digest = hashlib.sha256()
+    for batch in dataset.iter(batch_size=1024):
+        digest.update(json.dumps(batch, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def data_sha256(source: Path | str) -> str:
+    """The manifest hash of a data file or a hub spec."""
+    return hub_sha256(load_hub_split(str(source))) if is_hub_spec(source) else sha256_file(Path(source))
 
 
 # --- Rotten Tomatoes (offline sentiment fallback) ------------------------------------------
@@ -248,6 +338,8 @@ def _id_lines(raw: str) -> dict[str, int]:
 
 def load_squad_articles(path: Path) -> tuple[list[dict], str]:
     """The article list of a SQuAD v1.1 file, and its raw text (for line numbers)."""
+    if is_hub_spec(path):
+        raise DataError(path, 0, "hub datasets (hf:) serve classification and STS data; SQuAD needs a JSON file")
     path = Path(path)
     raw = path.read_text(encoding="utf-8")
     if not raw.strip():

@@ -25,7 +25,7 @@ from app.loading import make_pipeline
 from app.pipelines import ClassifyItem, EmbedItem, Pipeline, QAItem
 from app.registry import ModelSpec, read_spec
 from app.tasks import pad_batch
-from training.data import DataError, load_labelled, sha256_file, squad_examples
+from training.data import DataError, data_sha256, is_hub_spec, load_labelled, parse_hub_spec, squad_examples
 from training.squad_metric import squad_scores
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,8 @@ def eval_stsb(spec: ModelSpec, run: Any, path: Path, limit: int | None) -> tuple
     examples, _ = load_labelled(path, labels=None, limit=limit, split="eval")
     missing = [i for i, e in enumerate(examples) if not e.text_pair]
     if missing:
-        raise DataError(path, missing[0] + 2, "STS-B rows need two sentences (sentence1, sentence2)")
+        row = missing[0] if is_hub_spec(path) else missing[0] + 2  # hub: row index; file: line (after the header)
+        raise DataError(path, row, "STS-B rows need two sentences (sentence1, sentence2)")
     texts = [e.text for e in examples] + [e.text_pair for e in examples]
     served = run([EmbedItem(i, t, normalize=True) for i, t in enumerate(texts)])
     vectors = np.stack([r["result"] for r in served.results])
@@ -139,9 +140,9 @@ def _throughput(served: Served) -> dict[str, float]:
 
 # --- entry points --------------------------------------------------------------------------
 
-def detect_dataset(path: Path, task: str) -> str:
+def detect_dataset(path: Path | str, task: str) -> str:
     """squad for .json (SQuAD layout), stsb for an embedding model, else classification."""
-    if path.suffix.lower() == ".json":
+    if not is_hub_spec(path) and Path(path).suffix.lower() == ".json":
         return "squad"
     return {"qa": "squad", "embedding": "stsb"}.get(task, "classification")
 
@@ -156,19 +157,29 @@ def parse_articles(text: str | None) -> list[int] | None:
     return [int(part) for part in text.split(",") if part.strip()]
 
 
-def set_name_for(path: Path, dataset: str, articles: Sequence[int] | None) -> str:
-    """'sst2-dev' from ../shared/data/sst2/dev.tsv; 'squad-articles-30-38' for a SQuAD subset."""
+def data_source(text: str) -> Path | str:
+    """A --data value: a hub spec (hf:glue:sst2@validation) as is, else a file path."""
+    return text if is_hub_spec(text) else Path(text)
+
+
+def set_name_for(path: Path | str, dataset: str, articles: Sequence[int] | None) -> str:
+    """'sst2-dev' from ../shared/data/sst2/dev.tsv; 'squad-articles-30-38' for a SQuAD subset;
+    'glue-sst2-validation' from hf:glue:sst2@validation."""
+    if is_hub_spec(path):
+        name, config, split = parse_hub_spec(str(path))
+        return "-".join(p for p in (Path(name).name, config, split) if p)
+    path = Path(path)
     if dataset == "squad":
         return f"squad-articles-{articles[0]}-{articles[-1] + 1}" if articles else f"squad-{path.stem}"
     return f"{path.parent.name}-{path.stem}" if path.parent.name else path.stem
 
 
-def evaluate_model(model_dir: Path, backend: str, data_path: Path, *, dataset: str | None = None,
+def evaluate_model(model_dir: Path, backend: str, data_path: Path | str, *, dataset: str | None = None,
                    limit: int | None = None, articles: Sequence[int] | None = None, set_name: str | None = None,
                    batch_size: int = 32, threads: int | None = None, write: bool = True) -> dict:
     """Evaluate `model_dir` on `data_path` with `backend`; return the figures and (if the folder
     has a manifest and `write`) store them as manifest["quality"][set_name]."""
-    model_dir, data_path = Path(model_dir), Path(data_path)
+    model_dir, data_path = Path(model_dir), data_source(str(data_path))
     spec = read_spec(model_dir)
     dataset = dataset or detect_dataset(data_path, spec.task)
     if TASK_OF.get(dataset) != spec.task:
@@ -184,7 +195,7 @@ def evaluate_model(model_dir: Path, backend: str, data_path: Path, *, dataset: s
     else:
         figures, rows = (eval_stsb if dataset == "stsb" else eval_classification)(spec, run, data_path, limit)
     entry = {**figures, "backend": backend, "rows": rows, "dataset": dataset,
-             "data": {"path": str(data_path), "sha256": sha256_file(data_path)},
+             "data": {"path": str(data_path), "sha256": data_sha256(data_path)},
              **({"articles": [articles[0], articles[-1] + 1]} if articles else {}),
              "evaluated_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     name = set_name or set_name_for(data_path, dataset, articles)
@@ -218,7 +229,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "--data ../shared/data/squad/squad-v1.1-dev-articles-00-37.json --articles 30:38")
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8"))
-    parser.add_argument("--data", type=Path, required=True, help="TSV/CSV/JSONL (text,label), STS-B TSV or SQuAD JSON")
+    parser.add_argument("--data", type=data_source, required=True,
+                        help="TSV/CSV/JSONL (text,label), STS-B TSV, SQuAD JSON, or a hub dataset "
+                        "hf:<dataset>[:<config>][@<split>] (e.g. hf:glue:sst2@validation)")
     parser.add_argument("--dataset", choices=DATASETS, help="data kind (default: from the file and the model's task)")
     parser.add_argument("--articles", help="SQuAD articles as a slice '30:38' or a list '1,4,9'")
     parser.add_argument("--limit", type=int, help="evaluate only the first N rows / questions")

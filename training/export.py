@@ -34,6 +34,7 @@ from transformers import PreTrainedModel
 from app.backends import OUTPUT_NAMES, load_backend
 from app.registry import read_spec
 from training.manifest import describe, versions, write_manifest
+from training.modeling import position_limit
 from training.manifest import read_manifest as _read
 from training.parity import TOLERANCES, ExportParityError, Outputs, breaches, compare, run_parity_set
 
@@ -276,19 +277,13 @@ def _prepare(model_dir: Path, out_dir: Path, task: str | None) -> tuple[dict, st
     return manifest, task
 
 
-_OFFSET_POSITIONS = ("mpnet", "roberta", "xlm-roberta", "camembert")  # positions start after pad id
-
-
 def check_max_length(spec: Any, config: Any) -> None:
     """The served window must fit the position table, or the service fails on long inputs;
     say so at export rather than as an index error at request time."""
-    table = getattr(config, "max_position_embeddings", None)
-    if table is None:
-        return
-    limit = table - ((config.pad_token_id or 0) + 1 if config.model_type in _OFFSET_POSITIONS else 0)
-    if spec.max_length > limit:
+    limit = position_limit(config)
+    if limit is not None and spec.max_length > limit:
         raise ValueError(f"{spec.path}: manifest max_length {spec.max_length} exceeds the {limit} positions "
-                         f"{config.model_type} supports (max_position_embeddings={table})")
+                         f"{config.model_type} supports (max_position_embeddings={config.max_position_embeddings})")
 
 
 def export_model(model_dir: Path, *, int8: bool = True, parity_texts: list[str] | None = None,

@@ -15,7 +15,7 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from training.modeling import count_params, num_layers
+from training.modeling import count_params, num_layers, position_limit
 
 SCHEMA_VERSION = 1
 VERSIONED = ("torch", "transformers", "onnxruntime", "onnx", "tokenizers", "numpy")
@@ -54,6 +54,9 @@ def describe(model: PreTrainedModel, **fields: Any) -> dict[str, Any]:
         "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     manifest.update(fields)
+    limit = position_limit(config)
+    if limit is not None and manifest.get("max_length", 0) > limit:  # a recipe's serving length, on a smaller model
+        manifest["max_length"] = limit
     return manifest
 
 

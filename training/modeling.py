@@ -172,5 +172,17 @@ def freeze_below(model: PreTrainedModel, first_trainable: int) -> list[nn.Parame
     return trainable
 
 
+_OFFSET_POSITIONS = ("mpnet", "roberta", "xlm-roberta", "camembert")  # positions start after the pad id
+
+
+def position_limit(config: object) -> int | None:
+    """How many tokens the model's position table can take (None: no table, no limit)."""
+    table = getattr(config, "max_position_embeddings", None)
+    if table is None:
+        return None
+    offset = (getattr(config, "pad_token_id", None) or 0) + 1 if getattr(config, "model_type", "") in _OFFSET_POSITIONS else 0
+    return table - offset
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

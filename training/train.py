@@ -72,7 +72,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="model folder to write")
     parser.add_argument("--name", help="model name in the manifest (default: the folder name)")
     parser.add_argument("--recipe", default="quick", help="quick | full | path to a JSON recipe")
-    parser.add_argument("--data", help="training data file (TSV/CSV/JSONL, SQuAD JSON, or rotten-tomatoes)")
+    parser.add_argument("--data", help="training data file (TSV/CSV/JSONL, SQuAD JSON, or rotten-tomatoes), "
+                        "or a hub dataset hf:<dataset>[:<config>][@<split>]")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field (repeatable)")
     parser.add_argument("--skip-bad", action="store_true", help="skip malformed rows (counted in log + manifest)")
 

@@ -13,7 +13,7 @@ from training.data import is_hub_spec
 from training.engine import Batch, LoopResult, cache_hidden, setup_torch
 from training.modeling import forward_range, freeze_below, num_layers, precision_in_use, set_precision
 from training.paths import data_dir
-from training.pretrained import resolve_base
+from training.pretrained import NAME, resolve_base
 from training.recipes import Common, recipe_dict
 from training.student import make_student, parse_layer_map
 
@@ -48,7 +48,11 @@ def start(recipe: Common, base: str | Path | None = None) -> tuple[str, PreTrain
     setup_torch(recipe.threads, recipe.seed)
     set_precision(recipe.precision)
     source = resolve_base(str(base or recipe.base))
-    return source, AutoTokenizer.from_pretrained(source)
+    try:
+        return source, AutoTokenizer.from_pretrained(source)
+    except OSError as exc:  # transformers' offline / not-found messages do not name the model
+        raise OSError(f"base model {source!r} not found: not a folder, not {NAME!r}, and not on the hub "
+                      f"or in its cache ({exc})") from exc
 
 
 @torch.no_grad()
