@@ -48,9 +48,10 @@ def test_train_distil_export_evaluate(tmp_path: Path, tiny_bases: dict, tiny_dat
     teacher, student = tmp_path / "t", tmp_path / "s"
     sets = [arg for item in TINY for arg in ("--set", item)]
     common = ["--task", "classification", "--data", str(tiny_data["sst2_train"]), *sets]
-    cli("train", *common, "--base", str(tiny_bases["bert"]), "--out", str(teacher), "--name", "tiny-teacher",
-        cache=tmp_path)
-    cli("distil", *common, "--teacher", str(teacher), "--out", str(student), "--layer-map", "1,3", cache=tmp_path)
+    cli("train", *common, "--set", "precision=fp32", "--base", str(tiny_bases["bert"]), "--out", str(teacher),
+        "--name", "tiny-teacher", cache=tmp_path)
+    cli("distil", *common, "--set", "precision=bf16", "--teacher", str(teacher), "--out", str(student),
+        "--layer-map", "1,3", cache=tmp_path)
     cli("export", str(student), "--no-int8", cache=tmp_path)
     cli("evaluate", str(student), "--backend", "onnx", "--data", str(tiny_data["sst2_dev"]), cache=tmp_path)
     m = manifest(student)
@@ -58,6 +59,9 @@ def test_train_distil_export_evaluate(tmp_path: Path, tiny_bases: dict, tiny_dat
     assert m["layers"] == 2 and m["layer_map"] == [1, 3] and m["labels"] == {"0": "negative", "1": "positive"}
     assert m["data"][0]["rows"] == 96 and len(m["data"][0]["sha256"]) == 64
     assert m["recipe"]["teacher_epochs"] == 2 and m["seed"] == 0 and m["training_time_s"] > 0
+    # the student trained under bf16 autocast (recorded), the teacher in fp32; weights are fp32 either way
+    assert (m["training_precision"], manifest(teacher)["training_precision"]) == ("bf16", "fp32")
+    assert m["onnx"]["model.onnx"]["parity"]["ok"]
     assert m["onnx"]["model.onnx"]["parity"]["ok"] is True
     quality = next(iter(m["quality"].values()))
     assert quality["rows"] == 24 and 0.0 <= quality["accuracy"] <= 1.0
