@@ -68,9 +68,10 @@ class QARecipe(Common):
     serve_max_length: int | None = 256    # window length the service (and evaluate) uses
     teacher_rows: int = 400               # training windows (each holds its answer)
     student_rows: int = 800               # teacher's windows + more, soft-labelled by the teacher
+    teacher_train_top: int = 3            # lr 5e-4 on the top 3: F1 34.8 vs 16.2 (lr 2e-4, top 2), same budget
     student_train_top: int = 2
-    teacher_lr: float = 2e-4
-    student_lr: float = 2e-4
+    teacher_lr: float = 5e-4              # the span head starts from scratch: it needs a high rate
+    student_lr: float = 1e-3              # measured: 36.0 F1 vs 25.3 at 2e-4 (600 windows, 2 epochs)
 
 
 @dataclass(frozen=True)
