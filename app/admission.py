@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 _ALPHA = 0.1  # weight of the newest model call in the fit (about the last 10-20 calls count)
 # Feature scales: padded tokens ~1e3-1e4 and items x width^2 ~1e5-1e7 per call; scaling keeps
-# the 3x3 normal equations well conditioned.
-_SCALE = np.array([1.0, 1e-3, 1e-6])
+# the 3x3 normal equations well conditioned. Plain Python on purpose: this runs once per model
+# call in the worker thread, and numpy's LAPACK (OpenBLAS) threads spin on the cores that ONNX
+# Runtime needs (measured: +2.5 ms on a one-client request).
+_SCALE = (1.0, 1e-3, 1e-6)
+_COLLINEAR = 1e-9  # det / product of the diagonal below this: the features cannot be told apart
 
 
 class ServiceRate:
@@ -32,8 +33,8 @@ class ServiceRate:
 
     def __init__(self) -> None:
         self.calls = 0
-        self._m = np.zeros((3, 3))  # weighted mean of f f^T, f = scaled [1, tokens, items x width^2]
-        self._v = np.zeros(3)       # weighted mean of f x seconds
+        self._m = [[0.0] * 3 for _ in range(3)]  # weighted mean of f f^T, f = scaled [1, tokens, items x width^2]
+        self._v = [0.0] * 3                      # weighted mean of f (relative errors: target 1)
         self.fixed = self.per_token = self.per_sq = 0.0
         self.tokens_per_item = self.sq_per_item = 0.0
 
@@ -45,9 +46,12 @@ class ServiceRate:
         width = width or tokens / max(1, items)
         # relative errors: a call's time varies by a share of itself (load, caches), so each
         # row is divided by its seconds; otherwise the big calls' noise swamps the fixed cost
-        f = np.array([1.0, tokens, items * width * width]) * _SCALE / max(seconds, 1e-6)
-        self._m += w * (np.outer(f, f) - self._m)
-        self._v += w * (f - self._v)
+        raw = (1.0, float(tokens), items * width * width)
+        f = [x * k / max(seconds, 1e-6) for x, k in zip(raw, _SCALE)]
+        for r in range(3):
+            self._v[r] += w * (f[r] - self._v[r])
+            for c in range(3):
+                self._m[r][c] += w * (f[r] * f[c] - self._m[r][c])
         self.tokens_per_item += w * (tokens / items - self.tokens_per_item)
         self.sq_per_item += w * (width * width - self.sq_per_item)
         self._fit()
@@ -60,7 +64,7 @@ class ServiceRate:
                 self.fixed, self.per_token, self.per_sq = coef
                 return
         self.fixed, self.per_sq = 0.0, 0.0  # tokens alone: the least-squares slope through 0
-        self.per_token = self._v[1] / self._m[1, 1] * _SCALE[1] if self._m[1, 1] > 0 else 0.0
+        self.per_token = self._v[1] / self._m[1][1] * _SCALE[1] if self._m[1][1] > 0 else 0.0
 
     def item_cost(self, width: int) -> float:
         """Seconds one sequence adds to a model call whose batch is `width` tokens wide."""
@@ -77,15 +81,29 @@ class ServiceRate:
         return self.fixed + self.per_token * self.tokens_per_item + self.per_sq * self.sq_per_item
 
 
-def _solve(m: np.ndarray, v: np.ndarray, used: tuple[int, ...]) -> tuple[float, float, float] | None:
-    """Least squares on the features `used`; None when they are (nearly) collinear or a
-    coefficient is negative."""
-    sub = m[np.ix_(used, used)]
-    if np.linalg.cond(sub) > 1e8:
+def _solve(m: list[list[float]], v: list[float], used: tuple[int, ...]) -> tuple[float, float, float] | None:
+    """Least squares on the features `used` (Gaussian elimination on the normal equations);
+    None when they are (nearly) collinear or a coefficient comes out negative."""
+    a = [[m[r][c] for c in used] + [v[r]] for r in used]
+    n, scale = len(used), math.prod(m[r][r] for r in used)
+    det = 1.0
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(a[r][col]))
+        a[col], a[pivot] = a[pivot], a[col]
+        if a[col][col] == 0:
+            return None
+        det *= abs(a[col][col])
+        for r in range(col + 1, n):
+            factor = a[r][col] / a[col][col]
+            a[r] = [x - factor * y for x, y in zip(a[r], a[col])]
+    if scale <= 0 or det <= _COLLINEAR * scale:  # det / prod(diagonal) is in (0, 1] for these moments
         return None
-    coef = np.linalg.solve(sub, v[list(used)])
-    if (coef < 0).any():
+    coef = [0.0] * n
+    for r in reversed(range(n)):
+        coef[r] = (a[r][n] - sum(a[r][c] * coef[c] for c in range(r + 1, n))) / a[r][r]
+    if min(coef) < 0:
         return None
-    full = np.zeros(3)
-    full[list(used)] = coef * _SCALE[list(used)]
-    return float(full[0]), float(full[1]), float(full[2])
+    full = [0.0, 0.0, 0.0]
+    for k, i in enumerate(used):
+        full[i] = coef[k] * _SCALE[i]
+    return full[0], full[1], full[2]
