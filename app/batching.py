@@ -1,9 +1,11 @@
 """Dynamic batching, one engine per served model.
 
-The event loop only enqueues items and awaits futures; a worker thread tokenizes, cuts
-batches (max items, max padded tokens), sorts by length so a batch pads little, runs the
-backend and hands results back with one `call_soon_threadsafe` per model call. Tokenizers
-and ONNX Runtime release the GIL, so the loop keeps serving HTTP while a batch runs.
+The event loop only enqueues items and awaits futures; a worker thread tokenizes, sorts a
+window of queued sequences by length and cuts it into model calls where the fitted cost (fixed per
+call + per token + attention, `app.admission.ServiceRate`) is least, within max items and max
+padded tokens; it runs the backend and hands results back with one `call_soon_threadsafe` per
+model call. Tokenizers and ONNX Runtime release the GIL, so the loop keeps serving HTTP while a
+batch runs.
 """
 
 from __future__ import annotations
