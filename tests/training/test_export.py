@@ -84,8 +84,8 @@ def test_broken_tolerance_fails_export_and_removes_file(tmp_path: Path) -> None:
     entry = json.loads((folder / "manifest.json").read_text())["onnx"]["model.int8.onnx"]
     assert entry["parity"]["ok"] is False and entry["tolerance"]["max_abs_diff"] == 1e-12
     # the default scheme "auto" tried the whole chain, finest last, and recorded each attempt
-    assert entry["scheme_name"] == "weight-only8"
-    assert [t["scheme_name"] for t in entry["schemes_tried"]] == ["blockwise8", "blockwise8-b32"]
+    assert entry["scheme_name"] == "blockwise8-b32"
+    assert [t["scheme_name"] for t in entry["schemes_tried"]] == ["blockwise8"]
     assert all(t["parity"]["ok"] is False and t["parity"]["max_abs_diff"] > 1e-12 for t in entry["schemes_tried"])
 
 
