@@ -256,7 +256,10 @@ class Batcher:
         if cfg.sort_by_length:
             order = sorted(range(len(seqs)), key=lengths.__getitem__)
             seqs, lengths = [seqs[k] for k in order], [lengths[k] for k in order]
-            if self.rate.fixed > 0 and self.rate.per_token > 0:  # a fitted cost with a fixed part
+            # the cost-aware cut where a window needs several calls anyway (a loaded service); a
+            # window that fits one call stays one call: splitting it would make its later items
+            # wait for the earlier calls, for a saving that only matters under load
+            if len(seqs) > cfg.max_batch_size and self.rate.fixed > 0 and self.rate.per_token > 0:
                 bounds = partition(lengths, cfg.max_batch_size, cfg.max_batch_tokens, self.rate.fixed, self.rate.item_cost)
                 return [seqs[a:b] for a, b in zip(bounds, bounds[1:])]
         bounds = greedy_bounds(lengths, cfg.max_batch_size, cfg.max_batch_tokens)
