@@ -70,15 +70,19 @@ class ServiceRate:
         """Seconds one sequence adds to a model call whose batch is `width` tokens wide."""
         return self.per_token * width + self.per_sq * width * width
 
+    @property
+    def per_item(self) -> float:
+        """Seconds a typical item (its recent tokens and squared width) adds to a model call."""
+        return self.per_token * self.tokens_per_item + self.per_sq * self.sq_per_item
+
     def work(self, items: int, batch: int) -> float:
         """Seconds to compute `items` queued items in batches of `batch`."""
-        per_item = self.per_token * self.tokens_per_item + self.per_sq * self.sq_per_item
-        return math.ceil(items / batch) * self.fixed + items * per_item
+        return math.ceil(items / batch) * self.fixed + items * self.per_item
 
     @property
     def solo(self) -> float:
         """Seconds for one typical item alone: what a request on an idle service waits."""
-        return self.fixed + self.per_token * self.tokens_per_item + self.per_sq * self.sq_per_item
+        return self.fixed + self.per_item
 
 
 def _solve(m: list[list[float]], v: list[float], used: tuple[int, ...]) -> tuple[float, float, float] | None:

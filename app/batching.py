@@ -22,7 +22,7 @@ from app.backends import Backend
 from app.admission import ServiceRate
 from app.errors import ServiceError
 from app.metrics import BATCH_SIZE, BATCH_TOKENS, INPUT_TOKENS, QUEUE_DEPTH, STAGE_DURATION, STAGES, TRUNCATED_INPUTS
-from app.pipelines import Pipeline
+from app.pipelines import Pipeline, run_once
 from app.tasks import pad_batch
 
 
@@ -169,16 +169,9 @@ class Batcher:
         the service-time fit and admission by estimated wait hold from the first request."""
         for n in sizes:
             start = time.perf_counter()
-            encoded = [e for e in self.pipeline.encode([payload] * n) if not isinstance(e, Exception)]
-            seqs = [s for e in encoded for s in e]
-            inputs = pad_batch(seqs, self.pad)
-            outputs = self.pipeline.reduce(self.backend.forward(inputs), inputs)
-            rows, at = [{k: v[i] for k, v in outputs.items()} for i in range(len(seqs))], 0
-            for e in encoded:
-                self.pipeline.finish(payload, e, rows[at:at + len(e)])
-                at += len(e)
-            self.rate.observe(int(inputs["input_ids"].size), len(seqs), time.perf_counter() - start,
-                              int(inputs["input_ids"].shape[1]))
+            inputs = run_once(self.pipeline, self.backend, self.pad, [payload] * n)
+            ids = inputs["input_ids"]
+            self.rate.observe(int(ids.size), int(ids.shape[0]), time.perf_counter() - start, int(ids.shape[1]))
 
     # ---- worker side -----------------------------------------------------------------
     def _run(self) -> None:
@@ -256,13 +249,13 @@ class Batcher:
         if cfg.sort_by_length:
             order = sorted(range(len(seqs)), key=lengths.__getitem__)
             seqs, lengths = [seqs[k] for k in order], [lengths[k] for k in order]
-            # the cost-aware cut where a window needs several calls anyway (a loaded service); a
-            # window that fits one call stays one call: splitting it would make its later items
-            # wait for the earlier calls, for a saving that only matters under load
-            if len(seqs) > cfg.max_batch_size and self.rate.fixed > 0 and self.rate.per_token > 0:
-                bounds = partition(lengths, cfg.max_batch_size, cfg.max_batch_tokens, self.rate.fixed, self.rate.item_cost)
-                return [seqs[a:b] for a, b in zip(bounds, bounds[1:])]
-        bounds = greedy_bounds(lengths, cfg.max_batch_size, cfg.max_batch_tokens)
+        # the cost-aware cut where a sorted window needs several calls anyway (a loaded service);
+        # a window that fits one call stays one call: splitting it would make its later items
+        # wait for the earlier calls, for a saving that only matters under load
+        if cfg.sort_by_length and len(seqs) > cfg.max_batch_size and self.rate.fixed > 0 and self.rate.per_token > 0:
+            bounds = partition(lengths, cfg.max_batch_size, cfg.max_batch_tokens, self.rate.fixed, self.rate.item_cost)
+        else:
+            bounds = greedy_bounds(lengths, cfg.max_batch_size, cfg.max_batch_tokens)
         return [seqs[a:b] for a, b in zip(bounds, bounds[1:])]
 
     def _compute(self, batch: list[tuple[Job, int]], tokenize_share: float = 0.0) -> int:

@@ -12,10 +12,10 @@ from app.backends import Backend, load_backend
 from app.faults import ModelFault, load_fault
 from app.batching import BatchConfig, Batcher
 from app.metrics import register_model
-from app.pipelines import ClassifyItem, ClassifyPipeline, EmbedItem, EmbedPipeline, Pipeline, QAItem, QAPipeline
+from app.pipelines import ClassifyItem, ClassifyPipeline, EmbedItem, EmbedPipeline, Pipeline, QAItem, QAPipeline, run_once
 from app.registry import HubModelUnavailable, ModelSpec, ServedModel, discover, hub_folder, read_spec, served_names
 from app.settings import Settings
-from app.tasks import load_tokenizer, pad_batch, pad_id
+from app.tasks import load_tokenizer, pad_id
 from app.tasks.classify import score_function
 
 log = logging.getLogger("distilserve")
@@ -30,13 +30,7 @@ _WARMUP = {
 def warm_up(pipeline: Pipeline, backend: Backend, pad: int, task: str) -> None:
     """One short item through every stage, so lazy initialisation (ORT arenas, torch kernels)
     happens before /ready turns green rather than in the first user's latency."""
-    payload = _WARMUP[task]
-    seqs = pipeline.encode([payload])[0]
-    assert not isinstance(seqs, Exception), seqs
-    inputs = pad_batch(list(seqs), pad)
-    outputs = pipeline.reduce(backend.forward(inputs), inputs)
-    rows = [{k: v[i] for k, v in outputs.items()} for i in range(len(seqs))]
-    pipeline.finish(payload, seqs, rows)
+    run_once(pipeline, backend, pad, [_WARMUP[task]])
 
 
 def batch_config(settings: Settings) -> BatchConfig:

@@ -5,12 +5,15 @@ reduced per batch, and how each item's result is assembled."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from app.tasks import Encoded, classify, embed, qa
+from app.tasks import Encoded, classify, embed, pad_batch, qa
+
+if TYPE_CHECKING:
+    from app.backends import Backend
 
 Rows = list[dict[str, np.ndarray]]
 
@@ -21,6 +24,21 @@ class Pipeline(Protocol):
     def encode(self, payloads: Sequence[Any]) -> list[Sequence[Any] | Exception]: ...
     def reduce(self, outputs: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
     def finish(self, payload: Any, seqs: Sequence[Any], rows: Rows) -> dict[str, Any]: ...
+
+
+def run_once(pipeline: Pipeline, backend: Backend, pad: int, payloads: Sequence[Any]) -> dict[str, np.ndarray]:
+    """Every stage for `payloads` as one model call (tokenize, pad, run, reduce, finish each
+    item), outside the batcher: warm-up, the batcher's calibration and the in-process benchmark.
+    The payloads must be valid (an encoding error fails the assertion). Returns the padded inputs."""
+    encoded = pipeline.encode(payloads)
+    assert not any(isinstance(e, Exception) for e in encoded), encoded
+    inputs = pad_batch([s for e in encoded for s in e], pad)
+    outputs = pipeline.reduce(backend.forward(inputs), inputs)
+    at = 0
+    for payload, seqs in zip(payloads, encoded):
+        pipeline.finish(payload, seqs, [{k: v[i] for k, v in outputs.items()} for i in range(at, at + len(seqs))])
+        at += len(seqs)
+    return inputs
 
 
 @dataclass(slots=True)

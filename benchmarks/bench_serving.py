@@ -44,9 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 from app.backends import load_backend  # noqa: E402
 from app.loading import make_pipeline  # noqa: E402
-from app.pipelines import ClassifyItem, EmbedItem, QAItem  # noqa: E402
+from app.pipelines import ClassifyItem, EmbedItem, QAItem, run_once  # noqa: E402
 from app.registry import read_spec  # noqa: E402
-from app.tasks import pad_batch  # noqa: E402
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog near the river.",
@@ -120,12 +119,7 @@ class InProcess:
         self.pipeline, self.pad = make_pipeline(self.spec)
 
     def run(self, payloads: list[Any]) -> None:
-        encoded = self.pipeline.encode(payloads)
-        seqs = [s for e in encoded for s in e]  # type: ignore[union-attr]
-        inputs = pad_batch(seqs, self.pad)
-        out = self.pipeline.reduce(self.backend.forward(inputs), inputs)
-        for i, (p, e) in enumerate(zip(payloads, encoded)):
-            self.pipeline.finish(p, e, [{k: v[i] for k, v in out.items()}])  # one sequence per item here
+        run_once(self.pipeline, self.backend, self.pad, payloads)
 
     def throughput(self, batch: int, seconds: float, count: bool = False) -> Any:
         """Items/s over `seconds` (and the item count, for CPU-per-item figures)."""

@@ -325,12 +325,10 @@ def _export_int8_checked(out_dir: Path, config: Any, spec: Any, reference: Outpu
             _check_and_record(out_dir, INT8_FILE, spec, reference, texts, manifest, name, tolerances, tried)
             return
         except ExportParityError as exc:
+            if i + 1 == len(chain):
+                raise  # its entry, with the earlier attempts in it, is written already
             entry = manifest["onnx"].pop(INT8_FILE)
             tried.append({"scheme_name": name, "parity": entry["parity"]})
-            if i + 1 == len(chain):
-                manifest["onnx"][INT8_FILE] = entry  # the last attempt, with the earlier ones in it
-                write_manifest(out_dir, manifest)
-                raise
             log.warning("%s; trying int8 scheme %s", exc, chain[i + 1])
 
 
