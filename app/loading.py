@@ -33,13 +33,15 @@ def warm_up(pipeline: Pipeline, backend: Backend, pad: int, task: str) -> None:
     run_once(pipeline, backend, pad, [_WARMUP[task]])
 
 
-def batch_config(settings: Settings) -> BatchConfig:
+def batch_config(settings: Settings, workers: int | None = None) -> BatchConfig:
+    """The batcher's settings; `workers` defaults to the setting (see `model_workers`)."""
     return BatchConfig(
         max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
         max_wait_ms=settings.max_wait_ms, sort_by_length=settings.sort_by_length,
         sort_window=settings.sort_window,
         queue_depth=settings.queue_depth, deadline_s=settings.request_deadline_s,
         retry_after_s=settings.retry_after_s, max_queue_wait_ms=settings.max_queue_wait_ms,
+        workers=workers or settings.model_workers,
     )
 
 

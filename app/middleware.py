@@ -1,13 +1,18 @@
-"""Pure ASGI middleware (cheaper than BaseHTTPMiddleware on the hot path):
+"""Pure ASGI middleware in one layer (`ServiceMiddleware`). Each concern below was a layer of
+its own, a coroutine call per request and a send wrapper per response message; fused, with one
+send wrapper, they cost about 3 us less of event-loop CPU per request. Each concern keeps its
+code in one place (here, app/shutdown.py, app/security.py):
 
-- `RequestContextMiddleware`: accepts or creates `X-Request-ID`, returns it, and writes one
-  structured JSON log line per request (input text only when `log_inputs` asks for it);
-- `BodyLimitMiddleware`: 413 for a body over the byte limit, from Content-Length before a byte
-  is read, or while a chunked body streams in, so a huge body is never buffered or parsed whole;
-- `ServingMiddleware`: request counts and latency per model for the inference routes."""
+- request context: accepts or creates `X-Request-ID`, returns it, and writes one structured
+  JSON log line per request (input text only when `log_inputs` asks for it), in batches;
+- gates that answer before the route: draining (503), API keys (401, only when keys are set),
+  a declared body over the byte limit (413, before a byte is read);
+- body limit while a chunked body streams in (413), so a huge body is never buffered whole;
+- for the inference routes: request counts and latency per model, and the early 429."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import datetime
 import itertools
@@ -16,14 +21,20 @@ import os
 import re
 import sys
 import time
-from typing import Any, TextIO
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 from starlette.exceptions import HTTPException
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import TASK_BY_PATH, error_response
 from app.metrics import REQUEST_DURATION, REQUESTS
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+    from app.shutdown import Drain
 
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 _VALID_ID = re.compile(rb"[A-Za-z0-9._:=+/-]{1,128}")
@@ -31,6 +42,8 @@ _LOGGED_BODY_BYTES = 4096
 _ID_PREFIX = os.urandom(10).hex()  # 20 hex digits per process, then a 12-digit counter
 _ID_COUNTER = itertools.count()
 access_log = logging.getLogger("distilserve.access")
+Gate = Callable[[Scope], "Response | None"]  # a response that answers the request instead of the route
+_FLUSH_LINES, _FLUSH_CHARS, _FLUSH_S = 64, 32_768, 0.1  # access lines: a write per this many, or this soon
 
 
 class JsonFormatter(logging.Formatter):
@@ -51,15 +64,84 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The `distilserve` handler: JSON lines on one stream. Access lines (`buffer`) are held
+    and written together, one write per up to `_FLUSH_LINES` lines or `_FLUSH_CHARS`
+    characters, and at most `_FLUSH_S` after the first. A write per request released the GIL
+    to the model threads each time: 0.03 ms of event-loop CPU per request under load (32
+    clients, in-process). A record logged the usual way writes the held lines first, so the
+    stream keeps its order; `flush` (lifespan end, `logging.shutdown` at exit) writes them
+    too, so none is lost."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self.setFormatter(JsonFormatter())
+        self._held: list[str] = []
+        self._held_chars = 0
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
+
+    def buffer(self, line: str) -> None:
+        """Hold one complete line (newline included) for the next write."""
+        with self.lock:  # type: ignore[union-attr]
+            self._held.append(line)
+            self._held_chars += len(line)
+            if len(self._held) >= _FLUSH_LINES or self._held_chars >= _FLUSH_CHARS:
+                self._write_held()
+            elif len(self._held) == 1:
+                self._arm_timer()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._write_held()  # `handle` holds the lock
+        super().emit(record)
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write_held()
+            super().flush()
+
+    def _write_held(self) -> None:
+        """One write for every held line (the caller holds the lock)."""
+        if self._held:
+            text = "".join(self._held)
+            self._held.clear()
+            self._held_chars = 0
+            self.stream.write(text)
+            self.stream.flush()
+
+    def _arm_timer(self) -> None:
+        """For the first held line: one timer at a time (it writes whatever is held when it
+        fires); with no loop running, write at once. A timer left on a loop that was closed
+        (tests run one loop each; the lifespan's end writes the lines) is replaced on the next."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write_held()
+            return
+        if self._timer_loop is not loop:
+            self._timer_loop = loop
+            loop.call_later(_FLUSH_S, self._on_timer)
+
+    def _on_timer(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._timer_loop = None
+            self._write_held()
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     """JSON lines on stderr for the `distilserve` loggers; idempotent (one handler only)."""
     logger = logging.getLogger("distilserve")
-    if not any(getattr(h, "_distilserve", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
+    if _handler() is None:
+        handler = JsonHandler(sys.stderr)
         handler._distilserve = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logger.setLevel(level)
+
+
+def flush_logs() -> None:
+    """Write the held access lines now (the app's lifespan calls this as it ends)."""
+    handler = _handler()
+    if handler is not None:
+        handler.flush()
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -78,25 +160,27 @@ def request_id(scope: Scope) -> str:
 
 
 class AccessLog:
-    """The per-request JSON line, built and written directly. Through `logging` (a LogRecord,
-    the formatter, a datetime) it cost about 7% of the event loop's time under load; this
-    writes the same fields (those of `JsonFormatter`) to the same stream, under the handler's
-    lock, one write per line. It follows the `distilserve.access` logger's level."""
+    """The per-request JSON line, built directly. Through `logging` (a LogRecord, the
+    formatter, a datetime) it cost about 7% of the event loop's time under load; this builds
+    the same fields (those of `JsonFormatter`) and hands the line to the JSON handler, which
+    writes lines in batches. It follows the `distilserve.access` logger's level."""
 
     def __init__(self) -> None:
         self._second, self._stamp = -1, ""
+        self._handler: JsonHandler | None = None
 
     def write(self, request_id: str, fields: dict[str, Any]) -> None:
-        handler = _handler()
+        handler = self._handler or self._find_handler()
         if handler is None or not access_log.isEnabledFor(logging.INFO):
             return
         entry = {"ts": self._ts(), "level": "info", "logger": access_log.name, "msg": "request",
                  "request_id": request_id, **fields}
-        line = orjson.dumps(entry, default=str).decode() + "\n"
-        stream: TextIO = handler.stream
-        with handler.lock:  # type: ignore[union-attr]
-            stream.write(line)
-            stream.flush()
+        handler.buffer(orjson.dumps(entry, default=str, option=orjson.OPT_APPEND_NEWLINE).decode())
+
+    def _find_handler(self) -> JsonHandler | None:
+        """Looked up until `configure_logging` has installed it, then kept."""
+        self._handler = _handler()
+        return self._handler
 
     def _ts(self) -> str:
         """ISO 8601 UTC with milliseconds, as `JsonFormatter` writes it; the date part is
@@ -109,7 +193,7 @@ class AccessLog:
         return f"{self._stamp}.{int((now - second) * 1000):03d}+00:00"
 
 
-def _handler() -> logging.StreamHandler | None:  # type: ignore[type-arg]
+def _handler() -> JsonHandler | None:
     """The JSON handler `configure_logging` installed (None before it ran)."""
     for handler in logging.getLogger("distilserve").handlers:
         if getattr(handler, "_distilserve", False):
@@ -117,10 +201,17 @@ def _handler() -> logging.StreamHandler | None:  # type: ignore[type-arg]
     return None
 
 
-class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, log_inputs: bool = False, access_log: bool = True) -> None:
-        self.app, self.log_inputs = app, log_inputs
-        self.access = AccessLog() if access_log else None
+class ServiceMiddleware:
+    """The service's per-request work in one ASGI layer, in the order the separate layers ran:
+    request id and access line around everything; the gates (drain, API key, declared body
+    size); then, counted as in flight for the drain, the route - for inference routes with
+    metrics around the early 429 and the route."""
+
+    def __init__(self, app: ASGIApp, settings: Settings, drain: Drain, gates: list[Gate]) -> None:
+        self.app, self.drain, self.gates = app, drain, gates
+        self.log_inputs, self.limit = settings.log_inputs, settings.max_body_bytes
+        self.access = AccessLog() if settings.access_log else None
+        self.shed, self.metrics = Shedder(), ServingMetrics()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -136,18 +227,44 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
-        async def receive_logged() -> Message:
-            message = await receive()
-            if message["type"] == "http.request" and len(body) < _LOGGED_BODY_BYTES:
-                body.extend(message.get("body", b"")[: _LOGGED_BODY_BYTES - len(body)])
-            return message
-
         try:
-            await self.app(scope, receive_logged if self.log_inputs else receive, send_with_id)
+            await self._gated(scope, self._receive(scope, receive, body), send_with_id, status, start)
         finally:
             if self.access is not None:
                 self._log(rid, scope, status[0], time.perf_counter() - start, body)
             REQUEST_ID.reset(token)
+
+    def _receive(self, scope: Scope, receive: Receive, body: bytearray) -> Receive:
+        """The server's `receive`, wrapped only where needed: to copy the body for the log, and
+        to count a body not framed by Content-Length (the server never passes more than a
+        declared length, and the gate has checked that one)."""
+        if self.log_inputs:
+            receive = _logged(receive, body)
+        if _header(scope, b"content-length") is None or _header(scope, b"transfer-encoding") is not None:
+            receive = _limited(receive, self.limit)
+        return receive
+
+    async def _gated(self, scope: Scope, receive: Receive, send: Send, status: list[int], start: float) -> None:
+        for gate in self.gates:
+            if (response := gate(scope)) is not None:
+                await response(scope, receive, send)
+                return
+        task = TASK_BY_PATH.get(scope["path"])
+        self.drain.in_flight += 1  # what the drain waits for on SIGTERM
+        try:
+            if task is None:
+                await self.app(scope, receive, send)
+            else:
+                await self._inference(scope, receive, send, task, status, start)
+        finally:
+            self.drain.in_flight -= 1
+
+    async def _inference(self, scope: Scope, receive: Receive, send: Send, task: str, status: list[int], start: float) -> None:
+        try:
+            shed = self.shed.rejection(scope, task)
+            await (self.app if shed is None else shed)(scope, receive, send)
+        finally:
+            self.metrics.record(scope, task, str(status[0]), time.perf_counter() - start)
 
     def _log(self, rid: str, scope: Scope, status: int, seconds: float, body: bytearray) -> None:
         served: Any = scope.get("state", {}).get("served")
@@ -162,6 +279,18 @@ class RequestContextMiddleware:
         self.access.write(rid, fields)  # type: ignore[union-attr]
 
 
+def _logged(receive: Receive, body: bytearray) -> Receive:
+    """`receive` that copies the first `_LOGGED_BODY_BYTES` of the body for the access line."""
+
+    async def receive_logged() -> Message:
+        message = await receive()
+        if message["type"] == "http.request" and len(body) < _LOGGED_BODY_BYTES:
+            body.extend(message.get("body", b"")[: _LOGGED_BODY_BYTES - len(body)])
+        return message
+
+    return receive_logged
+
+
 class BodyTooLarge(HTTPException):
     """Raised from `receive` once a streamed body passes the limit. An HTTPException because
     FastAPI re-raises those from body parsing (anything else becomes a 400); the app's handler
@@ -171,58 +300,53 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body exceeds the limit of {limit} bytes")
 
 
-class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
-        self.app, self.limit = app, max_body_bytes
+class BodyLimit:
+    """413 from Content-Length, before a byte of the body is read."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    def __init__(self, max_body_bytes: int) -> None:
+        self.limit = max_body_bytes
+
+    def rejection(self, scope: Scope) -> Response | None:
         declared = _header(scope, b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            message = str(BodyTooLarge(self.limit).detail)
-            task = TASK_BY_PATH.get(scope["path"], "")
-            await error_response("payload_too_large", message, "body", {"Connection": "close"}, task)(scope, receive, send)
-            return
-        await self.app(scope, self._limited(receive), send)
-
-    def _limited(self, receive: Receive) -> Receive:
-        """`receive` that counts body bytes as they arrive and stops past the limit."""
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise BodyTooLarge(self.limit)
-            return message
-
-        return limited
+        if declared is None or (declared.isdigit() and int(declared) <= self.limit):
+            return None
+        message = str(BodyTooLarge(self.limit).detail)
+        return error_response("payload_too_large", message, "body", {"Connection": "close"}, TASK_BY_PATH.get(scope["path"], ""))
 
 
-class ShedMiddleware:
+def _limited(receive: Receive, limit: int) -> Receive:
+    """`receive` that counts body bytes as they arrive and stops past the limit."""
+    seen = 0
+
+    async def limited() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise BodyTooLarge(limit)
+        return message
+
+    return limited
+
+
+class Shedder:
     """Early 429: when every model that serves a route's task has a full queue, the request is
     answered before its body is read, parsed or validated. Under overload most requests are
     the ones turned away, so their cost decides how much CPU is left for the admitted ones.
     Only certain rejections are made here (no model of the task could take even one item);
     everything else goes on to the route, whose own queue check is exact."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self) -> None:
         self._by_task: dict[str, list[Any]] | None = None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        task = TASK_BY_PATH.get(scope["path"]) if scope["type"] == "http" else None
-        batchers = self._batchers(scope, task) if task else None
-        if batchers and all(b.full for b in batchers):
-            message = f"every {task} model's queue is full (items or estimated wait); retry later"
-            headers = {"Retry-After": str(min(b.retry_after() for b in batchers))}
-            await error_response("queue_full", message, None, headers, task or "")(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+    def rejection(self, scope: Scope, task: str) -> Response | None:
+        batchers = self._batchers(scope, task)
+        if not batchers or not all(b.full for b in batchers):
+            return None
+        message = f"every {task} model's queue is full (items or estimated wait); retry later"
+        headers = {"Retry-After": str(min(b.retry_after() for b in batchers))}
+        return error_response("queue_full", message, None, headers, task)
 
     def _batchers(self, scope: Scope, task: str) -> list[Any] | None:
         """Batchers per task, indexed once the models are loaded (the list never changes after)."""
@@ -236,35 +360,13 @@ class ShedMiddleware:
         return self._by_task.get(task)
 
 
-class ServingMiddleware:
+class ServingMetrics:
     """Request counts and latency per (task, model, backend, status) for inference routes."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self) -> None:
         self._children: dict[tuple[str, str, str, str, str], tuple[Any, Any]] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        task = TASK_BY_PATH.get(scope.get("path", "")) if scope["type"] == "http" else None
-        if task is None:
-            await self.app(scope, receive, send)
-            return
-        await self._measured(scope, receive, send, task)
-
-    async def _measured(self, scope: Scope, receive: Receive, send: Send, task: str) -> None:
-        start = time.perf_counter()
-        status = [500]
-
-        async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            self._record(scope, task, str(status[0]), time.perf_counter() - start)
-
-    def _record(self, scope: Scope, task: str, status: str, seconds: float) -> None:
+    def record(self, scope: Scope, task: str, status: str, seconds: float) -> None:
         """Metric children are looked up once per label set (a `labels()` call per request
         builds and hashes the label tuple under a lock, twice)."""
         served: Any = scope.get("state", {}).get("served")
@@ -278,20 +380,18 @@ class ServingMiddleware:
         children[1].inc()
 
 
-def install(app: Any, settings: Any) -> Any:
-    """Every middleware in its place, outermost first: request id + log, drain gate, API keys
-    (only when keys are set), body limit, metrics, early 429. Returns the app's `Drain` state."""
-    from app.security import ApiKeyMiddleware
-    from app.shutdown import Drain, DrainMiddleware
+def install(app: Any, settings: Settings) -> Drain:
+    """The service middleware, with its gates in order: drain, API keys (only when keys are
+    set), declared body size. Returns the app's `Drain` state."""
+    from app.security import ApiKeys
+    from app.shutdown import Drain
 
     configure_logging()
     drain = Drain(settings.shutdown_grace_s)
-    app.add_middleware(ShedMiddleware)
-    app.add_middleware(ServingMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    gates: list[Gate] = [drain.rejection]
     if settings.api_keys:
         keys = [k.get_secret_value() for k in settings.api_keys]
-        app.add_middleware(ApiKeyMiddleware, keys=keys, public_paths=settings.public_paths)
-    app.add_middleware(DrainMiddleware, drain=drain)
-    app.add_middleware(RequestContextMiddleware, log_inputs=settings.log_inputs, access_log=settings.access_log)
+        gates.append(ApiKeys(keys, settings.public_paths).rejection)
+    gates.append(BodyLimit(settings.max_body_bytes).rejection)
+    app.add_middleware(ServiceMiddleware, settings=settings, drain=drain, gates=gates)
     return drain

@@ -3,7 +3,7 @@ one of them as `Authorization: Bearer <key>` or `X-API-Key: <key>`.
 
 Keys are compared as SHA-256 digests with `hmac.compare_digest`, against every configured key
 with no early exit, so neither a key's content nor its length shows in the response time.
-Pure ASGI (no BaseHTTPMiddleware): the check costs one hash per request on the hot path."""
+A gate of the service middleware (app/middleware.py): one hash per request on the hot path."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import hashlib
 import hmac
 from typing import Iterable
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.responses import Response
+from starlette.types import Scope
 
 from app.errors import TASK_BY_PATH, error_response
 
@@ -33,15 +34,14 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
     return bearer or api_key or None
 
 
-class ApiKeyMiddleware:
+class ApiKeys:
     """401 in the shared error shape for a missing or unknown key; public paths pass."""
 
-    def __init__(self, app: ASGIApp, keys: Iterable[str], public_paths: Iterable[str]) -> None:
-        self.app = app
+    def __init__(self, keys: Iterable[str], public_paths: Iterable[str]) -> None:
         self.digests = [_digest(k.encode()) for k in keys]
         self.public = frozenset(public_paths)
         if not self.digests:
-            raise ValueError("ApiKeyMiddleware needs at least one key")
+            raise ValueError("ApiKeys needs at least one key")
 
     def accepts(self, key: bytes) -> bool:
         """Constant-time membership: every key is compared, the results OR-ed."""
@@ -50,17 +50,15 @@ class ApiKeyMiddleware:
             found |= hmac.compare_digest(digest, known)
         return found
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.public:
-            await self.app(scope, receive, send)
-            return
+    def rejection(self, scope: Scope) -> Response | None:
+        """None when the request may go on, else the 401 that answers it."""
+        if scope["path"] in self.public:
+            return None
         key = presented_key(scope["headers"])
         if key is not None and self.accepts(key):
-            await self.app(scope, receive, send)
-            return
+            return None
         message = "invalid API key" if key is not None else (
             "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
         )
         task = TASK_BY_PATH.get(scope["path"], "")
-        response = error_response("unauthorized", message, "authorization", dict(_CHALLENGE), task)
-        await response(scope, receive, send)
+        return error_response("unauthorized", message, "authorization", dict(_CHALLENGE), task)

@@ -45,14 +45,14 @@ class BackgroundBatcher(Batcher):
         super().__init__(*args, **kwargs)
         self._load = load
 
-    def _run(self) -> None:
+    def _run(self, worker: int = 0) -> None:
         lower_priority()
         if self._load is not None:
             try:
                 self.backend = self._load()
             except Exception:  # noqa: BLE001 - shadowing goes on with the shared backend
                 log.exception("shadow backend for %s failed to load; sharing the teacher's", self._m.name)
-        super()._run()
+        super()._run(worker)
 
 
 def lower_priority() -> None:
@@ -82,7 +82,7 @@ class ShadowHub:
             pipeline, pad = make_pipeline(teacher.spec)
             labels = {**teacher.labels, "role": "shadow"}
             batcher = BackgroundBatcher(
-                pipeline, teacher.backend, batch_config(self.settings), labels, pad, load=self._own_backend(teacher)
+                pipeline, teacher.backend, batch_config(self.settings, workers=1), labels, pad, load=self._own_backend(teacher)
             )
             batcher.start(asyncio.get_running_loop())
             self._batchers[teacher.name] = batcher

@@ -21,7 +21,8 @@ import threading
 from types import FrameType
 from typing import Any, Callable
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.responses import Response
+from starlette.types import Scope
 
 from app.errors import TASK_BY_PATH, error_response
 
@@ -31,7 +32,8 @@ _POLL_S = 0.02
 
 
 class Drain:
-    """Draining state: shared by the gate middleware and the SIGTERM hook."""
+    """Draining state: shared by the service middleware (its gate, the in-flight count) and
+    the SIGTERM hook."""
 
     def __init__(self, grace_s: float) -> None:
         self.grace_s = grace_s
@@ -56,28 +58,14 @@ class Drain:
         if self.in_flight:
             force()
 
-
-class DrainMiddleware:
-    """Counts admitted requests; while draining, answers new ones 503 instead of admitting them."""
-
-    def __init__(self, app: ASGIApp, drain: Drain) -> None:
-        self.app, self.drain = app, drain
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if self.drain.draining and scope["path"] not in ALWAYS_SERVED:
-            headers = {"Connection": "close", "Retry-After": "1"}
-            task = TASK_BY_PATH.get(scope["path"], "")
-            response = error_response("shutting_down", "service is shutting down; retry elsewhere", None, headers, task)
-            await response(scope, receive, send)
-            return
-        self.drain.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.drain.in_flight -= 1
+    def rejection(self, scope: Scope) -> Response | None:
+        """While draining, the 503 that answers a new request instead of admitting it (the
+        service middleware counts the admitted ones in `in_flight`)."""
+        if not self.draining or scope["path"] in ALWAYS_SERVED:
+            return None
+        headers = {"Connection": "close", "Retry-After": "1"}
+        task = TASK_BY_PATH.get(scope["path"], "")
+        return error_response("shutting_down", "service is shutting down; retry elsewhere", None, headers, task)
 
 
 def install_sigterm(drain: Drain) -> Callable[[], None]:

@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from app.batching import greedy_bounds, partition
+from app.cutting import greedy_bounds, partition
 
 
 def cost(lengths: list[int], bounds: list[int], overhead: float) -> float:

@@ -104,3 +104,36 @@ async def test_length_sorting_pads_less(model_repo, tmp_path) -> None:
     for a, b in zip(results[True], results[False]):  # same answers either way
         assert [x["label"] for x in a] == [x["label"] for x in b]
         assert [x["score"] for x in a] == pytest.approx([x["score"] for x in b], abs=1e-5)
+
+
+async def test_windows_spread_over_model_workers_give_the_serial_answer(model_repo, tmp_path) -> None:
+    """One QA request whose context splits into many windows, one window per model call
+    (max_batch_size=1): with two model workers the calls run on both, in any order, and the
+    answer and its per-item counts are exactly those of one worker running them in turn."""
+    from app.settings import Settings
+    from tests.conftest import serve
+
+    (tmp_path / "squad-student").symlink_to(model_repo / "squad-student")
+    body = {"question": "what city?", "context": CONTEXT * 3, "top_k": 3, "doc_stride": 8}
+    out = {}
+    for workers in (1, 2):
+        settings = Settings(models_dir=tmp_path, max_batch_size=1, model_workers=workers, max_queue_wait_ms=600_000)
+        async with serve(settings) as c:
+            before = (await _metric(c, "distilserve_batch_size_count", "squad-student"))
+            responses = await asyncio.gather(*(c.post("/qa", json=body) for _ in range(4)))
+            calls = await _metric(c, "distilserve_batch_size_count", "squad-student") - before
+        assert all(r.status_code == 200 for r in responses)
+        out[workers] = [r.json() for r in responses]
+        windows = out[workers][0]["items"][0]["windows"]
+        assert windows > 4 and calls == 4 * windows  # one call per window
+    assert all(r == out[1][0] for r in out[1])
+    for serial, parallel in zip(out[1], out[2]):
+        assert parallel["items"] == serial["items"]
+        assert [a["answer"] for a in parallel["results"][0]] == [a["answer"] for a in serial["results"][0]]
+        assert [a["score"] for a in parallel["results"][0]] == pytest.approx([a["score"] for a in serial["results"][0]], abs=1e-6)
+
+
+async def _metric(client, name: str, model: str) -> float:
+    text = (await client.get("/metrics")).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and f'model="{model}"' in line)
