@@ -187,6 +187,7 @@ class ServedModel:
             "max_length": s.max_length,
             "labels": [s.labels[k] for k in sorted(s.labels)] if s.labels else None,
             "quality": s.quality, "teacher": s.teacher, "student": s.student,
+            "model_workers": self.batcher.config.workers if self.batcher is not None else None,
         }
 
 

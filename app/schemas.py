@@ -193,6 +193,7 @@ class ModelInfo(BaseModel):
     quality: dict
     teacher: str | None = None
     student: str | None = None
+    model_workers: int | None = Field(default=None, description="model calls in flight at once (chosen at warm-up unless set)")
 
 
 class ModelsResponse(BaseModel):

@@ -32,6 +32,19 @@ async def test_models_lists_every_backend_with_manifest_figures(client) -> None:
     assert teacher["params"] > 10_000 and teacher["student"] == "sst2-student"
     assert models["squad-student@onnx-int8"]["backend"] == "onnx-int8"
     assert models["embed-student@torch"]["layers"] == 1
+    # model workers unset: torch runs one call at a time; ONNX Runtime one or two, as measured at warm-up
+    assert all(m["model_workers"] == 1 for name, m in models.items() if name.endswith("@torch"))
+    assert {m["model_workers"] for m in models.values()} <= {1, 2}
+
+
+async def test_model_workers_setting_is_what_each_model_runs(model_repo: Path, tmp_path: Path) -> None:
+    (tmp_path / "sst2-student").symlink_to(model_repo / "sst2-student")
+    settings = Settings(models_dir=tmp_path, backends=["onnx", "torch"], model_workers=3)
+    async with serve(settings) as c:
+        models = (await c.get("/models")).json()["models"]
+        assert [m["model_workers"] for m in models] == [3, 3]
+        r = await c.post("/classify", json={"inputs": ["good film", "dull film", "a film"], "model": "sst2-student@torch"})
+        assert r.status_code == 200 and len(r.json()["results"]) == 3
 
 
 async def test_health_ready_docs(client) -> None:
