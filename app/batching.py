@@ -11,7 +11,9 @@ ONNX Runtime release the GIL, so the loop keeps serving HTTP while batches run.
 Why more than one worker per model: on a CPU, ONNX Runtime spreads one call over its intra-op
 threads and synchronises them after every operator, which costs most at the small batches a
 service sees. Two calls in flight on one session keep the cores busy instead (int8 MiniLM,
-2 cores, batch 16: 1,012-1,117 items/s against 700-844 for one call at a time).
+2 cores, batch 16: 1,012-1,117 items/s against 700-844 for one call at a time). Big fp32
+models parallelise well within a call, so the number is measured per model at warm-up
+(`app.loading.pick_workers`).
 """
 
 from __future__ import annotations

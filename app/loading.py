@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Collection
+from typing import Any, Collection
 
 from app.backends import Backend, load_backend
 from app.faults import ModelFault, load_fault
@@ -42,7 +42,7 @@ def pick_workers(pipeline: Pipeline, backend: Backend, pad: int, task: str) -> i
     """Two model calls in flight, or one, as measured here at warm-up (batches of 8, the size a
     loaded service runs, one call against two concurrent ones, twice, interleaved).
 
-    Which wins depends on the model and the machine: on 2 cores the int8 MiniLM runs 1.4x
+    Which wins depends on the model and the machine: on 2 cores the int8 MiniLM runs 1.2-1.4x
     faster with two (one call at a time spends much of a small batch synchronising ONNX
     Runtime's intra-op threads), while the 12-layer fp32 teacher runs 8% slower (its big
     matrix products parallelise well, and two calls fight over the caches)."""
@@ -54,7 +54,7 @@ def pick_workers(pipeline: Pipeline, backend: Backend, pad: int, task: str) -> i
     return 2 if two >= _PAIR_GAIN * one else 1
 
 
-def _items_per_s(pipeline: Pipeline, backend: Backend, pad: int, payloads: list, callers: int, calls: int = 3) -> float:
+def _items_per_s(pipeline: Pipeline, backend: Backend, pad: int, payloads: list[Any], callers: int, calls: int = 3) -> float:
     """Throughput with `callers` threads each making `calls` full cycles back to back."""
     def work() -> None:
         for _ in range(calls):

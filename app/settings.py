@@ -34,7 +34,7 @@ class Settings(BaseSettings):
         default=None, ge=1, le=16,
         description="model calls in flight per model (worker threads sharing its backend). Unset: on ONNX Runtime, "
         "two when warm-up measures them 15% faster than one, else one; one on torch. On 2 cores two made the int8 "
-        "MiniLM 1.4x faster (one call at a time spends much of a small batch synchronising intra-op threads) and "
+        "MiniLM 1.2-1.4x faster (one call at a time spends much of a small batch synchronising intra-op threads) and "
         "the 12-layer fp32 teacher 8% slower; two torch calls on CPU oversubscribe its OpenMP threads",
     )
     ort_spinning: bool = Field(default=False, description="let ONNX Runtime pool threads spin-wait between batches")
