@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-import time
 from pathlib import Path
-from typing import Any, Collection
+from typing import Collection
 
 from app.backends import Backend, load_backend
 from app.faults import ModelFault, load_fault
 from app.batching import BatchConfig, Batcher
 from app.metrics import register_model
-from app.pipelines import ClassifyItem, ClassifyPipeline, EmbedItem, EmbedPipeline, Pipeline, QAItem, QAPipeline, run_once
+from app.pipelines import ClassifyItem, ClassifyPipeline, EmbedItem, EmbedPipeline, Pipeline, QAItem, QAPipeline, concurrent_throughput, run_once
 from app.registry import HubModelUnavailable, ModelSpec, ServedModel, discover, hub_folder, read_spec, served_names
 from app.settings import Settings
 from app.tasks import load_tokenizer, pad_id
@@ -49,24 +47,9 @@ def pick_workers(pipeline: Pipeline, backend: Backend, pad: int, task: str) -> i
     payloads = [_WARMUP[task]] * 8
     one = two = 0.0
     for _ in range(2):
-        one += _items_per_s(pipeline, backend, pad, payloads, callers=1)
-        two += _items_per_s(pipeline, backend, pad, payloads, callers=2)
+        one += concurrent_throughput(pipeline, backend, pad, payloads, 1, calls=3)[0]
+        two += concurrent_throughput(pipeline, backend, pad, payloads, 2, calls=3)[0]
     return 2 if two >= _PAIR_GAIN * one else 1
-
-
-def _items_per_s(pipeline: Pipeline, backend: Backend, pad: int, payloads: list[Any], callers: int, calls: int = 3) -> float:
-    """Throughput with `callers` threads each making `calls` full cycles back to back."""
-    def work() -> None:
-        for _ in range(calls):
-            run_once(pipeline, backend, pad, payloads)
-
-    threads = [threading.Thread(target=work) for _ in range(callers)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return callers * calls * len(payloads) / (time.perf_counter() - start)
 
 
 def batch_config(settings: Settings, workers: int | None = None) -> BatchConfig:

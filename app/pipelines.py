@@ -4,6 +4,9 @@ reduced per batch, and how each item's result is assembled."""
 
 from __future__ import annotations
 
+import math
+import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
@@ -39,6 +42,31 @@ def run_once(pipeline: Pipeline, backend: Backend, pad: int, payloads: Sequence[
         pipeline.finish(payload, seqs, [{k: v[i] for k, v in outputs.items()} for i in range(at, at + len(seqs))])
         at += len(seqs)
     return inputs
+
+
+def concurrent_throughput(pipeline: Pipeline, backend: Backend, pad: int, payloads: Sequence[Any], callers: int = 1,
+                          *, calls: int | None = None, seconds: float | None = None) -> tuple[float, int]:
+    """(items per second, items done) with `callers` threads each running `run_once` on
+    `payloads` back to back, `calls` times or for `seconds`: what the model does with that many
+    calls in flight, outside the batcher (warm-up's choice of model workers, the in-process
+    benchmark). ONNX Runtime and the tokenizer release the GIL, so the calls really overlap."""
+    assert (calls is None) != (seconds is None), "give calls or seconds"
+    done = [0] * callers
+    start = time.perf_counter()
+    limit = calls * len(payloads) if calls is not None else math.inf
+    until = start + seconds if seconds is not None else math.inf
+
+    def caller(k: int) -> None:
+        while done[k] < limit and time.perf_counter() < until:
+            run_once(pipeline, backend, pad, payloads)
+            done[k] += len(payloads)
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done) / (time.perf_counter() - start), sum(done)
 
 
 @dataclass(slots=True)

@@ -35,7 +35,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -46,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.backends import load_backend  # noqa: E402
 from app.loading import make_pipeline  # noqa: E402
-from app.pipelines import ClassifyItem, EmbedItem, QAItem, run_once  # noqa: E402
+from app.pipelines import ClassifyItem, EmbedItem, QAItem, concurrent_throughput, run_once  # noqa: E402
 from app.registry import read_spec  # noqa: E402
 
 SENTENCES = [
@@ -126,24 +125,11 @@ class InProcess:
     def throughput(self, batch: int, seconds: float, count: bool = False, callers: int = 1) -> Any:
         """Items/s over `seconds` (and the item count, for CPU-per-item figures), with `callers`
         threads each running batches back to back on the one backend, as the service's model
-        workers do (ONNX Runtime and the tokenizer release the GIL)."""
+        workers do."""
         payloads = [item(self.spec.task, SENTENCES[i % len(SENTENCES)]) for i in range(batch)]
         self.run(payloads)
-        done = [0] * callers
-        start = time.perf_counter()
-
-        def caller(k: int) -> None:
-            while time.perf_counter() - start < seconds:
-                self.run(payloads)
-                done[k] += batch
-
-        threads = [threading.Thread(target=caller, args=(k,)) for k in range(callers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        rate = sum(done) / (time.perf_counter() - start)
-        return (rate, sum(done)) if count else rate
+        rate, done = concurrent_throughput(self.pipeline, self.backend, self.pad, payloads, callers, seconds=seconds)
+        return (rate, done) if count else rate
 
     def latency_once(self, i: int) -> float:
         """Seconds for sentence i alone (batch 1), the worker's whole per-batch work."""
