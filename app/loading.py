@@ -52,15 +52,15 @@ def pick_workers(pipeline: Pipeline, backend: Backend, pad: int, task: str) -> i
     return 2 if two >= _PAIR_GAIN * one else 1
 
 
-def batch_config(settings: Settings, workers: int | None = None) -> BatchConfig:
-    """The batcher's settings; `workers` (model calls in flight) defaults to the setting, or 1."""
+def batch_config(settings: Settings, workers: int) -> BatchConfig:
+    """The batcher's settings, with `workers` model calls in flight (see `choose_workers`)."""
     return BatchConfig(
         max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
         max_wait_ms=settings.max_wait_ms, sort_by_length=settings.sort_by_length,
         sort_window=settings.sort_window,
         queue_depth=settings.queue_depth, deadline_s=settings.request_deadline_s,
         retry_after_s=settings.retry_after_s, max_queue_wait_ms=settings.max_queue_wait_ms,
-        workers=workers or settings.model_workers or 1,
+        workers=workers,
     )
 
 
@@ -106,7 +106,7 @@ def build(spec: ModelSpec, name: str, kind: str, settings: Settings, loop: async
     pipeline, pad = make_pipeline(spec)
     if settings.warmup:
         warm_up(pipeline, model.backend, pad, spec.task)
-    workers = settings.model_workers or choose_workers(pipeline, model.backend, pad, spec.task, kind, settings)
+    workers = choose_workers(pipeline, model.backend, pad, spec.task, kind, settings)
     model.batcher = Batcher(pipeline, model.backend, batch_config(settings, workers), model.labels, pad)
     if settings.warmup:
         model.batcher.calibrate(_WARMUP[spec.task])  # seeds the service-time estimate for admission
@@ -119,9 +119,11 @@ def build(spec: ModelSpec, name: str, kind: str, settings: Settings, loop: async
 
 
 def choose_workers(pipeline: Pipeline, backend: Backend, pad: int, task: str, kind: str, settings: Settings) -> int:
-    """`model_workers` unset: one on torch (two CPU calls oversubscribe its OpenMP threads; a
-    GPU runs one call at a time anyway); on ONNX Runtime, what `pick_workers` measures (one
-    without warm-up, which is what the measurement needs)."""
+    """`model_workers` when set; else one on torch (two CPU calls oversubscribe its OpenMP
+    threads; a GPU runs one call at a time anyway) and, on ONNX Runtime, what `pick_workers`
+    measures (one without warm-up, which is what the measurement needs)."""
+    if settings.model_workers:
+        return settings.model_workers
     if not kind.startswith("onnx") or not settings.warmup:
         return 1
     return pick_workers(pipeline, backend, pad, task)
