@@ -140,6 +140,27 @@ class InProcess:
 
 
 # ---- server ---------------------------------------------------------------------------------
+def uvicorn_command(target: str, port: int) -> list[str]:
+    """One uvicorn worker on 127.0.0.1 with uvloop and httptools, no access log."""
+    return [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """True once GET /ready answers 200; False if the process exits or `timeout_s` passes."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/ready", timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.2)
+        if proc.poll() is not None:
+            return False
+    return False
+
+
 class Server:
     """`uvicorn app.main:app` on 127.0.0.1 serving only the benchmarked folder."""
 
@@ -154,21 +175,12 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> "Server":
-        cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", "1", "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
         self.log = open(Path(self.tmp.name) / "server.log", "wb")  # the per-request JSON log
+        cmd = uvicorn_command("app.main:app", self.port)
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(self.url + "/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.2)
-            if self.proc.poll() is not None:
-                break
+        if wait_ready(self.url, self.proc, 120):
+            return self
         self.log.flush()
         sys.stderr.write((Path(self.tmp.name) / "server.log").read_text()[-3000:])
         self.__exit__()

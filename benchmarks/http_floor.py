@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
-import time
-import urllib.request
 from typing import Any
 
 import orjson
@@ -27,7 +24,8 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from benchmarks.bench_serving import SENTENCES, body, cpu_seconds, request_bytes, rotations, run_load
+from benchmarks.bench_serving import (SENTENCES, body, cpu_seconds, request_bytes, rotations, run_load,
+                                      uvicorn_command, wait_ready)
 
 _VECTOR = [0.01 * i for i in range(384)]
 _REPLY = {"model": "m", "embeddings": [_VECTOR], "dim": 384, "items": [{"tokens": 12, "truncated": False}],
@@ -69,11 +67,10 @@ async def raw_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 def measure(target: str, port: int, seconds: float) -> tuple[float, float]:
     """(server CPU ms per request, req/s) for one app under 32 clients."""
-    cmd = [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop",
-           "--http", "httptools", "--no-access-log", "--log-level", "warning"]
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(uvicorn_command(target, port))
     try:
-        _wait(port)
+        if not wait_ready(f"http://127.0.0.1:{port}", proc, 30):
+            raise RuntimeError(f"{target} did not start on port {port} in 30 s")
         reqs = [request_bytes("/embed", body("embedding", s, "m")) for s in SENTENCES]
         run_load(port, [reqs] * 4, 1.0)
         cpu0 = cpu_seconds(proc.pid)
@@ -82,17 +79,6 @@ def measure(target: str, port: int, seconds: float) -> tuple[float, float]:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
-
-
-def _wait(port: int, timeout_s: float = 30.0) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"server on port {port} did not start in {timeout_s} s")
 
 
 def main(argv: list[str] | None = None) -> int:
