@@ -53,6 +53,12 @@ async def _batch_stats(client, model: str) -> tuple[float, float]:
     return values["distilserve_batch_size_sum"], values["distilserve_batch_size_count"]
 
 
+async def _metric(client, name: str, model: str) -> float:
+    text = (await client.get("/metrics")).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and f'model="{model}"' in line)
+
+
 async def test_concurrent_mixed_requests_match_solo_answers(client) -> None:
     requests = _requests(48)
     alone = [(await client.post(path, json=body)).json() for path, body in requests]
@@ -64,12 +70,6 @@ async def test_concurrent_mixed_requests_match_solo_answers(client) -> None:
     assert sequences == 24 and calls < sequences  # really batched together
     for (path, _), solo, r in zip(requests, alone, responses):
         _assert_same(path, solo, r.json())
-
-
-async def _padded_tokens(client) -> float:
-    text = (await client.get("/metrics")).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("distilserve_batch_tokens_sum") and 'model="sst2-student"' in line)
 
 
 def _padded(lengths: list[int], batch: int, sort: bool) -> int:
@@ -93,10 +93,10 @@ async def test_length_sorting_pads_less(model_repo, tmp_path) -> None:
     for sort in (True, False):
         settings = Settings(models_dir=tmp_path, sort_by_length=sort, max_batch_size=8, max_wait_ms=0)
         async with serve(settings) as c:
-            before = await _padded_tokens(c)
+            before = await _metric(c, "distilserve_batch_tokens_sum", "sst2-student")
             r = await c.post("/classify", json={"inputs": texts, "top_k": None})
             assert r.status_code == 200
-            padded[sort], results[sort] = await _padded_tokens(c) - before, r.json()["results"]
+            padded[sort], results[sort] = await _metric(c, "distilserve_batch_tokens_sum", "sst2-student") - before, r.json()["results"]
             lengths[sort] = [item["tokens"] for item in r.json()["items"]]
     assert lengths[True] == lengths[False] and sorted(set(lengths[True])) == [4, 62]
     expected = {sort: _padded(lengths[sort], 8, sort) for sort in (True, False)}
@@ -131,9 +131,3 @@ async def test_windows_spread_over_model_workers_give_the_serial_answer(model_re
         assert parallel["items"] == serial["items"]
         assert [a["answer"] for a in parallel["results"][0]] == [a["answer"] for a in serial["results"][0]]
         assert [a["score"] for a in parallel["results"][0]] == pytest.approx([a["score"] for a in serial["results"][0]], abs=1e-6)
-
-
-async def _metric(client, name: str, model: str) -> float:
-    text = (await client.get("/metrics")).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name) and f'model="{model}"' in line)
