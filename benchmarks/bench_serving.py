@@ -43,10 +43,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.backends import load_backend  # noqa: E402
-from app.loading import make_pipeline  # noqa: E402
-from app.pipelines import ClassifyItem, EmbedItem, QAItem, concurrent_throughput, run_once  # noqa: E402
-from app.registry import read_spec  # noqa: E402
+from inference.backends import load_backend  # noqa: E402
+from inference.modelfolder import read_spec  # noqa: E402
+from inference.pipelines import (  # noqa: E402
+    ClassifyItem,
+    EmbedItem,
+    QAItem,
+    concurrent_throughput,
+    make_pipeline,  # noqa: E402
+    run_once,
+)
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog near the river.",

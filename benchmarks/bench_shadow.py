@@ -30,8 +30,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from app.repository.registry import discover  # noqa: E402
 from benchmarks.bench_serving import SENTENCES, Server, body, request_bytes, run_load  # noqa: E402
-from app.registry import discover  # noqa: E402
 
 ENDPOINT = {"classification": "/classify", "embedding": "/embed", "qa": "/qa"}
 

@@ -24,8 +24,16 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from benchmarks.bench_serving import (SENTENCES, body, cpu_seconds, request_bytes, rotations, run_load,
-                                      uvicorn_command, wait_ready)
+from benchmarks.bench_serving import (
+    SENTENCES,
+    body,
+    cpu_seconds,
+    request_bytes,
+    rotations,
+    run_load,
+    uvicorn_command,
+    wait_ready,
+)
 
 _VECTOR = [0.01 * i for i in range(384)]
 _REPLY = {"model": "m", "embeddings": [_VECTOR], "dim": 384, "items": [{"tokens": 12, "truncated": False}],

@@ -74,7 +74,7 @@ class _Named(torch.nn.Module):
 
 def export_onnx(model: torch.nn.Module, task: str, path: Path) -> None:
     """fp32 export per the IO contract: int64 [batch, sequence] inputs, dynamic axes."""
-    from app.backends import OUTPUT_NAMES
+    from inference.backends import OUTPUT_NAMES
 
     outputs = OUTPUT_NAMES[task]
     inputs = ("input_ids", "attention_mask", "token_type_ids")

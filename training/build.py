@@ -68,8 +68,8 @@ def finish(build: Build, recipe: Common, tmp: Path, name: str) -> Path:
     """Export + evaluate the model in ``tmp``, record the build steps, then rename into place."""
     from training.evaluate import evaluate_model
     from training.export import export_model
-    from training.parity import ExportParityError
     from training.manifest import read_manifest, write_manifest
+    from training.parity import ExportParityError
 
     try:
         timed(build, name, "export", export_model, tmp, int8=build.int8)

@@ -1,8 +1,8 @@
 """Evaluate a model folder on a data file through the SERVING code, and record it in its manifest.
 
-The model runs through `app.backends.load_backend` and the service's own task pipelines
-(`app.loading.make_pipeline`: tokenisation, windowing, pooling, span decoding), batched the way
-the service batches (sequences sorted by length), so an evaluated figure is the served figure
+The model runs through `inference.backends.load_backend` and the service's own task pipelines
+(`inference.pipelines.make_pipeline`: tokenisation, windowing, pooling, span decoding), batched the way
+the service batches (`inference.evaluation.serve`: sequences sorted by length), so an evaluated figure is the served figure
 for that backend - torch, onnx or onnx-int8 alike.
 """
 from __future__ import annotations
@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,70 +18,17 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from app.backends import Backend, load_backend
-from app.loading import make_pipeline
-from app.pipelines import ClassifyItem, EmbedItem, Pipeline, QAItem
-from app.registry import ModelSpec, read_spec
-from app.tasks import pad_batch
+from inference.backends import load_backend
+from inference.evaluation import Served, serve
+from inference.modelfolder import ModelSpec, read_spec
+from inference.pipelines import ClassifyItem, EmbedItem, QAItem, make_pipeline
+from inference.squad_metric import squad_scores
 from training.data import DataError, data_sha256, is_hub_spec, load_labelled, parse_hub_spec, squad_examples
-from training.squad_metric import squad_scores
 
 log = logging.getLogger(__name__)
 
 DATASETS = ("classification", "squad", "stsb")
 TASK_OF = {"classification": "classification", "squad": "qa", "stsb": "embedding"}
-CHUNK = 256  # payloads encoded together, like one collected group of the batcher
-
-
-@dataclass
-class Served:
-    """Per-payload results from the serving pipeline, and what it cost."""
-
-    results: list[dict[str, Any]]
-    seconds: float
-    tokens: int
-    sequences: int
-
-
-def serve(pipeline: Pipeline, backend: Backend, pad: int, payloads: Sequence[Any], batch_size: int,
-          desc: str = "evaluate") -> Served:
-    """Run payloads as the batcher does: encode a group, sort its sequences by length, cut
-    into batches, one model call per batch, reduce, reassemble per payload, finish."""
-    results: list[dict[str, Any]] = []
-    tokens = sequences = 0
-    started = time.perf_counter()
-    with tqdm(total=len(payloads), desc=desc, unit="item") as bar:
-        for i in range(0, len(payloads), CHUNK):
-            group = payloads[i : i + CHUNK]
-            encoded = [_raise_on_error(s) for s in pipeline.encode(group)]
-            rows = _run_sorted(pipeline, backend, pad, encoded, batch_size)
-            for payload, seqs, item_rows in zip(group, encoded, rows):
-                results.append(pipeline.finish(payload, seqs, item_rows))
-                tokens += sum(len(s.ids) for s in seqs)
-                sequences += len(seqs)
-            bar.update(len(group))
-    return Served(results, time.perf_counter() - started, tokens, sequences)
-
-
-def _raise_on_error(seqs: Any) -> Any:
-    """The pipeline returns a per-item error (e.g. too long); evaluation must not skip it silently."""
-    if isinstance(seqs, Exception):
-        raise seqs
-    return seqs
-
-
-def _run_sorted(pipeline: Pipeline, backend: Backend, pad: int, encoded: list[Any], batch_size: int) -> list[list[dict]]:
-    """Rows per payload per sequence; sorting by length keeps padding (and time) as served."""
-    flat = sorted(((j, k) for j, seqs in enumerate(encoded) for k in range(len(seqs))),
-                  key=lambda jk: len(encoded[jk[0]][jk[1]].ids))
-    rows: list[list[dict]] = [[{}] * len(seqs) for seqs in encoded]
-    for b in range(0, len(flat), batch_size):
-        batch = flat[b : b + batch_size]
-        inputs = pad_batch([encoded[j][k] for j, k in batch], pad)
-        outputs = pipeline.reduce(backend.forward(inputs), inputs)
-        for row, (j, k) in enumerate(batch):
-            rows[j][k] = {name: value[row] for name, value in outputs.items()}
-    return rows
 
 
 # --- per dataset ---------------------------------------------------------------------------
@@ -188,7 +133,8 @@ def evaluate_model(model_dir: Path, backend: str, data_path: Path | str, *, data
     model = load_backend(model_dir, spec.task, backend, threads)
 
     def run(items: list) -> Served:
-        return serve(pipeline, model, pad, items, batch_size, desc=f"{model_dir.name} [{backend}]")
+        with tqdm(total=len(items), desc=f"{model_dir.name} [{backend}]", unit="item") as bar:
+            return serve(pipeline, model, pad, items, batch_size, progress=bar.update)
 
     if dataset == "squad":
         figures, rows = eval_squad(spec, run, data_path, limit, articles)

@@ -31,11 +31,11 @@ import onnx
 import torch
 from transformers import PreTrainedModel
 
-from app.backends import OUTPUT_NAMES, load_backend
-from app.registry import read_spec
+from inference.backends import OUTPUT_NAMES, load_backend
+from inference.modelfolder import read_spec
 from training.manifest import describe, versions, write_manifest
-from training.modeling import position_limit
 from training.manifest import read_manifest as _read
+from training.modeling import position_limit
 from training.parity import TOLERANCES, ExportParityError, Outputs, breaches, compare, run_parity_set
 
 log = logging.getLogger(__name__)

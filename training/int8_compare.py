@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from transformers import AutoConfig
 
-from app.backends import Backend, load_backend
-from app.registry import read_spec
-from app.tasks import classify, embed, load_tokenizer, pad_batch, pad_id
+from inference.backends import Backend, load_backend
+from inference.modelfolder import read_spec
+from inference.tasks import classify, embed, load_tokenizer, pad_batch, pad_id
 from training.export import FP32_FILE, SCHEMES, export_int8, export_model
 from training.parity import compare, run_parity_set
 
@@ -62,7 +62,7 @@ def round_robin_ms(backends: dict[str, Backend], inputs: dict[str, np.ndarray], 
 def compare_schemes(model_dir: Path, task: str | None = None, schemes: Sequence[str] | None = None,
                     texts: list[str] | None = None, rounds: int = 10, threads: int | None = None) -> list[dict]:
     """One row per scheme: parity figures against torch, and fp32 / int8 ms on one batch."""
-    from app.backends.onnx import OnnxBackend
+    from inference.backends.onnx import OnnxBackend
     from training.parity import PARITY_TEXTS
 
     model_dir = Path(model_dir)

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from app.backends import Backend
-from app.registry import ModelSpec
-from app.tasks import embed, load_tokenizer, pad_batch, pad_id, qa
-from app.tasks import classify as classify_task
+from inference.backends import Backend
+from inference.modelfolder import ModelSpec
+from inference.tasks import classify as classify_task
+from inference.tasks import embed, load_tokenizer, pad_batch, pad_id, qa
 
 PARITY_TEXTS: tuple[str, ...] = (
     "A gripping, beautifully shot film that never lets go of you.",

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from app.backends import load_backend
-from app.tasks import load_tokenizer, pad_batch
-from app.tasks import classify as cls
-from app.tasks import embed as emb
+from inference.backends import load_backend
+from inference.tasks import classify as cls
+from inference.tasks import embed as emb
+from inference.tasks import load_tokenizer, pad_batch
 
 
 def logits(model_dir: Path, text: str | tuple[str, str], kind: str = "onnx", max_length: int = 64) -> np.ndarray:

@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from app.cutting import greedy_bounds, partition
+from app.engine.cutting import greedy_bounds, partition
 
 
 def cost(lengths: list[int], bounds: list[int], overhead: float) -> float:
@@ -67,7 +67,7 @@ def test_greedy_bounds_respects_items_and_tokens() -> None:
 def _fed(calls: list[tuple[int, int]], seed: int = 0) -> "ServiceRate":
     """A ServiceRate fed calls (items, width) whose time follows a known cost with 10% noise:
     2 ms per call + 40 us per padded token + 0.16 us per item x width^2 (the int8 MiniLM here)."""
-    from app.admission import ServiceRate
+    from app.engine.cost import ServiceRate
 
     rng, rate = random.Random(seed), ServiceRate()
     for n, width in calls:

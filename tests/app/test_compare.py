@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.squad_metric import exact_match, f1 as squad_f1
+from inference.squad_metric import exact_match
+from inference.squad_metric import f1 as squad_f1
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

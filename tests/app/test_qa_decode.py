@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.tasks import load_tokenizer
-from app.tasks.qa import decode_qa, encode_qa
+from inference.tasks import load_tokenizer
+from inference.tasks.qa import decode_qa, encode_qa
 from tests.app.test_qa import LONG_CONTEXT
 
 

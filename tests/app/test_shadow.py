@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from app.settings import Settings
+from inference.squad_metric import f1 as squad_f1
 from tests.conftest import serve
-from training.squad_metric import f1 as squad_f1
 
 session_loop = pytest.mark.asyncio(loop_scope="session")  # the session-wide `client` lives on that loop
 

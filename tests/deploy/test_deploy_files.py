@@ -169,7 +169,7 @@ def test_dashboard_uses_only_contract_metrics() -> None:
 def test_contract_metrics_are_registered_by_the_service() -> None:
     """The contract the dashboard is checked against is what app.metrics exports (shadow metrics
     are added there by the shadow-traffic feature and are not required yet)."""
-    from app.metrics import REGISTRY
+    from app.observability.metrics import REGISTRY
 
     suffix = {"counter": "_total", "info": "_info"}
     exported = {f.name + suffix.get(f.type, "") for f in REGISTRY.collect()}

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Iterator
 
 import httpx
-import pytest
 
 from tests.reliability.server import Server, launch, wait_ready
 from tests.reliability.test_bad_input import assert_clean_error

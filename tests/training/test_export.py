@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from app.backends import OUTPUT_NAMES
-from app.registry import read_spec
+from inference.backends import OUTPUT_NAMES
+from inference.modelfolder import read_spec
 from tests.training.tiny_models import save_tiny
 from training.cli import main
 from training.export import ExportParityError, export_model

@@ -1,7 +1,6 @@
 """Loss invariants of the DistilBERT distiller maths."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.squad_metric import best_over_golds, exact_match, f1, normalize_answer, squad_scores
+from inference.squad_metric import best_over_golds, exact_match, f1, normalize_answer, squad_scores
 
 
 @pytest.mark.parametrize(

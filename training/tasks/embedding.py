@@ -19,7 +19,7 @@ from training.losses import embedding_loss, mean_pool
 from training.manifest import describe, save_model
 from training.modeling import load_model, num_layers
 from training.recipes import EmbeddingRecipe
-from training.tasks.common import Clock, data_path, encode, manifest_fields, student_for, start
+from training.tasks.common import Clock, data_path, encode, manifest_fields, start, student_for
 
 log = logging.getLogger(__name__)
 

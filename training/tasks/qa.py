@@ -15,14 +15,14 @@ import torch
 from tokenizers import Tokenizer
 from transformers import PreTrainedModel
 
-from app.tasks.qa import encode_qa  # the serving windowing: one definition for both sides
+from inference.tasks.qa import encode_qa  # the serving windowing: one definition for both sides
 from training.data import QAExample, load_squad_articles, sha256_file, split_articles, squad_examples
 from training.engine import Batch, cache_hidden, make_batches, run_top, train_loop
 from training.losses import qa_loss
 from training.manifest import describe, save_model
 from training.modeling import freeze_below, load_model, num_layers
 from training.recipes import QARecipe
-from training.tasks.common import Clock, data_path, manifest_fields, student_for, start, teacher_outputs
+from training.tasks.common import Clock, data_path, manifest_fields, start, student_for, teacher_outputs
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,262 @@
+"""Request and response bodies (pydantic), shaped like the Hugging Face pipelines and the
+OpenAI embeddings API a user already knows; every model carries an example for /docs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi.exceptions import RequestValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from app.http.errors import ServiceError
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must contain text, not only whitespace")
+    return value
+
+
+# Text a model reads: empty or whitespace-only input is a client error (422 naming the field),
+# not a request for the model's opinion of [CLS] [SEP]; the pattern documents it in the schema.
+Text = Annotated[str, Field(min_length=1, json_schema_extra={"pattern": r"\S"}), AfterValidator(_not_blank)]
+
+def _example(value: dict) -> ConfigDict:
+    return ConfigDict(extra="forbid", json_schema_extra={"examples": [value]})
+
+
+class ItemInfo(BaseModel):
+    tokens: int = Field(description="tokens the model read for this input (all windows for QA)")
+    truncated: bool = Field(description="true when the input was cut to the model window")
+    windows: int | None = Field(default=None, description="QA only: context windows used")
+
+
+class Usage(BaseModel):
+    tokens: int
+
+
+class ClassifyRequest(BaseModel):
+    model_config = _example({"inputs": ["a gripping, funny film", "dull and overlong"], "top_k": 2})
+    inputs: Text | list[Text | list[Text]] = Field(min_length=1, description="a text, texts, or [text, text_pair] pairs")
+    model: str | None = Field(default=None, description="model name or alias teacher / student")
+    top_k: int | None = Field(default=1, ge=1, description="labels per input; null for all")
+    truncate: bool = Field(default=True, description="false: inputs longer than the window are rejected (413)")
+
+
+    @field_validator("inputs")
+    @classmethod
+    def _pairs(cls, value: str | list[str | list[str]]) -> str | list[str | list[str]]:
+        for i, item in enumerate(value if isinstance(value, list) else []):
+            if isinstance(item, list) and len(item) != 2:
+                raise ValueError(f"item {i} must be a text or a [text, text_pair] pair (got {len(item)} strings)")
+        return value
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class ClassifyResponse(BaseModel):
+    model_config = _example({
+        "model": "sst2-student", "results": [[{"label": "positive", "score": 0.98}]],
+        "items": [{"tokens": 8, "truncated": False}], "usage": {"tokens": 8},
+    })
+    model: str
+    results: list[list[LabelScore]]
+    items: list[ItemInfo]
+    usage: Usage
+
+
+class QAInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    question: Text
+    context: Text
+
+
+class QARequest(BaseModel):
+    model_config = _example({
+        "question": "Where do penguins live?",
+        "context": "Most penguins live in the Southern Hemisphere, many of them in Antarctica.",
+        "top_k": 1,
+    })
+    question: Text | None = None
+    context: Text | None = None
+    inputs: list[QAInput] | None = Field(default=None, min_length=1)
+    model: str | None = None
+    top_k: int = Field(default=1, ge=1)
+    max_answer_len: int = Field(default=15, ge=1)
+    doc_stride: int = Field(default=128, ge=0)
+    handle_impossible_answer: bool = False
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "QARequest":
+        single = self.question is not None or self.context is not None
+        if single == (self.inputs is not None):
+            raise ValueError("give either question and context, or inputs, not both or neither")
+        if single and (self.question is None or self.context is None):  # "field: ..." names the param
+            missing = "question" if self.question is None else "context"
+            raise ValueError(f"{missing}: required (question and context go together)")
+        return self
+
+    def pairs(self) -> list[QAInput]:
+        return self.inputs or [QAInput(question=self.question or "", context=self.context or "")]
+
+
+class Answer(BaseModel):
+    answer: str
+    score: float
+    start: int = Field(description="character offset in the context; context[start:end] == answer")
+    end: int
+
+
+class QAResponse(BaseModel):
+    model_config = _example({
+        "model": "squad-student",
+        "results": [[{"answer": "the Southern Hemisphere", "score": 0.71, "start": 22, "end": 45}]],
+        "items": [{"tokens": 30, "truncated": False, "windows": 1}], "usage": {"tokens": 30},
+    })
+    model: str
+    results: list[list[Answer]]
+    items: list[ItemInfo]
+    usage: Usage
+
+
+class EmbedRequest(BaseModel):
+    model_config = _example({"inputs": ["A man is playing a guitar.", "Someone plays music."]})
+    inputs: Text | list[Text] = Field(min_length=1)
+    model: str | None = None
+    normalize: bool | None = Field(default=None, description="L2-normalise; null: the model's default")
+    truncate: bool = True
+
+
+class EmbedResponse(BaseModel):
+    model_config = _example({
+        "model": "embed-student", "embeddings": [[0.01, -0.2, 0.05]], "dim": 3,
+        "items": [{"tokens": 9, "truncated": False}], "usage": {"tokens": 9},
+    })
+    model: str
+    embeddings: list[list[float]]
+    dim: int
+    items: list[ItemInfo]
+    usage: Usage
+
+
+class OpenAIEmbeddingRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"input": "hello world", "model": "student"}]})
+    input: Text | list[Text] = Field(min_length=1)
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    user: str | None = None
+
+
+class OpenAIEmbedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class OpenAIUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class OpenAIEmbeddingResponse(BaseModel):
+    model_config = _example({
+        "object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.01, -0.2]}],
+        "model": "embed-student", "usage": {"prompt_tokens": 4, "total_tokens": 4},
+    })
+    object: Literal["list"] = "list"
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: OpenAIUsage
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    model_config = _example({"error": {"message": "model 'x' not found", "type": "model_not_found", "param": "model"}})
+    error: ErrorBody
+
+
+class ModelInfo(BaseModel):
+    name: str
+    task: str
+    role: str
+    backend: str
+    layers: int | None
+    hidden_size: int | None
+    params: int | None
+    max_length: int
+    labels: list[str] | None
+    quality: dict
+    teacher: str | None = None
+    student: str | None = None
+    model_workers: int | None = Field(default=None, description="model calls in flight at once (chosen at warm-up unless set)")
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready"]
+    models: int = Field(description="served (model, backend) pairs")
+
+
+# --- /compare: the task endpoint's own body plus the two model names ---------------------
+
+TASK_BODIES: dict[str, type[BaseModel]] = {"classification": ClassifyRequest, "qa": QARequest, "embedding": EmbedRequest}
+
+
+class CompareRequest(BaseModel):
+    """`task`, `teacher`, `student`; every other field is the task endpoint's own (validated by
+    that endpoint's schema), e.g. `inputs` and `top_k` for classification."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [
+        {"task": "classification", "inputs": ["a gripping, funny film", "dull and overlong"]},
+        {"task": "qa", "question": "Where do penguins live?", "context": "Most penguins live in Antarctica."},
+        {"task": "embedding", "inputs": ["A man is playing a guitar."], "teacher": "teacher@onnx"},
+    ]})
+    task: Literal["classification", "qa", "embedding"]
+    teacher: str = Field(default="teacher", description="model name or alias (teacher, teacher@backend)")
+    student: str = Field(default="student", description="model name or alias (student, student@backend)")
+
+    def task_body(self) -> BaseModel:
+        """The remaining fields as the task endpoint's request; its validation errors answer 422."""
+        fields = dict(self.model_extra or {})
+        if "model" in fields:
+            raise ServiceError("invalid_input", "model: /compare takes `teacher` and `student` instead", "model")
+        try:
+            return TASK_BODIES[self.task].model_validate(fields)
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from None
+
+
+class CompareSide(BaseModel):
+    model: str
+    role: str
+    backend: str
+    results: list[Any] = Field(description="as the task endpoint returns them (embeddings: vectors)")
+    items: list[ItemInfo]
+    usage: Usage
+    latency_ms: float = Field(description="this model's request time: queue, tokenize, inference, postprocess")
+
+
+class CompareResponse(BaseModel):
+    task: str
+    teacher: CompareSide
+    student: CompareSide
+    agreement: list[dict[str, float | bool | None]] = Field(
+        description="per item: same_label | span_f1 + exact_match | cosine (null when dimensions differ)")
+    summary: dict[str, float | None] = Field(description="means over the items")
+    latency_ratio: float | None = Field(description="student latency / teacher latency")
+    speedup: float | None = Field(description="teacher latency / student latency")

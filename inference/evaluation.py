@@ -1,0 +1,71 @@
+"""The batched evaluation loop: payloads through a task pipeline and a backend the way the
+service's batcher runs them (a collected group encoded at once, its sequences sorted by length
+and cut into model calls), so a figure measured with it is the served figure for that backend.
+
+`training.evaluate` scores data sets with it; benchmarks time it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from inference.backends import Backend
+from inference.pipelines import Pipeline
+from inference.tasks import pad_batch
+
+CHUNK = 256  # payloads encoded together, like one collected group of the batcher
+
+
+@dataclass
+class Served:
+    """Per-payload results from the serving pipeline, and what it cost."""
+
+    results: list[dict[str, Any]]
+    seconds: float
+    tokens: int
+    sequences: int
+
+
+def serve(pipeline: Pipeline, backend: Backend, pad: int, payloads: Sequence[Any], batch_size: int,
+          progress: Callable[[int], object] | None = None) -> Served:
+    """Run payloads as the batcher does: encode a group, sort its sequences by length, cut
+    into batches, one model call per batch, reduce, reassemble per payload, finish.
+    `progress` is told how many payloads each group finished (a progress bar's update)."""
+    results: list[dict[str, Any]] = []
+    tokens = sequences = 0
+    started = time.perf_counter()
+    for i in range(0, len(payloads), CHUNK):
+        group = payloads[i : i + CHUNK]
+        encoded = [_raise_on_error(s) for s in pipeline.encode(group)]
+        rows = _run_sorted(pipeline, backend, pad, encoded, batch_size)
+        for payload, seqs, item_rows in zip(group, encoded, rows):
+            results.append(pipeline.finish(payload, seqs, item_rows))
+            tokens += sum(len(s.ids) for s in seqs)
+            sequences += len(seqs)
+        if progress is not None:
+            progress(len(group))
+    return Served(results, time.perf_counter() - started, tokens, sequences)
+
+
+def _raise_on_error(seqs: Any) -> Any:
+    """The pipeline returns a per-item error (e.g. too long); evaluation must not skip it silently."""
+    if isinstance(seqs, Exception):
+        raise seqs
+    return seqs
+
+
+def _run_sorted(pipeline: Pipeline, backend: Backend, pad: int, encoded: list[Any], batch_size: int) -> list[list[dict]]:
+    """Rows per payload per sequence; sorting by length keeps padding (and time) as served."""
+    flat = sorted(((j, k) for j, seqs in enumerate(encoded) for k in range(len(seqs))),
+                  key=lambda jk: len(encoded[jk[0]][jk[1]].ids))
+    rows: list[list[dict]] = [[{}] * len(seqs) for seqs in encoded]
+    for b in range(0, len(flat), batch_size):
+        batch = flat[b : b + batch_size]
+        inputs = pad_batch([encoded[j][k] for j, k in batch], pad)
+        outputs = pipeline.reduce(backend.forward(inputs), inputs)
+        for row, (j, k) in enumerate(batch):
+            rows[j][k] = {name: value[row] for name, value in outputs.items()}
+    return rows

@@ -1,0 +1,146 @@
+"""One model folder, read without loading weights: the manifest (written by training) or the
+files of a plain Hugging Face / sentence-transformers folder, as one backend-independent spec.
+
+Both sides read folders through this module: the service to serve them, training to export,
+check parity and evaluate them. There is one JSON reader and one safetensors-header parser.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inference.backends import available_kinds
+
+_MAX_HEADER = 100_000_000  # bytes: a bigger "header" is not safetensors
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A folder's JSON file as a dict; {} when absent. Broken JSON is a ValueError naming the file."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path.name} is not valid JSON ({exc})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def safetensors_header(path: Path) -> dict[str, Any] | None:
+    """The tensor table of a safetensors file (8-byte length + JSON), without reading the
+    weights; None when the file is absent. A truncated or foreign file is a ValueError."""
+    if not path.is_file():
+        return None
+    with path.open("rb") as fh:
+        raw = fh.read(8)
+        size = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
+        if size <= 0 or size > _MAX_HEADER or size + 8 > path.stat().st_size:
+            raise ValueError(f"{path.name} has no valid header (truncated or not safetensors)")
+        header: dict[str, Any] = json.loads(fh.read(size))
+    return header
+
+
+_TASK_BY_ARCH = (("ForSequenceClassification", "classification"), ("ForQuestionAnswering", "qa"))
+_MANIFEST_TASKS = ("classification", "qa", "embedding")
+
+
+@dataclass(slots=True)
+class ModelSpec:
+    """Everything the service needs to know about one model folder (backend-independent)."""
+
+    name: str
+    path: Path
+    task: str
+    role: str
+    layers: int | None
+    hidden_size: int | None
+    params: int | None
+    max_length: int
+    labels: dict[int, str] | None
+    problem_type: str | None = None
+    pooling: str = "mean"
+    normalize: bool = False
+    quality: dict[str, Any] = field(default_factory=dict)
+    teacher: str | None = None
+    student: str | None = None
+    kinds: list[str] = field(default_factory=list)
+
+
+def _infer_task(config: dict[str, Any]) -> str:
+    for arch in config.get("architectures") or []:
+        for suffix, task in _TASK_BY_ARCH:
+            if arch.endswith(suffix):
+                return task
+    return "embedding"
+
+
+def _max_length(folder: Path, config: dict[str, Any]) -> int:
+    """Plain folders: sentence-transformers' max_seq_length, else the tokenizer's
+    model_max_length, else the position table (minus the 2 RoBERTa-style offsets), capped at 512."""
+    st = read_json(folder / "sentence_bert_config.json").get("max_seq_length")
+    tok = read_json(folder / "tokenizer_config.json").get("model_max_length")
+    pos = config.get("max_position_embeddings")
+    for value in (st, tok if isinstance(tok, int) and tok < 100_000 else None, pos and pos - 2):
+        if isinstance(value, int) and value > 0:
+            return min(value, 512)
+    return 512
+
+
+def _safetensors_params(folder: Path) -> int | None:
+    """Count parameters from the safetensors header alone (no weights loaded)."""
+    header = safetensors_header(folder / "model.safetensors")
+    if header is None:
+        return None
+    total = 0
+    for key, meta in header.items():
+        if key != "__metadata__":
+            count = 1
+            for dim in meta["shape"]:
+                count *= dim
+            total += count
+    return total
+
+
+def _st_pooling(folder: Path) -> tuple[str, bool]:
+    """sentence-transformers layout: pooling mode from 1_Pooling, normalisation from modules."""
+    pooling = read_json(folder / "1_Pooling" / "config.json")
+    mode = "cls" if pooling.get("pooling_mode_cls_token") else "mean"
+    modules = (folder / "modules.json").read_text() if (folder / "modules.json").is_file() else ""
+    return mode, "Normalize" in modules
+
+
+def _labels(raw: dict[str, Any] | None) -> dict[int, str] | None:
+    return {int(k): str(v) for k, v in raw.items()} if raw else None
+
+
+def read_spec(folder: Path) -> ModelSpec:
+    """Build a spec from `manifest.json` if present, else from the HF files of a plain folder."""
+    config = read_json(folder / "config.json")
+    manifest = read_json(folder / "manifest.json")
+    if manifest:
+        missing = [k for k in ("name", "task", "role") if not manifest.get(k)]
+        if missing or manifest["task"] not in _MANIFEST_TASKS:
+            raise ValueError(f"{folder}/manifest.json: missing {missing} or bad task {manifest.get('task')!r}")
+    task = manifest.get("task") or _infer_task(config)
+    pooling, normalize = _st_pooling(folder)
+    return ModelSpec(
+        name=folder.name,
+        path=folder,
+        task=task,
+        role=manifest.get("role") or ("student" if "student" in folder.name else "teacher"),
+        layers=manifest.get("layers") or config.get("num_hidden_layers"),
+        hidden_size=manifest.get("hidden_size") or config.get("hidden_size"),
+        params=manifest.get("params") or _safetensors_params(folder),
+        max_length=int(manifest.get("max_length") or _max_length(folder, config)),
+        labels=_labels(manifest.get("labels") or (config.get("id2label") if task == "classification" else None)),
+        problem_type=config.get("problem_type"),
+        pooling=manifest.get("pooling") or pooling,
+        normalize=bool(manifest["normalize"]) if "normalize" in manifest else normalize,
+        quality=manifest.get("quality") or {},
+        teacher=manifest.get("teacher"),
+        student=manifest.get("student"),
+        kinds=available_kinds(folder),
+    )

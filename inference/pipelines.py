@@ -1,0 +1,183 @@
+"""Adapters from the pure task functions (`inference.tasks`) to a batcher: what one queued item
+is, how a collected group is tokenized (in the worker thread), how a model call's output is
+reduced per batch, and how each item's result is assembled."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from inference.modelfolder import ModelSpec
+from inference.tasks import Encoded, classify, embed, load_tokenizer, pad_batch, pad_id, qa
+from inference.tasks.classify import score_function
+
+if TYPE_CHECKING:
+    from inference.backends import Backend
+
+Rows = list[dict[str, np.ndarray]]
+
+
+class Pipeline(Protocol):
+    task: str
+
+    def encode(self, payloads: Sequence[Any]) -> list[Sequence[Any] | Exception]: ...
+    def reduce(self, outputs: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def finish(self, payload: Any, seqs: Sequence[Any], rows: Rows) -> dict[str, Any]: ...
+
+
+def run_once(pipeline: Pipeline, backend: Backend, pad: int, payloads: Sequence[Any]) -> dict[str, np.ndarray]:
+    """Every stage for `payloads` as one model call (tokenize, pad, run, reduce, finish each
+    item), outside the batcher: warm-up, the batcher's calibration and the in-process benchmark.
+    The payloads must be valid (an encoding error fails the assertion). Returns the padded inputs."""
+    encoded = pipeline.encode(payloads)
+    assert not any(isinstance(e, Exception) for e in encoded), encoded
+    inputs = pad_batch([s for e in encoded for s in e], pad)
+    outputs = pipeline.reduce(backend.forward(inputs), inputs)
+    at = 0
+    for payload, seqs in zip(payloads, encoded):
+        pipeline.finish(payload, seqs, [{k: v[i] for k, v in outputs.items()} for i in range(at, at + len(seqs))])
+        at += len(seqs)
+    return inputs
+
+
+def concurrent_throughput(pipeline: Pipeline, backend: Backend, pad: int, payloads: Sequence[Any], callers: int = 1,
+                          *, calls: int | None = None, seconds: float | None = None) -> tuple[float, int]:
+    """(items per second, items done) with `callers` threads each running `run_once` on
+    `payloads` back to back, `calls` times or for `seconds`: what the model does with that many
+    calls in flight, outside the batcher (warm-up's choice of model workers, the in-process
+    benchmark). ONNX Runtime and the tokenizer release the GIL, so the calls really overlap."""
+    assert (calls is None) != (seconds is None), "give calls or seconds"
+    done = [0] * callers
+    start = time.perf_counter()
+    limit = calls * len(payloads) if calls is not None else math.inf
+    until = start + seconds if seconds is not None else math.inf
+
+    def caller(k: int) -> None:
+        while done[k] < limit and time.perf_counter() < until:
+            run_once(pipeline, backend, pad, payloads)
+            done[k] += len(payloads)
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done) / (time.perf_counter() - start), sum(done)
+
+
+@dataclass(slots=True)
+class ClassifyItem:
+    index: int
+    text: str | tuple[str, str]
+    truncate: bool = True
+    top_k: int | None = 1
+
+
+@dataclass(slots=True)
+class EmbedItem:
+    index: int
+    text: str
+    normalize: bool = True
+    truncate: bool = True
+
+
+@dataclass(slots=True)
+class QAItem:
+    index: int
+    question: str
+    context: str
+    top_k: int = 1
+    max_answer_len: int = 15
+    doc_stride: int = 128
+    handle_impossible_answer: bool = False
+
+
+def _meta(seqs: Sequence[Encoded]) -> dict[str, Any]:
+    return {"tokens": sum(s.tokens for s in seqs), "truncated": any(s.truncated for s in seqs)}
+
+
+def _check_length(item: ClassifyItem | EmbedItem, enc: Encoded, max_length: int) -> list[Encoded] | Exception:
+    if enc.truncated and not item.truncate:
+        return classify.InputTooLong(item.index, max_length)
+    return [enc]
+
+
+class ClassifyPipeline:
+    task = "classification"
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int, id2label: dict[int, str], function: str) -> None:
+        self.tokenizer, self.max_length, self.id2label, self.function = tokenizer, max_length, id2label, function
+
+    def encode(self, payloads: Sequence[ClassifyItem]) -> list[Sequence[Any] | Exception]:
+        encs = classify.encode(self.tokenizer, [p.text for p in payloads], self.max_length)
+        return [_check_length(p, e, self.max_length) for p, e in zip(payloads, encs)]
+
+    def reduce(self, outputs: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return outputs
+
+    def finish(self, payload: ClassifyItem, seqs: Sequence[Encoded], rows: Rows) -> dict[str, Any]:
+        labels = classify.postprocess(rows[0]["logits"], self.id2label, payload.top_k, self.function)
+        return {"result": labels, **_meta(seqs)}
+
+
+class EmbedPipeline:
+    task = "embedding"
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int, pooling: str) -> None:
+        self.tokenizer, self.max_length, self.pooling = tokenizer, max_length, pooling
+
+    def encode(self, payloads: Sequence[EmbedItem]) -> list[Sequence[Any] | Exception]:
+        encs = embed.encode(self.tokenizer, [p.text for p in payloads], self.max_length)
+        return [_check_length(p, e, self.max_length) for p, e in zip(payloads, encs)]
+
+    def reduce(self, outputs: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Pool the whole batch at once: one vectorised op instead of one per item."""
+        return {"embedding": embed.pool(outputs["last_hidden_state"], inputs["attention_mask"], self.pooling)}
+
+    def finish(self, payload: EmbedItem, seqs: Sequence[Encoded], rows: Rows) -> dict[str, Any]:
+        vector = rows[0]["embedding"]
+        if payload.normalize:
+            vector = embed.normalize(vector[None, :])[0]
+        return {"result": vector, **_meta(seqs)}
+
+
+class QAPipeline:
+    task = "qa"
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int) -> None:
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def encode(self, payloads: Sequence[QAItem]) -> list[Sequence[Any] | Exception]:
+        return [
+            qa.encode_qa(self.tokenizer, p.question, p.context, self.max_length, p.doc_stride)
+            for p in payloads
+        ]
+
+    def reduce(self, outputs: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return outputs
+
+    def finish(self, payload: QAItem, seqs: Sequence[qa.QAWindow], rows: Rows) -> dict[str, Any]:
+        answers = qa.decode_qa(
+            seqs, [r["start_logits"] for r in rows], [r["end_logits"] for r in rows], payload.context,
+            payload.top_k, payload.max_answer_len, payload.handle_impossible_answer,
+        )
+        return {"result": answers, **_meta(seqs), "windows": len(seqs)}  # type: ignore[arg-type]
+
+
+def make_pipeline(spec: ModelSpec) -> tuple[Pipeline, int]:
+    """The task adapter and the pad id for one model folder."""
+    tokenizer = load_tokenizer(spec.path, None if spec.task == "qa" else spec.max_length)
+    if spec.task == "classification":
+        labels = spec.labels or {}
+        pipeline: Pipeline = ClassifyPipeline(tokenizer, spec.max_length, labels, score_function(len(labels), spec.problem_type))
+    elif spec.task == "qa":
+        pipeline = QAPipeline(tokenizer, spec.max_length)
+    else:
+        pipeline = EmbedPipeline(tokenizer, spec.max_length, spec.pooling)
+    return pipeline, pad_id(tokenizer)
