@@ -101,7 +101,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _models_present(self) -> "Settings":
+    def _models_present(self) -> Settings:
         if not self.hub_models and not self.models_dir.is_dir():
             raise ValueError(f"models_dir {str(self.models_dir)!r} is not a directory")
         return self

@@ -64,12 +64,7 @@ SENTENCES = [
     "He bought fresh bread and cheese at the market this morning.",
     "The museum opens at nine and closes late on Friday evenings.",
 ]
-WORDS = (
-    "time year people way day man thing woman life child world school state family student group "
-    "country problem hand part place case week company system program question work government "
-    "number night point home water room mother area money story fact month lot right study book "
-    "eye job word business issue side kind head house service friend father power hour game line"
-).split()
+WORDS = ["time", "year", "people", "way", "day", "man", "thing", "woman", "life", "child", "world", "school", "state", "family", "student", "group", "country", "problem", "hand", "part", "place", "case", "week", "company", "system", "program", "question", "work", "government", "number", "night", "point", "home", "water", "room", "mother", "area", "money", "story", "fact", "month", "lot", "right", "study", "book", "eye", "job", "word", "business", "issue", "side", "kind", "head", "house", "service", "friend", "father", "power", "hour", "game", "line"]
 ENDPOINT = {"classification": "/classify", "embedding": "/embed", "qa": "/qa"}
 QA_CONTEXT = "The museum opens at nine in the morning and closes late on Friday evenings in summer."
 
@@ -180,7 +175,7 @@ class Server:
                     "DISTILSERVE_BACKENDS": json.dumps([kind]), **env}
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         self.log = open(Path(self.tmp.name) / "server.log", "wb")  # the per-request JSON log
         cmd = uvicorn_command("app.main:app", self.port)
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
@@ -204,7 +199,7 @@ class Server:
         self.tmp.cleanup()
 
 
-def server_workers(server: "Server") -> int:
+def server_workers(server: Server) -> int:
     """The model workers the server runs for the benchmarked model (GET /models)."""
     with urllib.request.urlopen(server.url + "/models", timeout=10) as r:
         models = json.loads(r.read())["models"]
@@ -258,7 +253,7 @@ async def _client(port: int, requests: list[bytes], until: float | None, latenci
     return done
 
 
-async def _paired(local: "InProcess", port: int, reqs: list[bytes], n: int) -> tuple[list[float], list[float]]:
+async def _paired(local: InProcess, port: int, reqs: list[bytes], n: int) -> tuple[list[float], list[float]]:
     """(b) sample by sample: the same sentence in process, then over HTTP, back to back, so that
     a slow moment of the machine lands on both halves of a pair rather than on one side."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -274,10 +269,10 @@ async def _paired(local: "InProcess", port: int, reqs: list[bytes], n: int) -> t
     return solo, http
 
 
-def paired_latency(local: "InProcess", port: int, reqs: list[bytes], n: int) -> tuple[float, float, float]:
+def paired_latency(local: InProcess, port: int, reqs: list[bytes], n: int) -> tuple[float, float, float]:
     """Medians of in-process and HTTP one-sentence latency, and the median of the pairs' differences."""
     solo, http = asyncio.run(_paired(local, port, reqs, n))
-    return statistics.median(solo), statistics.median(http), statistics.median(h - s for s, h in zip(solo, http))
+    return statistics.median(solo), statistics.median(http), statistics.median(h - s for s, h in zip(solo, http, strict=False))
 
 
 def _cycle(items: list[bytes]):  # type: ignore[no-untyped-def]

@@ -121,7 +121,7 @@ async def exchange(pool: Pool, raw: bytes, out: Outcome) -> None:
 async def one(pool: Pool, raw: bytes, out: Outcome, timeout: float) -> None:
     try:
         await asyncio.wait_for(exchange(pool, raw, out), timeout)
-    except (asyncio.TimeoutError, OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
+    except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
         out.error, out.done = type(exc).__name__, time.perf_counter()
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from benchmarks.loadgen import Run
 
@@ -117,7 +117,7 @@ def summary(rows: list[dict]) -> list[str]:
 
 def render_markdown(rows: list[dict], meta: dict, plots: list[str]) -> str:
     """The whole report.md."""
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         "# distilserve: teacher vs student", "",
         f"Measured {when} against {meta['url']} on {meta['machine']}. Closed-loop load from the same "

@@ -8,7 +8,8 @@ official SQuAD normalisation from `training.squad_metric` (pure Python, no torch
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -41,7 +41,7 @@ def serve(pipeline: Pipeline, backend: Backend, pad: int, payloads: Sequence[Any
         group = payloads[i : i + CHUNK]
         encoded = [_raise_on_error(s) for s in pipeline.encode(group)]
         rows = _run_sorted(pipeline, backend, pad, encoded, batch_size)
-        for payload, seqs, item_rows in zip(group, encoded, rows):
+        for payload, seqs, item_rows in zip(group, encoded, rows, strict=False):
             results.append(pipeline.finish(payload, seqs, item_rows))
             tokens += sum(len(s.ids) for s in seqs)
             sequences += len(seqs)

@@ -7,8 +7,9 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -40,7 +41,7 @@ def run_once(pipeline: Pipeline, backend: Backend, pad: int, payloads: Sequence[
     inputs = pad_batch([s for e in encoded for s in e], pad)
     outputs = pipeline.reduce(backend.forward(inputs), inputs)
     at = 0
-    for payload, seqs in zip(payloads, encoded):
+    for payload, seqs in zip(payloads, encoded, strict=False):
         pipeline.finish(payload, seqs, [{k: v[i] for k, v in outputs.items()} for i in range(at, at + len(seqs))])
         at += len(seqs)
     return inputs
@@ -116,7 +117,7 @@ class ClassifyPipeline:
 
     def encode(self, payloads: Sequence[ClassifyItem]) -> list[Sequence[Any] | Exception]:
         encs = classify.encode(self.tokenizer, [p.text for p in payloads], self.max_length)
-        return [_check_length(p, e, self.max_length) for p, e in zip(payloads, encs)]
+        return [_check_length(p, e, self.max_length) for p, e in zip(payloads, encs, strict=False)]
 
     def reduce(self, outputs: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return outputs
@@ -134,7 +135,7 @@ class EmbedPipeline:
 
     def encode(self, payloads: Sequence[EmbedItem]) -> list[Sequence[Any] | Exception]:
         encs = embed.encode(self.tokenizer, [p.text for p in payloads], self.max_length)
-        return [_check_length(p, e, self.max_length) for p, e in zip(payloads, encs)]
+        return [_check_length(p, e, self.max_length) for p, e in zip(payloads, encs, strict=False)]
 
     def reduce(self, outputs: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Pool the whole batch at once: one vectorised op instead of one per item."""

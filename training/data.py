@@ -128,7 +128,7 @@ def _delimited_rows(handle, delimiter: str, tsv: bool) -> Iterator[tuple[int, di
         if len(row) != len(header):
             yield number, f"expected {len(header)} columns {header}, found {len(row)}"
             continue
-        yield number, dict(zip(header, row))
+        yield number, dict(zip(header, row, strict=False))
 
 
 def _pick(row_keys: Sequence[str], wanted: str | None, candidates: Sequence[str]) -> str | None:

@@ -11,7 +11,7 @@ import argparse
 import json
 import logging
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ def eval_classification(spec: ModelSpec, run: Any, path: Path, limit: int | None
     items = [ClassifyItem(i, (e.text, e.text_pair) if e.text_pair else e.text) for i, e in enumerate(examples)]
     served = run(items)
     predicted = [r["result"][0]["label"] for r in served.results]
-    accuracy = float(np.mean([p == names[int(e.label)] for p, e in zip(predicted, examples)]))
+    accuracy = float(np.mean([p == names[int(e.label)] for p, e in zip(predicted, examples, strict=False)]))
     return {"accuracy": accuracy, **_throughput(served)}, len(examples)
 
 
@@ -71,7 +71,7 @@ def eval_squad(spec: ModelSpec, run: Any, path: Path, limit: int | None, article
     if not examples:
         raise DataError(path, 1, f"no questions in articles {articles}")
     served = run([QAItem(i, e.question, e.context) for i, e in enumerate(examples)])
-    pairs = [(r["result"][0]["answer"] if r["result"] else "", e.answers) for r, e in zip(served.results, examples)]
+    pairs = [(r["result"][0]["answer"] if r["result"] else "", e.answers) for r, e in zip(served.results, examples, strict=False)]
     scores = squad_scores(pairs)
     return {"exact_match": scores["exact_match"], "f1": scores["f1"], **_throughput(served)}, len(examples)
 
@@ -143,7 +143,7 @@ def evaluate_model(model_dir: Path, backend: str, data_path: Path | str, *, data
     entry = {**figures, "backend": backend, "rows": rows, "dataset": dataset,
              "data": {"path": str(data_path), "sha256": data_sha256(data_path)},
              **({"articles": [articles[0], articles[-1] + 1]} if articles else {}),
-             "evaluated_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+             "evaluated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
     name = set_name or set_name_for(data_path, dataset, articles)
     if write:
         _record(model_dir, name, entry)

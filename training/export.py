@@ -61,7 +61,7 @@ class _Graph(torch.nn.Module):
         self.model, self.task, self.input_names = model, task, input_names
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(**dict(zip(self.input_names, tensors)), return_dict=True)
+        out = self.model(**dict(zip(self.input_names, tensors, strict=False)), return_dict=True)
         return tuple(out[name] for name in OUTPUT_NAMES[self.task])
 
 

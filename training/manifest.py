@@ -51,7 +51,7 @@ def describe(model: PreTrainedModel, **fields: Any) -> dict[str, Any]:
         "quality": {},
         "onnx": {},
         "versions": versions(),
-        "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     manifest.update(fields)
     limit = position_limit(config)

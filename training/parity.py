@@ -122,7 +122,7 @@ def run_parity_set(backend: Backend, spec: ModelSpec, texts: Sequence[str] | Non
         inputs = pad_batch(chunk, pad)
         out = backend.forward(inputs)
         if spec.task == "embedding":
-            raw += [h[m.astype(bool)] for h, m in zip(out["last_hidden_state"], inputs["attention_mask"])]
+            raw += [h[m.astype(bool)] for h, m in zip(out["last_hidden_state"], inputs["attention_mask"], strict=False)]
             answers += list(embed.normalize(embed.pool(out["last_hidden_state"], inputs["attention_mask"], spec.pooling)))
         else:
             raw += list(out["logits"])
@@ -137,9 +137,9 @@ def _run_qa(backend: Backend, tokenizer: Any, max_length: int) -> Outputs:
         windows = qa.encode_qa(tokenizer, question, context, max_length, 128)
         inputs = pad_batch(windows, pad)  # QAWindow has ids/type_ids like Encoded
         out = backend.forward(inputs)
-        starts = [s[: w.tokens] for s, w in zip(out["start_logits"], windows)]
-        ends = [e[: w.tokens] for e, w in zip(out["end_logits"], windows)]
-        raw += [np.concatenate([s, e]) for s, e in zip(starts, ends)]
+        starts = [s[: w.tokens] for s, w in zip(out["start_logits"], windows, strict=False)]
+        ends = [e[: w.tokens] for e, w in zip(out["end_logits"], windows, strict=False)]
+        raw += [np.concatenate([s, e]) for s, e in zip(starts, ends, strict=False)]
         best = qa.decode_qa(windows, starts, ends, context)
         answers.append((best[0]["start"], best[0]["end"]) if best else None)
     return Outputs(raw, answers)
@@ -147,7 +147,7 @@ def _run_qa(backend: Backend, tokenizer: Any, max_length: int) -> Outputs:
 
 def compare(task: str, ref: Outputs, got: Outputs) -> dict[str, float]:
     """Parity figures of `got` against the torch reference `ref`."""
-    max_abs = max(float(np.abs(a - b).max()) for a, b in zip(ref.raw, got.raw))
+    max_abs = max(float(np.abs(a - b).max()) for a, b in zip(ref.raw, got.raw, strict=False))
     figures: dict[str, float] = {"max_abs_diff": max_abs, "items": len(ref.answers)}
     if task == "classification":
         ref_logits, got_logits = np.stack(ref.answers), np.stack(got.answers)
@@ -155,7 +155,7 @@ def compare(task: str, ref: Outputs, got: Outputs) -> dict[str, float]:
         diff = classify_task.scores(ref_logits) - classify_task.scores(got_logits)
         figures["max_prob_diff"] = float(np.abs(diff).max())
     elif task == "qa":
-        figures["span_agreement"] = float(np.mean([a == b for a, b in zip(ref.answers, got.answers)]))
+        figures["span_agreement"] = float(np.mean([a == b for a, b in zip(ref.answers, got.answers, strict=False)]))
     else:
         cosines = (np.stack(ref.answers) * np.stack(got.answers)).sum(1)
         figures["mean_cosine"], figures["min_cosine"] = float(cosines.mean()), float(cosines.min())

@@ -47,7 +47,7 @@ class ServiceRate:
         # relative errors: a call's time varies by a share of itself (load, caches), so each
         # row is divided by its seconds; otherwise the big calls' noise swamps the fixed cost
         raw = (1.0, float(tokens), items * width * width)
-        f = [x * k / max(seconds, 1e-6) for x, k in zip(raw, _SCALE)]
+        f = [x * k / max(seconds, 1e-6) for x, k in zip(raw, _SCALE, strict=False)]
         for r in range(3):
             self._v[r] += w * (f[r] - self._v[r])
             for c in range(3):
@@ -99,7 +99,7 @@ def _solve(m: list[list[float]], v: list[float], used: tuple[int, ...]) -> tuple
         det *= abs(a[col][col])
         for r in range(col + 1, n):
             factor = a[r][col] / a[col][col]
-            a[r] = [x - factor * y for x, y in zip(a[r], a[col])]
+            a[r] = [x - factor * y for x, y in zip(a[r], a[col], strict=False)]
     if scale <= 0 or det <= _COLLINEAR * scale:  # det / prod(diagonal) is in (0, 1] for these moments
         return None
     coef = [0.0] * n

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 
 def greedy_bounds(lengths: Sequence[int], max_items: int, max_tokens: int) -> list[int]:

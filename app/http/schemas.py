@@ -90,7 +90,7 @@ class QARequest(BaseModel):
     handle_impossible_answer: bool = False
 
     @model_validator(mode="after")
-    def _one_form(self) -> "QARequest":
+    def _one_form(self) -> QARequest:
         single = self.question is not None or self.context is not None
         if single == (self.inputs is not None):
             raise ValueError("give either question and context, or inputs, not both or neither")

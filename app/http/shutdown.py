@@ -18,8 +18,9 @@ import contextvars
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
-from typing import Any, Callable
+from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Scope

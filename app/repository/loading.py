@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from pathlib import Path
-from typing import Collection
 
 from app.engine.batcher import BatchConfig, Batcher
 from app.observability.metrics import register_model

@@ -23,7 +23,8 @@ import os
 import random
 import sys
 import threading
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from app.engine.batcher import Batcher
 from app.repository.loading import batch_config

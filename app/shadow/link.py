@@ -48,7 +48,7 @@ class ShadowLink:
         if any(isinstance(a, BaseException) for a in answers):  # an error, or starved past the deadline
             self._results["failed"].inc()
             return
-        for teacher, own in zip(answers, student):
+        for teacher, own in zip(answers, student, strict=False):
             observe(self.task, item_agreement(self.task, teacher["result"], own["result"]), self.hub.agree_cosine)
 
 

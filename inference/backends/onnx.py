@@ -59,7 +59,7 @@ class OnnxBackend:
         """One session.run; token_type_ids default to zeros when the caller has none."""
         feeds = {name: self._input(inputs, name) for name in self.input_names}
         outs = self.session.run(self.output_names, feeds)
-        return {n: np.asarray(o, dtype=np.float32) for n, o in zip(self.output_names, outs)}
+        return {n: np.asarray(o, dtype=np.float32) for n, o in zip(self.output_names, outs, strict=False)}
 
     @staticmethod
     def _input(inputs: dict[str, np.ndarray], name: str) -> np.ndarray:

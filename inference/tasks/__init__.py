@@ -6,9 +6,9 @@ Tokenization uses the `tokenizers` library only (never transformers): the ONNX p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from tokenizers import Tokenizer

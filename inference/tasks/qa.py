@@ -6,8 +6,8 @@ vary per request while one tokenizer is shared by every request of a model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
@@ -66,7 +66,7 @@ def encode_qa(
 def _window(tokenizer: Tokenizer, q_enc: Encoding, c_part: Encoding, q_cut: bool) -> QAWindow:
     full = tokenizer.post_process(q_enc, c_part, add_special_tokens=True)
     seq_ids = full.sequence_ids
-    offsets = [off if sid == 1 else None for off, sid in zip(full.offsets, seq_ids)]
+    offsets = [off if sid == 1 else None for off, sid in zip(full.offsets, seq_ids, strict=False)]
     cls_index = 0 if full.special_tokens_mask[0] == 1 else None
     return QAWindow(full.ids, full.type_ids, offsets, cls_index, q_cut)
 
@@ -92,7 +92,7 @@ def _window_spans(
     idx = np.argpartition(-flat, k - 1)[:k] if k < flat.size else np.arange(flat.size)
     idx = idx[np.argsort(-flat[idx], kind="stable")]
     spans = []
-    for s, e in zip(*np.unravel_index(idx, outer.shape)):
+    for s, e in zip(*np.unravel_index(idx, outer.shape), strict=False):
         if context[s] and context[e]:
             spans.append((int(s), int(e), float(outer[s, e])))
     return spans, null
@@ -118,7 +118,7 @@ def decode_qa(
     (its score is the lowest CLS-CLS probability over windows, as in the HF pipeline)."""
     answers: list[dict[str, str | float | int]] = []
     min_null = 1_000_000.0
-    for window, start, end in zip(windows, start_logits, end_logits):
+    for window, start, end in zip(windows, start_logits, end_logits, strict=False):
         spans, null = _window_spans(window, np.asarray(start), np.asarray(end), top_k, max_answer_len)
         min_null = min(min_null, null)
         for s, e, score in spans:

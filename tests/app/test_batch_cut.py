@@ -14,11 +14,11 @@ from app.engine.cutting import greedy_bounds, partition
 
 
 def cost(lengths: list[int], bounds: list[int], overhead: float) -> float:
-    return sum(overhead + (b - a) * max(lengths[a:b]) for a, b in zip(bounds, bounds[1:]))
+    return sum(overhead + (b - a) * max(lengths[a:b]) for a, b in zip(bounds, bounds[1:], strict=False))
 
 
 def valid(lengths: list[int], bounds: list[int], max_items: int, max_tokens: int) -> bool:
-    spans = list(zip(bounds, bounds[1:]))
+    spans = list(zip(bounds, bounds[1:], strict=False))
     return bounds[0] == 0 and bounds[-1] == len(lengths) and all(
         0 < b - a <= max_items and ((b - a) * max(lengths[a:b]) <= max_tokens or b - a == 1) for a, b in spans)
 
@@ -64,7 +64,7 @@ def test_greedy_bounds_respects_items_and_tokens() -> None:
     assert greedy_bounds([], 8, 100) == [0]
 
 
-def _fed(calls: list[tuple[int, int]], seed: int = 0) -> "ServiceRate":
+def _fed(calls: list[tuple[int, int]], seed: int = 0) -> ServiceRate:
     """A ServiceRate fed calls (items, width) whose time follows a known cost with 10% noise:
     2 ms per call + 40 us per padded token + 0.16 us per item x width^2 (the int8 MiniLM here)."""
     from app.engine.cost import ServiceRate
@@ -79,11 +79,14 @@ def _fed(calls: list[tuple[int, int]], seed: int = 0) -> "ServiceRate":
 def test_cost_fit_recovers_the_fixed_cost_on_mixed_widths() -> None:
     rng = random.Random(1)
     rate = _fed([(rng.randint(1, 32), rng.randint(12, 200)) for _ in range(300)])
-    assert 1e-3 < rate.fixed < 4e-3 and rate.per_sq > 0  # a line without the squared term goes below 0
+    assert 1e-3 < rate.fixed < 4e-3
+    assert rate.per_sq > 0
     assert rate.item_cost(200) / 200 > rate.item_cost(16) / 16  # wide batches cost more per token
 
 
 def test_cost_fit_with_one_width_falls_back_to_tokens_and_stays_positive() -> None:
     rate = _fed([(32, 16)] * 50)  # no spread at all: nothing but a cost per token can be fitted
-    assert rate.fixed == 0 and rate.per_sq == 0 and rate.per_token == pytest.approx(40e-6 + 0.16e-6 * 16 + 2e-3 / 512, rel=0.15)
+    assert rate.fixed == 0
+    assert rate.per_sq == 0
+    assert rate.per_token == pytest.approx(40e-6 + 0.16e-6 * 16 + 2e-3 / 512, rel=0.15)
     assert rate.work(64, 32) == pytest.approx(2 * 32 * 16 * rate.per_token)

@@ -38,12 +38,13 @@ async def test_classification_outputs_equal_the_endpoint_and_labels_are_compared
         alone = await _alone(client, "/classify", {"inputs": TEXTS, "top_k": None}, role)
         side = body[role]
         assert (side["model"], side["role"], side["backend"]) == (alone["model"], role, "onnx")
-        assert side["items"] == alone["items"] and side["usage"] == alone["usage"]
-        for got, want in zip(side["results"], alone["results"]):
+        assert side["items"] == alone["items"]
+        assert side["usage"] == alone["usage"]
+        for got, want in zip(side["results"], alone["results"], strict=False):
             assert [d["label"] for d in got] == [d["label"] for d in want]
             assert [d["score"] for d in got] == pytest.approx([d["score"] for d in want], abs=1e-6)
     teacher, student = body["teacher"]["results"], body["student"]["results"]
-    same = [t[0]["label"] == s[0]["label"] for t, s in zip(teacher, student)]
+    same = [t[0]["label"] == s[0]["label"] for t, s in zip(teacher, student, strict=False)]
     assert body["agreement"] == [{"same_label": x} for x in same]
     assert body["summary"] == {"same_label": pytest.approx(sum(same) / len(same))}
 
@@ -51,7 +52,8 @@ async def test_classification_outputs_equal_the_endpoint_and_labels_are_compared
 async def test_latencies_and_their_ratio(client) -> None:
     body = (await client.post("/compare", json={"task": "classification", "inputs": "good"})).json()
     t_ms, s_ms = body["teacher"]["latency_ms"], body["student"]["latency_ms"]
-    assert 0 < t_ms < 10_000 and 0 < s_ms < 10_000
+    assert 0 < t_ms < 10_000
+    assert 0 < s_ms < 10_000
     assert body["latency_ratio"] == pytest.approx(s_ms / t_ms)
     assert body["speedup"] == pytest.approx(t_ms / s_ms)
 
@@ -65,7 +67,7 @@ async def test_qa_span_f1_is_squad_f1_of_the_student_against_the_teacher(client)
         assert side["items"] == alone["items"]
         assert [[(a["answer"], a["start"], a["end"]) for a in res] for res in side["results"]] == \
             [[(a["answer"], a["start"], a["end"]) for a in res] for res in alone["results"]]
-    for got, t, s in zip(body["agreement"], teacher["results"], student["results"]):
+    for got, t, s in zip(body["agreement"], teacher["results"], student["results"], strict=False):
         t_ans, s_ans = t[0]["answer"], s[0]["answer"]
         assert got["span_f1"] == pytest.approx(squad_f1(s_ans, t_ans))
         assert got["exact_match"] is bool(exact_match(s_ans, t_ans))
@@ -78,7 +80,7 @@ async def test_embedding_cosine_of_the_endpoint_vectors(client) -> None:
     student = await _alone(client, "/embed", {"inputs": texts, "normalize": False}, "student")
     np.testing.assert_allclose(body["teacher"]["results"], teacher["embeddings"], atol=1e-5)
     np.testing.assert_allclose(body["student"]["results"], student["embeddings"], atol=1e-5)
-    expected = [_cos(t, s) for t, s in zip(teacher["embeddings"], student["embeddings"])]
+    expected = [_cos(t, s) for t, s in zip(teacher["embeddings"], student["embeddings"], strict=False)]
     assert [a["cosine"] for a in body["agreement"]] == pytest.approx(expected, abs=1e-5)
     assert body["summary"]["cosine"] == pytest.approx(float(np.mean(expected)), abs=1e-5)
 

@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-WORDS = "the a good bad film movie story plot actor funny dull boring great love hate very really".split()
+WORDS = ["the", "a", "good", "bad", "film", "movie", "story", "plot", "actor", "funny", "dull", "boring", "great", "love", "hate", "very", "really"]
 CONTEXT = " ".join(f"the river {i} runs by the old city of paris in france" for i in range(6))
 
 
@@ -35,11 +35,12 @@ def _requests(n: int) -> list[tuple[str, dict]]:
 
 
 def _assert_same(path: str, alone: dict, together: dict) -> None:
-    assert together["items"] == alone["items"] and together["model"] == alone["model"]
+    assert together["items"] == alone["items"]
+    assert together["model"] == alone["model"]
     if path == "/embed":
         np.testing.assert_allclose(together["embeddings"], alone["embeddings"], atol=1e-5)
         return
-    for a, b in zip(alone["results"], together["results"]):
+    for a, b in zip(alone["results"], together["results"], strict=False):
         assert [x.get("label", x.get("answer")) for x in a] == [x.get("label", x.get("answer")) for x in b]
         assert [x["score"] for x in a] == pytest.approx([x["score"] for x in b], abs=1e-5)
 
@@ -67,8 +68,9 @@ async def test_concurrent_mixed_requests_match_solo_answers(client) -> None:
     assert all(r.status_code == 200 for r in responses)
     after = await _batch_stats(client, "sst2-student")
     sequences, calls = after[0] - before[0], after[1] - before[1]
-    assert sequences == 24 and calls < sequences  # really batched together
-    for (path, _), solo, r in zip(requests, alone, responses):
+    assert sequences == 24
+    assert calls < sequences
+    for (path, _), solo, r in zip(requests, alone, responses, strict=False):
         _assert_same(path, solo, r.json())
 
 
@@ -98,10 +100,11 @@ async def test_length_sorting_pads_less(model_repo, tmp_path) -> None:
             assert r.status_code == 200
             padded[sort], results[sort] = await _metric(c, "distilserve_batch_tokens_sum", "sst2-student") - before, r.json()["results"]
             lengths[sort] = [item["tokens"] for item in r.json()["items"]]
-    assert lengths[True] == lengths[False] and sorted(set(lengths[True])) == [4, 62]
+    assert lengths[True] == lengths[False]
+    assert sorted(set(lengths[True])) == [4, 62]
     expected = {sort: _padded(lengths[sort], 8, sort) for sort in (True, False)}
     assert padded == expected == {True: 1184, False: 3968}, padded  # 6x8x4 + 2x8x62 vs 8x8x62
-    for a, b in zip(results[True], results[False]):  # same answers either way
+    for a, b in zip(results[True], results[False], strict=False):  # same answers either way
         assert [x["label"] for x in a] == [x["label"] for x in b]
         assert [x["score"] for x in a] == pytest.approx([x["score"] for x in b], abs=1e-5)
 
@@ -125,9 +128,10 @@ async def test_windows_spread_over_model_workers_give_the_serial_answer(model_re
         assert all(r.status_code == 200 for r in responses)
         out[workers] = [r.json() for r in responses]
         windows = out[workers][0]["items"][0]["windows"]
-        assert windows > 4 and calls == 4 * windows  # one call per window
+        assert windows > 4
+        assert calls == 4 * windows
     assert all(r == out[1][0] for r in out[1])
-    for serial, parallel in zip(out[1], out[2]):
+    for serial, parallel in zip(out[1], out[2], strict=False):
         assert parallel["items"] == serial["items"]
         assert [a["answer"] for a in parallel["results"][0]] == [a["answer"] for a in serial["results"][0]]
         assert [a["score"] for a in parallel["results"][0]] == pytest.approx([a["score"] for a in serial["results"][0]], abs=1e-6)

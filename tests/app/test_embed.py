@@ -18,7 +18,9 @@ async def test_normalised_embeddings_have_unit_norm(client) -> None:
     assert r.status_code == 200, r.text
     body = r.json()
     vectors = np.array(body["embeddings"])
-    assert body["dim"] == 32 and vectors.shape == (2, 32) and body["model"] == "embed-student"
+    assert body["dim"] == 32
+    assert vectors.shape == (2, 32)
+    assert body["model"] == "embed-student"
     assert np.linalg.norm(vectors, axis=1) == pytest.approx([1.0, 1.0], abs=1e-5)
     assert [i["tokens"] for i in body["items"]] == [7, 3]
 
@@ -33,7 +35,8 @@ async def test_unnormalised_is_the_masked_mean_of_token_states(client, model_rep
 async def test_openai_shape_and_base64(client) -> None:
     payload = {"input": ["hello world", "good day"], "model": "student"}
     floats = (await client.post("/v1/embeddings", json=payload)).json()
-    assert floats["object"] == "list" and floats["model"] == "embed-student"
+    assert floats["object"] == "list"
+    assert floats["model"] == "embed-student"
     assert [d["index"] for d in floats["data"]] == [0, 1]
     assert floats["usage"]["prompt_tokens"] == floats["usage"]["total_tokens"] > 0
     packed = (await client.post("/v1/embeddings", json={**payload, "encoding_format": "base64"})).json()

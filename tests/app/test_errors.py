@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import httpx
 import pytest
@@ -20,7 +20,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 def _error(r: httpx.Response, status: int, type_: str) -> dict:
     assert r.status_code == status, r.text
     body = r.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param"}
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param"}
     assert body["error"]["type"] == type_
     return body["error"]
 
@@ -46,7 +47,8 @@ async def small(one_model: Path) -> AsyncIterator[httpx.AsyncClient]:
 
 async def test_unknown_model_404_and_wrong_task_400(client) -> None:
     err = _error(await client.post("/classify", json={"inputs": "x", "model": "gpt"}), 404, "model_not_found")
-    assert err["param"] == "model" and "sst2-student" in err["message"]
+    assert err["param"] == "model"
+    assert "sst2-student" in err["message"]
     err = _error(await client.post("/embed", json={"inputs": "x", "model": "sst2-teacher"}), 400, "wrong_task")
     assert "classification" in err["message"]
 
@@ -55,24 +57,29 @@ async def test_validation_names_the_field_and_limit(client) -> None:
     err = _error(await client.post("/classify", json={"inputs": ["ok", 5]}), 422, "invalid_input")
     assert err["param"] == "inputs.1"
     err = _error(await client.post("/classify", json={"inputs": "ok", "top_k": 0}), 422, "invalid_input")
-    assert err["param"] == "top_k" and "ge=1" in err["message"]
+    assert err["param"] == "top_k"
+    assert "ge=1" in err["message"]
     err = _error(await client.post("/qa", json={"inputs": [{"question": "q"}]}), 422, "invalid_input")
     assert err["param"] == "inputs.0.context"
     err = _error(await client.post("/embed", json={"inputs": "x", "normalise": True}), 422, "invalid_input")
     assert err["param"] == "normalise"
     err = _error(await client.post("/classify", json={"inputs": [["a", "b", "c"]]}), 422, "invalid_input")
-    assert err["param"] == "inputs" and "pair" in err["message"]
+    assert err["param"] == "inputs"
+    assert "pair" in err["message"]
     _error(await client.post("/classify", content=b"{not json", headers={"content-type": "application/json"}), 422, "invalid_input")
 
 
 async def test_limits_from_settings(small) -> None:
     err = _error(await small.post("/classify", json={"inputs": ["a"] * 4}), 413, "payload_too_large")
-    assert "limit of 3" in err["message"] and err["param"] == "inputs"
+    assert "limit of 3" in err["message"]
+    assert err["param"] == "inputs"
     err = _error(await small.post("/classify", json={"inputs": ["a", "b" * 2001]}), 413, "payload_too_large")
-    assert err["param"] == "inputs.1" and "2000" in err["message"]
+    assert err["param"] == "inputs.1"
+    assert "2000" in err["message"]
     _error(await small.post("/classify", json={"inputs": "a " * 5000}), 413, "payload_too_large")
     err = _error(await small.post("/classify", json={"inputs": "a", "top_k": 6}), 422, "invalid_input")
-    assert err["param"] == "top_k" and "at most 5" in err["message"]
+    assert err["param"] == "top_k"
+    assert "at most 5" in err["message"]
 
 
 async def test_queue_full_is_429_with_retry_after(one_model: Path) -> None:
@@ -81,13 +88,16 @@ async def test_queue_full_is_429_with_retry_after(one_model: Path) -> None:
         assert (await c.post("/classify", json={"inputs": ["a", "b", "c"]})).status_code == 200
         r = await c.post("/classify", json={"inputs": ["a"] * 4})
         err = _error(r, 429, "queue_full")
-        assert r.headers["retry-after"] == "1" and "of 3" in err["message"]
+        assert r.headers["retry-after"] == "1"
+        assert "of 3" in err["message"]
 
 
 async def test_internal_errors_hide_internals(small, one_model: Path) -> None:
     r = await small.post("/classify", json={"inputs": "good " * 300, "model": "misconfigured"})
     err = _error(r, 500, "internal_error")
-    assert err["message"] == "internal server error" and "/" not in r.text and "Traceback" not in r.text
+    assert err["message"] == "internal server error"
+    assert "/" not in r.text
+    assert "Traceback" not in r.text
 
 
 async def test_deadline_is_504(one_model: Path) -> None:

@@ -60,8 +60,9 @@ def test_models_lists_hub_ids_on_torch(hub_server: Server) -> None:
 def test_hub_classifier_scores_equal_the_local_folder(hub_server: Server, model_repo: Path) -> None:
     hub = post(hub_server, "/classify", {"inputs": TEXTS, "top_k": None, "model": HUB_SST2})
     local = post(hub_server, "/classify", {"inputs": TEXTS, "top_k": None, "model": "sst2-teacher"})
-    assert hub["model"] == HUB_SST2 and hub["items"] == local["items"]
-    for text, got, want in zip(TEXTS, hub["results"], local["results"]):
+    assert hub["model"] == HUB_SST2
+    assert hub["items"] == local["items"]
+    for text, got, want in zip(TEXTS, hub["results"], local["results"], strict=False):
         scores = {d["label"]: d["score"] for d in got}
         assert scores == pytest.approx({d["label"]: d["score"] for d in want}, abs=1e-6)
         logits = reference.logits(model_repo / "sst2-teacher", text, kind="torch")

@@ -26,10 +26,16 @@ async def test_models_lists_every_backend_with_manifest_figures(client) -> None:
     models = {m["name"]: m for m in (await client.get("/models")).json()["models"]}
     assert len(models) == 18
     teacher = models["sst2-teacher"]
-    assert teacher["task"] == "classification" and teacher["role"] == "teacher" and teacher["backend"] == "onnx"
-    assert teacher["layers"] == 2 and teacher["hidden_size"] == 32 and teacher["max_length"] == 64
-    assert teacher["labels"] == ["negative", "positive"] and teacher["quality"]["tiny-dev"]["accuracy"] == 0.5
-    assert teacher["params"] > 10_000 and teacher["student"] == "sst2-student"
+    assert teacher["task"] == "classification"
+    assert teacher["role"] == "teacher"
+    assert teacher["backend"] == "onnx"
+    assert teacher["layers"] == 2
+    assert teacher["hidden_size"] == 32
+    assert teacher["max_length"] == 64
+    assert teacher["labels"] == ["negative", "positive"]
+    assert teacher["quality"]["tiny-dev"]["accuracy"] == 0.5
+    assert teacher["params"] > 10_000
+    assert teacher["student"] == "sst2-student"
     assert models["squad-student@onnx-int8"]["backend"] == "onnx-int8"
     assert models["embed-student@torch"]["layers"] == 1
     # model workers unset: torch runs one call at a time; ONNX Runtime one or two, as measured at warm-up
@@ -44,7 +50,8 @@ async def test_model_workers_setting_is_what_each_model_runs(model_repo: Path, t
         models = (await c.get("/models")).json()["models"]
         assert [m["model_workers"] for m in models] == [3, 3]
         r = await c.post("/classify", json={"inputs": ["good film", "dull film", "a film"], "model": "sst2-student@torch"})
-        assert r.status_code == 200 and len(r.json()["results"]) == 3
+        assert r.status_code == 200
+        assert len(r.json()["results"]) == 3
 
 
 async def test_health_ready_docs(client) -> None:
@@ -77,7 +84,8 @@ async def test_not_ready_says_why(model_repo: Path, tmp_path: Path) -> None:
             if "failed" in r.json()["error"]["message"]:
                 break
             await asyncio.sleep(0.05)
-        assert r.status_code == 503 and r.json()["error"]["type"] == "not_ready"
+        assert r.status_code == 503
+        assert r.json()["error"]["type"] == "not_ready"
         assert "translation" in r.json()["error"]["message"]
         assert (await c.post("/classify", json={"inputs": "x"})).status_code == 503
         assert (await c.get("/health")).status_code == 200

@@ -24,7 +24,7 @@ async def test_classification_torch_vs_onnx(client) -> None:
         for suffix in ("", "@torch", "@onnx-int8"):
             body = await _post(client, "/classify", {"inputs": TEXTS, "top_k": None, "model": model + suffix})
             results[suffix] = [{d["label"]: d["score"] for d in r} for r in body["results"]]
-        for onnx, torch, int8 in zip(results[""], results["@torch"], results["@onnx-int8"]):
+        for onnx, torch, int8 in zip(results[""], results["@torch"], results["@onnx-int8"], strict=False):
             assert onnx == pytest.approx(torch, abs=FP32_TOL)
             assert max(onnx, key=onnx.get) == max(int8, key=int8.get) or abs(onnx["positive"] - 0.5) < 0.01
 

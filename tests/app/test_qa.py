@@ -15,12 +15,15 @@ async def test_answers_are_spans_of_the_context(client) -> None:
     assert r.status_code == 200, r.text
     body = r.json()
     answers = body["results"][0]
-    assert body["model"] == "squad-student" and len(answers) == 3
+    assert body["model"] == "squad-student"
+    assert len(answers) == 3
     for a in answers:
-        assert CONTEXT[a["start"] : a["end"]] == a["answer"] and a["answer"]
+        assert CONTEXT[a["start"] : a["end"]] == a["answer"]
+        assert a["answer"]
         assert 0 < a["score"] <= 1
     assert [a["score"] for a in answers] == sorted((a["score"] for a in answers), reverse=True)
-    assert body["items"][0]["windows"] == 1 and not body["items"][0]["truncated"]
+    assert body["items"][0]["windows"] == 1
+    assert not body["items"][0]["truncated"]
 
 
 async def test_long_context_uses_overlapping_windows(client) -> None:
@@ -28,7 +31,8 @@ async def test_long_context_uses_overlapping_windows(client) -> None:
                "model": "teacher"}
     body = (await client.post("/qa", json=payload)).json()
     item = body["items"][0]
-    assert item["windows"] > 3 and item["tokens"] == body["usage"]["tokens"]
+    assert item["windows"] > 3
+    assert item["tokens"] == body["usage"]["tokens"]
     ends = {a["end"] for a in body["results"][0]}
     assert max(ends) > len(LONG_CONTEXT) // 3  # answers come from beyond the first window too
     for a in body["results"][0]:

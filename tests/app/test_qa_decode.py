@@ -20,7 +20,8 @@ def test_decode_picks_the_best_span_and_maps_characters(model_repo) -> None:
     start[fox - 1], end[fox] = 8.0, 8.0  # "brown fox"
     start[1] = end[1] = 50.0  # a question token: must never be chosen
     best = decode_qa(windows, [start], [end], context, top_k=1)[0]
-    assert best["answer"] == "brown fox" and context[best["start"] : best["end"]] == "brown fox"
+    assert best["answer"] == "brown fox"
+    assert context[best["start"] : best["end"]] == "brown fox"
     assert best["score"] > 0.9
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import httpx
 import numpy as np
@@ -76,7 +76,7 @@ async def test_every_student_request_is_mirrored_and_labels_compared(shadowed) -
     assert sent - _get(before, "distilserve_shadow_requests_total", task="classification", result="sent") == len(TEXTS)
     after = await _settled(shadowed, "distilserve_shadow_agreement_total", agree, base + len(TEXTS))
     teacher, student = await _both(shadowed, {"task": "classification", "inputs": TEXTS})
-    same = sum(t[0]["label"] == s[0]["label"] for t, s in zip(teacher, student))
+    same = sum(t[0]["label"] == s[0]["label"] for t, s in zip(teacher, student, strict=False))
     got = {a["agree"]: _get(after, "distilserve_shadow_agreement_total", **a) - _get(before, "distilserve_shadow_agreement_total", **a) for a in agree}
     assert got == {"true": same, "false": len(TEXTS) - same}
 
@@ -93,7 +93,7 @@ async def test_span_f1_and_cosine_histograms(shadowed) -> None:
     after = await _settled(shadowed, "distilserve_shadow_embedding_cosine_count", [{"task": "embedding"}],
                            _get(before, "distilserve_shadow_embedding_cosine_count", task="embedding") + 2)
     teacher, student = await _both(shadowed, {"task": "qa", "inputs": questions})
-    f1s = [squad_f1(s[0]["answer"], t[0]["answer"]) for t, s in zip(teacher, student)]
+    f1s = [squad_f1(s[0]["answer"], t[0]["answer"]) for t, s in zip(teacher, student, strict=False)]
     teacher, student = await _both(shadowed, {"task": "embedding", "inputs": texts})
     cosines = np.sum(np.asarray(teacher) * np.asarray(student), axis=1)  # both L2-normalised by default
     delta = {n: _get(after, n, task=t) - _get(before, n, task=t) for n, t in
@@ -172,7 +172,8 @@ async def test_embeddings_of_other_sizes_have_no_cosine(model_repo: Path, tmp_pa
     async with serve(settings) as c:
         compared = (await c.post("/compare", json={"task": "embedding", "inputs": ["a dog", "a cat"]})).json()
         assert [len(v) for v in compared["student"]["results"]] == [16, 16]
-        assert compared["agreement"] == [{"cosine": None}, {"cosine": None}] and compared["summary"] == {"cosine": None}
+        assert compared["agreement"] == [{"cosine": None}, {"cosine": None}]
+        assert compared["summary"] == {"cosine": None}
         before, batches = await _samples(c), await _shadow_batches(c)
         assert (await c.post("/embed", json={"inputs": ["a dog", "a cat"]})).status_code == 200
         for _ in range(600):  # until the teacher's shadow batcher has run the items

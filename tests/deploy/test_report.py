@@ -10,8 +10,8 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -86,7 +86,8 @@ def test_report_table_has_every_model_backend_and_concurrency(report_dir: Path) 
     expected = {(f"{prefix}-{role}", role, backend, task, level)
                 for prefix, task in (("sst2", "classification"), ("squad", "qa"), ("embed", "embedding"))
                 for role in ("teacher", "student") for backend in ("onnx", "onnx-int8") for level in LEVELS}
-    assert keys == expected and len(rows) == len(expected)
+    assert keys == expected
+    assert len(rows) == len(expected)
     for r in rows:
         p50, p95, p99, throughput, errors = (float(x) for x in r[5:10])
         assert 0 < p50 <= p95 <= p99 < 10_000 and throughput > 0 and errors == 0, r
@@ -119,5 +120,6 @@ def test_plots_are_written_and_linked(report_dir: Path) -> None:
 
 def test_report_refuses_a_non_loopback_url(tmp_path: Path) -> None:
     done = run_report("--url", "http://192.0.2.1:8000", "--out", str(tmp_path))
-    assert done.returncode != 0 and "127.0.0.1" in done.stderr
+    assert done.returncode != 0
+    assert "127.0.0.1" in done.stderr
     assert not (tmp_path / "report.md").exists()

@@ -3,8 +3,8 @@ reliability tests; tests that need their own settings start their own (tests/rel
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

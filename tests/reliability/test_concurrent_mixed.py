@@ -22,7 +22,7 @@ from tests.reliability.server import Server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-WORDS = "the a good bad film movie story plot actor funny dull boring great love hate very not paris".split()
+WORDS = ["the", "a", "good", "bad", "film", "movie", "story", "plot", "actor", "funny", "dull", "boring", "great", "love", "hate", "very", "not", "paris"]
 MODELS = {
     "/classify": ["sst2-student", "sst2-teacher", "sst2-student@onnx-int8", "sst2-teacher@torch"],
     "/qa": ["squad-student", "squad-teacher", "squad-teacher@torch", "squad-student@torch"],
@@ -56,7 +56,8 @@ def distinct_requests() -> list[tuple[str, dict]]:
 def assert_same(path: str, alone: dict, together: dict) -> None:
     int8 = alone["model"].endswith("@onnx-int8")
     tol = 5e-4 if int8 else 1e-5
-    assert together["model"] == alone["model"] and together["items"] == alone["items"]
+    assert together["model"] == alone["model"]
+    assert together["items"] == alone["items"]
     if path == "/embed":
         np.testing.assert_allclose(together["embeddings"], alone["embeddings"], atol=tol)
         return
@@ -83,7 +84,7 @@ async def test_1000_concurrent_mixed_requests_match_solo_answers(server: Server)
         before = await _batches(client)
         responses = await asyncio.gather(*(client.post(requests[i][0], json=requests[i][1]) for i in order))
         sequences, calls = np.subtract(await _batches(client), before)
-    for i, r in zip(order, responses):
+    for i, r in zip(order, responses, strict=False):
         assert r.status_code == 200, r.text
         assert_same(requests[i][0], alone[i], r.json())
     assert sequences / calls > 2, "the requests were not batched together: nothing was tested"

@@ -6,8 +6,8 @@ in the logs."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -63,4 +63,6 @@ def test_log_inputs_puts_the_body_in_the_log(slow_lane: Server) -> None:
         if entry:
             break
         time.sleep(0.05)
-    assert entry is not None and marker in entry["body"] and entry["status"] == 200
+    assert entry is not None
+    assert marker in entry["body"]
+    assert entry["status"] == 200

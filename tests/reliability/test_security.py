@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -33,7 +33,8 @@ def test_health_ready_metrics_are_public(keyed: Server) -> None:
 def test_missing_key_is_401(keyed: Server, headers: dict) -> None:
     r = httpx.post(keyed.url + "/classify", json={"inputs": "good"}, headers=headers)
     err = assert_clean_error(r, 401, "unauthorized", "authorization")
-    assert "missing API key" in err["message"] and r.headers["www-authenticate"].startswith("Bearer")
+    assert "missing API key" in err["message"]
+    assert r.headers["www-authenticate"].startswith("Bearer")
 
 
 @pytest.mark.parametrize("headers", [
@@ -50,7 +51,8 @@ def test_wrong_key_is_401_on_every_route(keyed: Server, headers: dict) -> None:
 ])
 def test_each_key_in_either_header_is_accepted(keyed: Server, headers: dict) -> None:
     r = httpx.post(keyed.url + "/classify", json={"inputs": "good"}, headers=headers)
-    assert r.status_code == 200 and r.json()["results"][0][0]["label"] in ("positive", "negative")
+    assert r.status_code == 200
+    assert r.json()["results"][0][0]["label"] in ("positive", "negative")
 
 
 def test_request_id_is_accepted_created_and_returned(keyed: Server) -> None:
@@ -73,10 +75,13 @@ def test_logs_are_json_with_request_ids_and_no_input_text_or_keys(keyed: Server)
     lines = _wait_for_log(keyed, "trace-me-8")
     ok, denied = (next(e for e in lines if e.get("request_id") == rid) for rid in ("trace-me-7", "trace-me-8"))
     assert (ok["path"], ok["status"], ok["model"], ok["method"]) == ("/classify", 200, "sst2-student", "POST")
-    assert denied["status"] == 401 and ok["duration_ms"] > 0
+    assert denied["status"] == 401
+    assert ok["duration_ms"] > 0
     text = keyed.logs()
-    assert SECRET_TEXT not in text and "penguins" not in text
-    assert KEYS[0] not in text and KEYS[1] not in text
+    assert SECRET_TEXT not in text
+    assert "penguins" not in text
+    assert KEYS[0] not in text
+    assert KEYS[1] not in text
 
 
 def _wait_for_log(server: Server, request_id: str) -> list[dict]:

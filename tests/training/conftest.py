@@ -14,9 +14,9 @@ import torch
 
 from tests.tiny import build_tokenizer, vocabulary
 
-POSITIVE = "good great fun funny best love".split()
-NEGATIVE = "bad boring dull worst hate".split()
-FILLER = "the film movie story actor plot was a very really".split()
+POSITIVE = ["good", "great", "fun", "funny", "best", "love"]
+NEGATIVE = ["bad", "boring", "dull", "worst", "hate"]
+FILLER = ["the", "film", "movie", "story", "actor", "plot", "was", "a", "very", "really"]
 
 
 def tiny_encoder(arch: str, layers: int = 4, seed: int = 0) -> torch.nn.Module:

@@ -56,16 +56,23 @@ def test_train_distil_export_evaluate(tmp_path: Path, tiny_bases: dict, tiny_dat
     cli("evaluate", str(student), "--backend", "onnx", "--data", str(tiny_data["sst2_dev"]), cache=tmp_path)
     m = manifest(student)
     assert (m["name"], m["task"], m["role"], m["teacher"]) == ("s", "classification", "student", "tiny-teacher")
-    assert m["layers"] == 2 and m["layer_map"] == [1, 3] and m["labels"] == {"0": "negative", "1": "positive"}
-    assert m["data"][0]["rows"] == 96 and len(m["data"][0]["sha256"]) == 64
-    assert m["recipe"]["teacher_epochs"] == 2 and m["seed"] == 0 and m["training_time_s"] > 0
+    assert m["layers"] == 2
+    assert m["layer_map"] == [1, 3]
+    assert m["labels"] == {"0": "negative", "1": "positive"}
+    assert m["data"][0]["rows"] == 96
+    assert len(m["data"][0]["sha256"]) == 64
+    assert m["recipe"]["teacher_epochs"] == 2
+    assert m["seed"] == 0
+    assert m["training_time_s"] > 0
     # the student trained under bf16 autocast (recorded), the teacher in fp32; weights are fp32 either way
     assert (m["training_precision"], manifest(teacher)["training_precision"]) == ("bf16", "fp32")
     assert m["onnx"]["model.onnx"]["parity"]["ok"]
     assert m["onnx"]["model.onnx"]["parity"]["ok"] is True
     quality = next(iter(m["quality"].values()))
-    assert quality["rows"] == 24 and 0.0 <= quality["accuracy"] <= 1.0
-    assert manifest(teacher)["student"] == "s" and manifest(teacher)["layers"] == 4
+    assert quality["rows"] == 24
+    assert 0.0 <= quality["accuracy"] <= 1.0
+    assert manifest(teacher)["student"] == "s"
+    assert manifest(teacher)["layers"] == 4
 
 
 def test_bad_data_fails_with_file_and_line(tmp_path: Path, tiny_bases: dict) -> None:
@@ -74,7 +81,8 @@ def test_bad_data_fails_with_file_and_line(tmp_path: Path, tiny_bases: dict) -> 
     args = ["train", "--task", "classification", "--data", str(bad), "--base", str(tiny_bases["bert"]),
             "--out", str(tmp_path / "m"), "--set", "min_words=0"]
     done = cli(*args, cache=tmp_path, check=False)
-    assert done.returncode != 0 and f"{bad}:3: unknown label 'perhaps'" in done.stderr
+    assert done.returncode != 0
+    assert f"{bad}:3: unknown label 'perhaps'" in done.stderr
     cli(*args, "--skip-bad", "--set", "teacher_epochs=1", "--set", "teacher_train_top=4", cache=tmp_path)
     assert manifest(tmp_path / "m")["data"][0]["skipped"] == 1
     assert manifest(tmp_path / "m")["trained_layers"] == [0, 1, 2, 3]  # full fine-tuning: nothing cached
@@ -98,8 +106,10 @@ def test_build_defaults_builds_skips_and_resumes(tmp_path: Path, tiny_bases: dic
     assert {p.name for p in models.iterdir()} == names
     for name in names:
         m = manifest(models / name)
-        assert m["role"] == name.split("-")[1] and m["onnx"]["model.onnx"]["parity"]["ok"]
-        assert (models / name / "model.onnx").is_file() and m["build"]["steps"]
+        assert m["role"] == name.split("-")[1]
+        assert m["onnx"]["model.onnx"]["parity"]["ok"]
+        assert (models / name / "model.onnx").is_file()
+        assert m["build"]["steps"]
     assert set(manifest(models / "squad-student")["quality"]) == {"squad-heldout"}
     assert manifest(models / "squad-student")["quality"]["squad-heldout"]["rows"] == 6  # one held-out article
     assert manifest(models / "embed-teacher")["pooling"] == "mean"
@@ -110,6 +120,8 @@ def test_build_defaults_builds_skips_and_resumes(tmp_path: Path, tiny_bases: dic
     (models / ".building-sst2-student").mkdir()  # an interrupted build left this behind
     again = cli(*args, cache=tmp_path)
     assert "sst2-teacher is built and valid; skipped" in again.stderr
-    assert (models / "sst2-student" / "model.onnx").is_file() and not (models / ".building-sst2-student").exists()
+    assert (models / "sst2-student" / "model.onnx").is_file()
+    assert not (models / ".building-sst2-student").exists()
     assert (models / "sst2-teacher" / "manifest.json").stat().st_mtime_ns == before
-    assert "sst2-student distil took" in again.stderr and "sst2-teacher train took" not in again.stderr
+    assert "sst2-student distil took" in again.stderr
+    assert "sst2-teacher train took" not in again.stderr

@@ -19,7 +19,9 @@ def write(path: Path, text: str) -> Path:
 def test_good_tsv_csv_jsonl_with_pairs(tmp_path: Path) -> None:
     tsv, record = load_labelled(write(tmp_path / "a.tsv", "sentence\tlabel\nfine film\t1\nawful \"bad\"\t0\n"), labels=LABELS)
     assert [(e.text, e.label) for e in tsv] == [("fine film", 1), ('awful "bad"', 0)]
-    assert record.rows == 2 and record.skipped == 0 and len(record.sha256) == 64
+    assert record.rows == 2
+    assert record.skipped == 0
+    assert len(record.sha256) == 64
     csv_rows, _ = load_labelled(write(tmp_path / "b.csv", 'text,text_pair,label\n"a, b",c,positive\n'), labels=LABELS)
     assert (csv_rows[0].text, csv_rows[0].text_pair, csv_rows[0].label) == ("a, b", "c", 1)
     jsonl, _ = load_labelled(write(tmp_path / "c.jsonl", '{"text": "x", "label": 1}\n\n{"text": "y", "label": "negative"}\n'),
@@ -27,7 +29,7 @@ def test_good_tsv_csv_jsonl_with_pairs(tmp_path: Path) -> None:
     assert [e.label for e in jsonl] == [1, 0]
 
 
-@pytest.mark.parametrize("name,content,line,problem", [
+@pytest.mark.parametrize(("name", "content", "line", "problem"), [
     ("cols.tsv", "sentence\tlabel\nok\t1\ntoo\tmany\tcols\n", 3, "expected 2 columns"),
     ("label.tsv", "sentence\tlabel\nok\t1\nok\tmaybe\n", 3, "unknown label 'maybe'"),
     ("nolabel.csv", "text,label\nok,1\nok,\n", 3, "missing label"),
@@ -47,7 +49,8 @@ def test_skip_bad_counts_rows(tmp_path: Path) -> None:
     path = write(tmp_path / "mixed.tsv", "sentence\tlabel\ngood\t1\nbad\t7\nworse\n\nfine\t0\n")
     examples, record = load_labelled(path, labels=LABELS, skip_bad=True)
     assert [e.text for e in examples] == ["good", "fine"]
-    assert record.skipped == 2 and record.to_dict()["skipped"] == 2
+    assert record.skipped == 2
+    assert record.to_dict()["skipped"] == 2
 
 
 def squad(tmp_path: Path, start: int) -> Path:
@@ -64,9 +67,11 @@ def test_squad_answer_not_at_answer_start(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=f"^{path}:{bad_line}: question bad1: answer 'antarctica' is not at answer_start=3"):
         squad_examples(path)
     examples, skipped = squad_examples(path, skip_bad=True)
-    assert [e.qid for e in examples] == ["ok1"] and skipped == 1
+    assert [e.qid for e in examples] == ["ok1"]
+    assert skipped == 1
     good, skipped = squad_examples(squad(tmp_path, start=17))
-    assert len(good) == 2 and skipped == 0
+    assert len(good) == 2
+    assert skipped == 0
 
 
 def test_squad_not_squad_and_split_by_article(tmp_path: Path) -> None:

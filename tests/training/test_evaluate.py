@@ -65,11 +65,12 @@ def test_accuracy_matches_torch_and_is_recorded(classifier: Path, tmp_path: Path
     assert main(["evaluate", str(classifier), "--backend", "onnx", "--data", str(data)]) == 0
     entry = _manifest(classifier)["quality"]["tiny-dev"]
     preds = _torch_predictions(classifier, [t for t, _ in SENTENCES])
-    expected = np.mean([p == y for p, (_, y) in zip(preds, SENTENCES)])
+    expected = np.mean([p == y for p, (_, y) in zip(preds, SENTENCES, strict=False)])
     assert entry["accuracy"] == pytest.approx(expected)
     assert (entry["backend"], entry["rows"], entry["dataset"]) == ("onnx", len(SENTENCES), "classification")
     assert entry["data"]["sha256"] == _sha256(data)
-    assert entry["throughput_items_s"] > 0 and entry["throughput_tokens_s"] > entry["throughput_items_s"]
+    assert entry["throughput_items_s"] > 0
+    assert entry["throughput_tokens_s"] > entry["throughput_items_s"]
 
 
 def test_label_names_map_through_the_model_labels(classifier: Path, tmp_path: Path) -> None:
@@ -82,7 +83,7 @@ def test_label_names_map_through_the_model_labels(classifier: Path, tmp_path: Pa
     entry = _manifest(classifier)["quality"]["named"]
     preds = _torch_predictions(classifier, [t for t, _ in SENTENCES[:10]])
     assert entry["rows"] == 10
-    assert entry["accuracy"] == pytest.approx(np.mean([p == y for p, (_, y) in zip(preds, SENTENCES)]))
+    assert entry["accuracy"] == pytest.approx(np.mean([p == y for p, (_, y) in zip(preds, SENTENCES, strict=False)]))
 
 
 def test_unknown_label_is_a_clear_error(classifier: Path, tmp_path: Path, caplog) -> None:
@@ -108,7 +109,8 @@ def test_stsb_spearman_matches_torch(tmp_path: Path) -> None:
             return v / np.linalg.norm(v)
         cosines = [float(vec(a) @ vec(b)) for a, b, _ in PAIRS]
     assert entry["spearman"] == pytest.approx(spearmanr(cosines, [s for *_, s in PAIRS]).statistic, abs=1e-9)
-    assert entry["rows"] == len(PAIRS) and entry["dataset"] == "stsb"
+    assert entry["rows"] == len(PAIRS)
+    assert entry["dataset"] == "stsb"
 
 
 def _squad(path: Path) -> Path:
@@ -136,6 +138,8 @@ def test_squad_articles_backends_agree(tmp_path: Path) -> None:
         assert main(["evaluate", str(folder), "--backend", backend, "--data", str(data), "--articles", "1:3"]) == 0
         results[backend] = _manifest(folder)["quality"]["squad-articles-1-3"]
     torch_entry, onnx_entry = results["torch"], results["onnx"]
-    assert torch_entry["rows"] == 3 and torch_entry["articles"] == [1, 3] and onnx_entry["backend"] == "onnx"
+    assert torch_entry["rows"] == 3
+    assert torch_entry["articles"] == [1, 3]
+    assert onnx_entry["backend"] == "onnx"
     assert 0 <= torch_entry["exact_match"] <= torch_entry["f1"] <= 100
     assert (onnx_entry["exact_match"], onnx_entry["f1"]) == (torch_entry["exact_match"], torch_entry["f1"])

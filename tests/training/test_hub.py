@@ -84,15 +84,19 @@ def test_train_from_a_hub_base_id(tmp_path: Path, tiny_bases: dict, tiny_data: d
     cli("train", "--task", "classification", "--data", str(tiny_data["sst2_train"]), "--base", HUB_BASE,
         "--out", str(out), *sets(), root=tmp_path)
     m = manifest(out)
-    assert m["recipe"]["base"] == HUB_BASE and m["layers"] == 4 and m["data"][0]["rows"] == 96
-    assert m["trained_layers"] == [2, 3] and m["training"]["steps"] > 0
+    assert m["recipe"]["base"] == HUB_BASE
+    assert m["layers"] == 4
+    assert m["data"][0]["rows"] == 96
+    assert m["trained_layers"] == [2, 3]
+    assert m["training"]["steps"] > 0
     base = load_file(tiny_bases["bert"] / "model.safetensors")  # frozen lower layers: the hub weights as is
     trained = load_file(out / "model.safetensors")
     for key in ("embeddings.word_embeddings.weight", "encoder.layer.0.attention.self.query.weight"):
         assert (trained[f"bert.{key}"] == base[key]).all(), key
     missing = cli("train", "--task", "classification", "--data", str(tiny_data["sst2_train"]),
                   "--base", "distilserve-tests/not-cached", "--out", str(tmp_path / "none"), root=tmp_path, check=False)
-    assert missing.returncode != 0 and "distilserve-tests/not-cached" in missing.stderr
+    assert missing.returncode != 0
+    assert "distilserve-tests/not-cached" in missing.stderr
 
 
 def test_hub_dataset_trains_and_evaluates(tmp_path: Path, tiny_bases: dict) -> None:
@@ -104,7 +108,8 @@ def test_hub_dataset_trains_and_evaluates(tmp_path: Path, tiny_bases: dict) -> N
     spec, out = f"hf:{folder}", tmp_path / "teacher"
     args = ["train", "--task", "classification", "--base", str(tiny_bases["bert"]), "--out", str(out)]
     bad = cli(*args, "--data", spec, *sets(), root=tmp_path, check=False)
-    assert bad.returncode != 0 and f"{spec}:5: missing label" in bad.stderr
+    assert bad.returncode != 0
+    assert f"{spec}:5: missing label" in bad.stderr
     cli(*args, "--skip-bad", *sets(f"train_data={spec}"), root=tmp_path)
     record = manifest(out)["data"][0]
     assert (record["path"], record["rows"], record["skipped"], record["split"]) == (spec, 48, 1, "train")
@@ -115,8 +120,10 @@ def test_hub_dataset_trains_and_evaluates(tmp_path: Path, tiny_bases: dict) -> N
         root=tmp_path)
     quality = manifest(out)["quality"]
     hub, tsv = quality["reviews-validation"], quality["tsv-dev"]
-    assert hub["data"]["path"] == f"{spec}@validation" and len(hub["data"]["sha256"]) == 64
-    assert hub["rows"] == tsv["rows"] == 24 and hub["accuracy"] == tsv["accuracy"]
+    assert hub["data"]["path"] == f"{spec}@validation"
+    assert len(hub["data"]["sha256"]) == 64
+    assert hub["rows"] == tsv["rows"] == 24
+    assert hub["accuracy"] == tsv["accuracy"]
     assert hub["accuracy"] != 0.5  # so a label mix-up (accuracy 1 - x) could not pass as equal
 
 

@@ -50,11 +50,12 @@ def test_qa_loss_is_ce_only_when_student_equals_teacher() -> None:
     positions = (torch.tensor([1, 2]), torch.tensor([2, 5]))
     total, parts = qa_loss((start, end), (start.clone(), end.clone()), positions, mask, alpha_kd=1.0, alpha_ce=1.0)
     assert parts["kd"] == pytest.approx(0.0, abs=1e-6)
-    assert parts["ce"] > 0 and total.item() == pytest.approx(parts["ce"], rel=1e-6)
+    assert parts["ce"] > 0
+    assert total.item() == pytest.approx(parts["ce"], rel=1e-6)
 
     def ce_over_allowed(logits: torch.Tensor, gold: torch.Tensor) -> float:
         """Cross-entropy where only the allowed positions compete, row by row (by hand)."""
-        rows = [-torch.log_softmax(row[m.bool()], 0)[int(g) - int((m[:g] == 0).sum())] for row, m, g in zip(logits, mask, gold)]
+        rows = [-torch.log_softmax(row[m.bool()], 0)[int(g) - int((m[:g] == 0).sum())] for row, m, g in zip(logits, mask, gold, strict=False)]
         return float(torch.stack(rows).mean())
 
     expected = (ce_over_allowed(start, positions[0]) + ce_over_allowed(end, positions[1])) / 2

@@ -3,7 +3,8 @@ items through the model's batcher, and report per-item token counts."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import Request
 

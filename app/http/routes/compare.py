@@ -65,7 +65,7 @@ async def compare(body: CompareRequest, registry: RegistryDep, settings: Setting
     t_items = _payloads(body.task, task_body, teacher, settings)  # limits fail before either runs
     s_items = _payloads(body.task, task_body, student, settings)
     t_side, s_side = await asyncio.gather(_side(teacher, t_items), _side(student, s_items))
-    agreement = [item_agreement(body.task, t, s) for t, s in zip(t_side["results"], s_side["results"])]
+    agreement = [item_agreement(body.task, t, s) for t, s in zip(t_side["results"], s_side["results"], strict=False)]
     t_ms, s_ms = t_side["latency_ms"], s_side["latency_ms"]
     return FastJSON({
         "task": body.task, "teacher": t_side, "student": s_side, "agreement": agreement,
