@@ -29,9 +29,13 @@ class Settings(BaseSettings):
 
     threads: int | None = Field(default=None, ge=1, description="intra-op threads per model")
     graph_optimization: str = "all"
-    device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="torch backend device: cpu, cuda, cuda:N")
+    device: str = Field(
+        default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="torch backend device: cpu, cuda, cuda:N"
+    )
     model_workers: int | None = Field(
-        default=None, ge=1, le=16,
+        default=None,
+        ge=1,
+        le=16,
         description="model calls in flight per model (worker threads sharing its backend). Unset: on ONNX Runtime, "
         "two when warm-up measures them 15% faster than one, else one; one on torch. On 2 cores two made the int8 "
         "MiniLM 1.2-1.4x faster (one call at a time spends much of a small batch synchronising intra-op threads) and "
@@ -41,7 +45,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     max_batch_tokens: int = Field(default=16384, ge=1)
     max_wait_ms: float = Field(
-        default=0.0, ge=0, le=1000,
+        default=0.0,
+        ge=0,
+        le=1000,
         description="cap on the wait for a fuller batch (also capped at 1/4 of the last model call); 0: no wait. "
         "On CPU no wait is faster: the worker computes one group of requests while the event loop answers and "
         "reads the next (32 clients, MiniLM ONNX, 2 cores: 406 vs 325 req/s)",
@@ -50,9 +56,13 @@ class Settings(BaseSettings):
     sort_window: int = Field(default=256, ge=1, description="items taken per cycle to sort by length")
     queue_depth: int = Field(default=1024, ge=1)
     request_deadline_s: float = Field(default=30.0, gt=0)
-    retry_after_s: int = Field(default=1, ge=0, description="least Retry-After on a 429 (the estimated wait, rounded up, if longer)")
+    retry_after_s: int = Field(
+        default=1, ge=0, description="least Retry-After on a 429 (the estimated wait, rounded up, if longer)"
+    )
     max_queue_wait_ms: float = Field(
-        default=2000.0, ge=0, le=600_000,
+        default=2000.0,
+        ge=0,
+        le=600_000,
         description="admission budget: a request whose estimated wait (queue ahead at the measured service rate) "
         "is longer gets 429 at once. The default bounds queueing at 2 s without turning away clients that "
         "cannot overload the service; 0 is the latency-protecting automatic budget, half the service time "
@@ -72,15 +82,21 @@ class Settings(BaseSettings):
     public_paths: list[str] = Field(
         default_factory=lambda: ["/health", "/ready", "/metrics"], description="paths served without an API key"
     )
-    access_log: bool = Field(default=True, description="one JSON line per request (method, path, status, ms, model, request id)")
+    access_log: bool = Field(
+        default=True, description="one JSON line per request (method, path, status, ms, model, request id)"
+    )
     log_inputs: bool = Field(default=False, description="put request bodies (input text) in the request log")
     shutdown_grace_s: float = Field(default=20.0, gt=0, description="SIGTERM: longest wait for in-flight requests")
     on_model_error: Literal["fail", "skip"] = Field(
         default="fail", description="a broken model folder: refuse to start, or serve without it (/ready 503)"
     )
 
-    shadow_rate: float = Field(default=0.0, ge=0, le=1, description="fraction of student requests mirrored to the teacher")
-    shadow_max_items: int = Field(default=64, ge=1, description="shadow items in flight at the teachers; more are dropped")
+    shadow_rate: float = Field(
+        default=0.0, ge=0, le=1, description="fraction of student requests mirrored to the teacher"
+    )
+    shadow_max_items: int = Field(
+        default=64, ge=1, description="shadow items in flight at the teachers; more are dropped"
+    )
     shadow_agree_cosine: float = Field(default=0.9, ge=-1, le=1, description="embedding cosine counted as agreement")
 
     @field_validator("backends")
@@ -108,4 +124,4 @@ class Settings(BaseSettings):
 
     def default_model(self, task: str) -> str:
         """The model a request of `task` gets when it names none."""
-        return getattr(self, f"default_{task}_model")
+        return str(getattr(self, f"default_{task}_model"))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inference.backends import Backend
-from inference.pipelines import Pipeline
+from inference.pipelines import Pipeline, valid_sequences
 from inference.tasks import pad_batch
 
 CHUNK = 256  # payloads encoded together, like one collected group of the batcher
@@ -39,7 +39,7 @@ def serve(pipeline: Pipeline, backend: Backend, pad: int, payloads: Sequence[Any
     started = time.perf_counter()
     for i in range(0, len(payloads), CHUNK):
         group = payloads[i : i + CHUNK]
-        encoded = [_raise_on_error(s) for s in pipeline.encode(group)]
+        encoded = [valid_sequences(s) for s in pipeline.encode(group)]
         rows = _run_sorted(pipeline, backend, pad, encoded, batch_size)
         for payload, seqs, item_rows in zip(group, encoded, rows, strict=False):
             results.append(pipeline.finish(payload, seqs, item_rows))
@@ -50,18 +50,12 @@ def serve(pipeline: Pipeline, backend: Backend, pad: int, payloads: Sequence[Any
     return Served(results, time.perf_counter() - started, tokens, sequences)
 
 
-def _raise_on_error(seqs: Any) -> Any:
-    """The pipeline returns a per-item error (e.g. too long); evaluation must not skip it silently."""
-    if isinstance(seqs, Exception):
-        raise seqs
-    return seqs
-
-
-def _run_sorted(pipeline: Pipeline, backend: Backend, pad: int, encoded: list[Any], batch_size: int) -> list[list[dict]]:
+def _run_sorted(pipeline: Pipeline, backend: Backend, pad: int, encoded: list[Any], batch_size: int
+                ) -> list[list[dict[str, Any]]]:
     """Rows per payload per sequence; sorting by length keeps padding (and time) as served."""
     flat = sorted(((j, k) for j, seqs in enumerate(encoded) for k in range(len(seqs))),
                   key=lambda jk: len(encoded[jk[0]][jk[1]].ids))
-    rows: list[list[dict]] = [[{}] * len(seqs) for seqs in encoded]
+    rows: list[list[dict[str, Any]]] = [[{}] * len(seqs) for seqs in encoded]
     for b in range(0, len(flat), batch_size):
         batch = flat[b : b + batch_size]
         inputs = pad_batch([encoded[j][k] for j, k in batch], pad)

@@ -35,9 +35,8 @@ class Pipeline(Protocol):
 def run_once(pipeline: Pipeline, backend: Backend, pad: int, payloads: Sequence[Any]) -> dict[str, np.ndarray]:
     """Every stage for `payloads` as one model call (tokenize, pad, run, reduce, finish each
     item), outside the batcher: warm-up, the batcher's calibration and the in-process benchmark.
-    The payloads must be valid (an encoding error fails the assertion). Returns the padded inputs."""
-    encoded = pipeline.encode(payloads)
-    assert not any(isinstance(e, Exception) for e in encoded), encoded
+    The payloads must be valid (an encoding error is raised). Returns the padded inputs."""
+    encoded = [valid_sequences(e) for e in pipeline.encode(payloads)]
     inputs = pad_batch([s for e in encoded for s in e], pad)
     outputs = pipeline.reduce(backend.forward(inputs), inputs)
     at = 0
@@ -45,6 +44,13 @@ def run_once(pipeline: Pipeline, backend: Backend, pad: int, payloads: Sequence[
         pipeline.finish(payload, seqs, [{k: v[i] for k, v in outputs.items()} for i in range(at, at + len(seqs))])
         at += len(seqs)
     return inputs
+
+
+def valid_sequences(encoded: Sequence[Any] | Exception) -> Sequence[Any]:
+    """An item's sequences; an encoding error (an invalid payload) is raised, not skipped."""
+    if isinstance(encoded, Exception):
+        raise encoded
+    return encoded
 
 
 def concurrent_throughput(pipeline: Pipeline, backend: Backend, pad: int, payloads: Sequence[Any], callers: int = 1,
@@ -99,7 +105,7 @@ class QAItem:
     handle_impossible_answer: bool = False
 
 
-def _meta(seqs: Sequence[Encoded]) -> dict[str, Any]:
+def _meta(seqs: Sequence[Encoded] | Sequence[qa.QAWindow]) -> dict[str, Any]:
     return {"tokens": sum(s.tokens for s in seqs), "truncated": any(s.truncated for s in seqs)}
 
 
@@ -168,7 +174,7 @@ class QAPipeline:
             seqs, [r["start_logits"] for r in rows], [r["end_logits"] for r in rows], payload.context,
             payload.top_k, payload.max_answer_len, payload.handle_impossible_answer,
         )
-        return {"result": answers, **_meta(seqs), "windows": len(seqs)}  # type: ignore[arg-type]
+        return {"result": answers, **_meta(seqs), "windows": len(seqs)}
 
 
 def make_pipeline(spec: ModelSpec) -> tuple[Pipeline, int]:
@@ -176,7 +182,8 @@ def make_pipeline(spec: ModelSpec) -> tuple[Pipeline, int]:
     tokenizer = load_tokenizer(spec.path, None if spec.task == "qa" else spec.max_length)
     if spec.task == "classification":
         labels = spec.labels or {}
-        pipeline: Pipeline = ClassifyPipeline(tokenizer, spec.max_length, labels, score_function(len(labels), spec.problem_type))
+        function = score_function(len(labels), spec.problem_type)
+        pipeline: Pipeline = ClassifyPipeline(tokenizer, spec.max_length, labels, function)
     elif spec.task == "qa":
         pipeline = QAPipeline(tokenizer, spec.max_length)
     else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 _PUNCTUATION = frozenset(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -41,11 +41,11 @@ def f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def best_over_golds(metric, prediction: str, golds: Sequence[str]) -> float:
+def best_over_golds(metric: Callable[[str, str], float], prediction: str, golds: Sequence[str]) -> float:
     """The official `metric_max_over_ground_truths`: a question counts its best gold answer."""
     if not golds:
         raise ValueError("a SQuAD question needs at least one gold answer")
-    return max(metric(prediction, gold) for gold in golds)
+    return float(max(metric(prediction, gold) for gold in golds))
 
 
 def squad_scores(pairs: Iterable[tuple[str, Sequence[str]]]) -> dict[str, float]:

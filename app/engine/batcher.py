@@ -124,7 +124,7 @@ class Batcher:
                     batch = self._prepare(window)
                 if batch is not None:
                     self._compute(batch, worker)
-            except BaseException as exc:  # a failed batch fails its items, never the worker
+            except BaseException as exc:  # noqa: BLE001 - a failed batch fails its items, never the worker
                 failed = batch.jobs() if batch is not None else window or []
                 self._resolve([(j, None, exc) for j in failed if not j.future.done()])
             self.queue.busy_until[worker] = 0.0  # the call is over, however long the estimate said
@@ -207,7 +207,7 @@ class Batcher:
         start = time.perf_counter()
         try:
             result = self.pipeline.finish(job.payload, job.seqs, job.rows)
-        except Exception as exc:  # reported to the request, not the worker
+        except Exception as exc:  # noqa: BLE001 - reported to the request, not the worker
             return job, None, exc
         self._m.observe("postprocess", time.perf_counter() - start)
         self._m.count(result["tokens"], result["truncated"])

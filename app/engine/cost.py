@@ -43,17 +43,17 @@ class ServiceRate:
         its share of tokenization and post-processing."""
         w = max(_ALPHA, 1.0 / (self.calls + 1))  # plain mean over the first calls
         self.calls += 1
-        width = width or tokens / max(1, items)
+        wide = float(width or tokens / max(1, items))
         # relative errors: a call's time varies by a share of itself (load, caches), so each
         # row is divided by its seconds; otherwise the big calls' noise swamps the fixed cost
-        raw = (1.0, float(tokens), items * width * width)
+        raw = (1.0, float(tokens), items * wide * wide)
         f = [x * k / max(seconds, 1e-6) for x, k in zip(raw, _SCALE, strict=False)]
         for r in range(3):
             self._v[r] += w * (f[r] - self._v[r])
             for c in range(3):
                 self._m[r][c] += w * (f[r] * f[c] - self._m[r][c])
         self.tokens_per_item += w * (tokens / items - self.tokens_per_item)
-        self.sq_per_item += w * (width * width - self.sq_per_item)
+        self.sq_per_item += w * (wide * wide - self.sq_per_item)
         self._fit()
 
     def _fit(self) -> None:

@@ -14,7 +14,8 @@ from app.settings import Settings
 async def get_settings(request: Request) -> Settings:
     """async on purpose: FastAPI runs a plain `def` dependency in its thread pool, two thread
     hops per request that cost more than the whole route."""
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 async def get_registry(request: Request) -> Registry:
@@ -22,7 +23,8 @@ async def get_registry(request: Request) -> Registry:
     state = request.app.state
     if not state.ready:
         raise ServiceError("not_ready", f"service not ready: {state.reason}")
-    return state.registry
+    registry: Registry = state.registry
+    return registry
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

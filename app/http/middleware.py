@@ -63,7 +63,7 @@ class ServiceMiddleware:
             await self._gated(scope, self._receive(scope, receive, body), send_with_id, status, start)
         finally:
             if self.access is not None:
-                self._log(rid, scope, status[0], time.perf_counter() - start, body)
+                self._log(self.access, rid, scope, status[0], time.perf_counter() - start, body)
             REQUEST_ID.reset(token)
 
     def _receive(self, scope: Scope, receive: Receive, body: bytearray) -> Receive:
@@ -91,24 +91,28 @@ class ServiceMiddleware:
         finally:
             self.drain.in_flight -= 1
 
-    async def _inference(self, scope: Scope, receive: Receive, send: Send, task: str, status: list[int], start: float) -> None:
+    async def _inference(
+        self, scope: Scope, receive: Receive, send: Send, task: str, status: list[int], start: float
+    ) -> None:
         try:
             shed = self.shed.rejection(scope, task)
             await (self.app if shed is None else shed)(scope, receive, send)
         finally:
             self.metrics.record(scope, task, str(status[0]), time.perf_counter() - start)
 
-    def _log(self, rid: str, scope: Scope, status: int, seconds: float, body: bytearray) -> None:
+    def _log(self, access: AccessLog, rid: str, scope: Scope, status: int, seconds: float, body: bytearray) -> None:
         served: Any = scope.get("state", {}).get("served")
         fields: dict[str, Any] = {
-            "method": scope["method"], "path": scope["path"], "status": status,
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": status,
             "duration_ms": round(seconds * 1000, 3),
             "model": served.name if served is not None else None,
             "backend": served.backend_kind if served is not None else None,
         }
         if self.log_inputs:
             fields["body"] = body.decode("utf-8", "replace")
-        self.access.write(rid, fields)  # type: ignore[union-attr]
+        access.write(rid, fields)
 
 
 def _logged(receive: Receive, body: bytearray) -> Receive:
@@ -143,7 +147,9 @@ class BodyLimit:
         if declared is None or (declared.isdigit() and int(declared) <= self.limit):
             return None
         message = str(BodyTooLarge(self.limit).detail)
-        return error_response("payload_too_large", message, "body", {"Connection": "close"}, TASK_BY_PATH.get(scope["path"], ""))
+        return error_response(
+            "payload_too_large", message, "body", {"Connection": "close"}, TASK_BY_PATH.get(scope["path"], "")
+        )
 
 
 def _limited(receive: Receive, limit: int) -> Receive:
@@ -206,7 +212,8 @@ class ServingMetrics:
         key = (task, status, labels["model"], labels["role"], labels["backend"])
         if (children := self._children.get(key)) is None:
             children = self._children[key] = (
-                REQUEST_DURATION.labels(task=task, status=status, **labels), REQUESTS.labels(task=task, status=status, **labels)
+                REQUEST_DURATION.labels(task=task, status=status, **labels),
+                REQUESTS.labels(task=task, status=status, **labels),
             )
         children[0].observe(seconds)
         children[1].inc()

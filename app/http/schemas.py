@@ -21,7 +21,7 @@ def _not_blank(value: str) -> str:
 # not a request for the model's opinion of [CLS] [SEP]; the pattern documents it in the schema.
 Text = Annotated[str, Field(min_length=1, json_schema_extra={"pattern": r"\S"}), AfterValidator(_not_blank)]
 
-def _example(value: dict) -> ConfigDict:
+def _example(value: dict[str, Any]) -> ConfigDict:
     return ConfigDict(extra="forbid", json_schema_extra={"examples": [value]})
 
 
@@ -37,11 +37,12 @@ class Usage(BaseModel):
 
 class ClassifyRequest(BaseModel):
     model_config = _example({"inputs": ["a gripping, funny film", "dull and overlong"], "top_k": 2})
-    inputs: Text | list[Text | list[Text]] = Field(min_length=1, description="a text, texts, or [text, text_pair] pairs")
+    inputs: Text | list[Text | list[Text]] = Field(
+        min_length=1, description="a text, texts, or [text, text_pair] pairs"
+    )
     model: str | None = Field(default=None, description="model name or alias teacher / student")
     top_k: int | None = Field(default=1, ge=1, description="labels per input; null for all")
     truncate: bool = Field(default=True, description="false: inputs longer than the window are rejected (413)")
-
 
     @field_validator("inputs")
     @classmethod
@@ -58,10 +59,14 @@ class LabelScore(BaseModel):
 
 
 class ClassifyResponse(BaseModel):
-    model_config = _example({
-        "model": "sst2-student", "results": [[{"label": "positive", "score": 0.98}]],
-        "items": [{"tokens": 8, "truncated": False}], "usage": {"tokens": 8},
-    })
+    model_config = _example(
+        {
+            "model": "sst2-student",
+            "results": [[{"label": "positive", "score": 0.98}]],
+            "items": [{"tokens": 8, "truncated": False}],
+            "usage": {"tokens": 8},
+        }
+    )
     model: str
     results: list[list[LabelScore]]
     items: list[ItemInfo]
@@ -75,11 +80,13 @@ class QAInput(BaseModel):
 
 
 class QARequest(BaseModel):
-    model_config = _example({
-        "question": "Where do penguins live?",
-        "context": "Most penguins live in the Southern Hemisphere, many of them in Antarctica.",
-        "top_k": 1,
-    })
+    model_config = _example(
+        {
+            "question": "Where do penguins live?",
+            "context": "Most penguins live in the Southern Hemisphere, many of them in Antarctica.",
+            "top_k": 1,
+        }
+    )
     question: Text | None = None
     context: Text | None = None
     inputs: list[QAInput] | None = Field(default=None, min_length=1)
@@ -111,11 +118,14 @@ class Answer(BaseModel):
 
 
 class QAResponse(BaseModel):
-    model_config = _example({
-        "model": "squad-student",
-        "results": [[{"answer": "the Southern Hemisphere", "score": 0.71, "start": 22, "end": 45}]],
-        "items": [{"tokens": 30, "truncated": False, "windows": 1}], "usage": {"tokens": 30},
-    })
+    model_config = _example(
+        {
+            "model": "squad-student",
+            "results": [[{"answer": "the Southern Hemisphere", "score": 0.71, "start": 22, "end": 45}]],
+            "items": [{"tokens": 30, "truncated": False, "windows": 1}],
+            "usage": {"tokens": 30},
+        }
+    )
     model: str
     results: list[list[Answer]]
     items: list[ItemInfo]
@@ -131,10 +141,15 @@ class EmbedRequest(BaseModel):
 
 
 class EmbedResponse(BaseModel):
-    model_config = _example({
-        "model": "embed-student", "embeddings": [[0.01, -0.2, 0.05]], "dim": 3,
-        "items": [{"tokens": 9, "truncated": False}], "usage": {"tokens": 9},
-    })
+    model_config = _example(
+        {
+            "model": "embed-student",
+            "embeddings": [[0.01, -0.2, 0.05]],
+            "dim": 3,
+            "items": [{"tokens": 9, "truncated": False}],
+            "usage": {"tokens": 9},
+        }
+    )
     model: str
     embeddings: list[list[float]]
     dim: int
@@ -162,10 +177,14 @@ class OpenAIUsage(BaseModel):
 
 
 class OpenAIEmbeddingResponse(BaseModel):
-    model_config = _example({
-        "object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.01, -0.2]}],
-        "model": "embed-student", "usage": {"prompt_tokens": 4, "total_tokens": 4},
-    })
+    model_config = _example(
+        {
+            "object": "list",
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.01, -0.2]}],
+            "model": "embed-student",
+            "usage": {"prompt_tokens": 4, "total_tokens": 4},
+        }
+    )
     object: Literal["list"] = "list"
     data: list[OpenAIEmbedding]
     model: str
@@ -193,10 +212,12 @@ class ModelInfo(BaseModel):
     params: int | None
     max_length: int
     labels: list[str] | None
-    quality: dict
+    quality: dict[str, Any]
     teacher: str | None = None
     student: str | None = None
-    model_workers: int | None = Field(default=None, description="model calls in flight at once (chosen at warm-up unless set)")
+    model_workers: int | None = Field(
+        default=None, description="model calls in flight at once (chosen at warm-up unless set)"
+    )
 
 
 class ModelsResponse(BaseModel):
@@ -214,18 +235,27 @@ class ReadyResponse(BaseModel):
 
 # --- /compare: the task endpoint's own body plus the two model names ---------------------
 
-TASK_BODIES: dict[str, type[BaseModel]] = {"classification": ClassifyRequest, "qa": QARequest, "embedding": EmbedRequest}
+TASK_BODIES: dict[str, type[BaseModel]] = {
+    "classification": ClassifyRequest,
+    "qa": QARequest,
+    "embedding": EmbedRequest,
+}
 
 
 class CompareRequest(BaseModel):
     """`task`, `teacher`, `student`; every other field is the task endpoint's own (validated by
     that endpoint's schema), e.g. `inputs` and `top_k` for classification."""
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [
-        {"task": "classification", "inputs": ["a gripping, funny film", "dull and overlong"]},
-        {"task": "qa", "question": "Where do penguins live?", "context": "Most penguins live in Antarctica."},
-        {"task": "embedding", "inputs": ["A man is playing a guitar."], "teacher": "teacher@onnx"},
-    ]})
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {"task": "classification", "inputs": ["a gripping, funny film", "dull and overlong"]},
+                {"task": "qa", "question": "Where do penguins live?", "context": "Most penguins live in Antarctica."},
+                {"task": "embedding", "inputs": ["A man is playing a guitar."], "teacher": "teacher@onnx"},
+            ]
+        },
+    )
     task: Literal["classification", "qa", "embedding"]
     teacher: str = Field(default="teacher", description="model name or alias (teacher, teacher@backend)")
     student: str = Field(default="student", description="model name or alias (student, student@backend)")
@@ -256,7 +286,8 @@ class CompareResponse(BaseModel):
     teacher: CompareSide
     student: CompareSide
     agreement: list[dict[str, float | bool | None]] = Field(
-        description="per item: same_label | span_f1 + exact_match | cosine (null when dimensions differ)")
+        description="per item: same_label | span_f1 + exact_match | cosine (null when dimensions differ)"
+    )
     summary: dict[str, float | None] = Field(description="means over the items")
     latency_ratio: float | None = Field(description="student latency / teacher latency")
     speedup: float | None = Field(description="teacher latency / student latency")

@@ -21,9 +21,10 @@ access_log = logging.getLogger("distilserve.access")
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of a request header (lower-case name), as ASGI hands it over."""
     for key, value in scope["headers"]:
         if key == name:
-            return value
+            return bytes(value)
     return None
 
 

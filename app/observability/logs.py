@@ -35,7 +35,7 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-class JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class JsonHandler(logging.StreamHandler[TextIO]):
     """The `distilserve` handler: JSON lines on one stream. Access lines (`buffer`) are held
     and written together, one write per up to `_FLUSH_LINES` lines or `_FLUSH_CHARS`
     characters, and at most `_FLUSH_S` after the first. A write per request released the GIL
@@ -102,9 +102,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     """JSON lines on stderr for the `distilserve` loggers; idempotent (one handler only)."""
     logger = logging.getLogger("distilserve")
     if installed_handler() is None:
-        handler = JsonHandler(sys.stderr)
-        handler._distilserve = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
+        logger.addHandler(JsonHandler(sys.stderr))
     logger.setLevel(level)
 
 
@@ -118,6 +116,6 @@ def flush_logs() -> None:
 def installed_handler() -> JsonHandler | None:
     """The JSON handler `configure_logging` installed (None before it ran)."""
     for handler in logging.getLogger("distilserve").handlers:
-        if getattr(handler, "_distilserve", False):
-            return handler  # type: ignore[return-value]
+        if isinstance(handler, JsonHandler):
+            return handler
     return None

@@ -18,6 +18,7 @@ backlog. Agreement uses `inference.agreement`, the maths of POST /compare (`app.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -59,10 +60,9 @@ def lower_priority() -> None:
     """nice 19 for the calling thread. Linux only: elsewhere setpriority(PRIO_PROCESS) would
     renice the whole process, serving threads included."""
     if sys.platform.startswith("linux"):
-        try:
+        # not permitted in some sandboxes: shadow work then runs at normal priority
+        with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except OSError:  # not permitted in this sandbox: shadow work runs at normal priority
-            pass
 
 
 class ShadowHub:
@@ -71,7 +71,11 @@ class ShadowHub:
 
     def __init__(self, settings: Settings, sample: Callable[[], float] = random.random) -> None:
         self.settings, self.sample = settings, sample
-        self.rate, self.max_items, self.agree_cosine = settings.shadow_rate, settings.shadow_max_items, settings.shadow_agree_cosine
+        self.rate, self.max_items, self.agree_cosine = (
+            settings.shadow_rate,
+            settings.shadow_max_items,
+            settings.shadow_agree_cosine,
+        )
         self.in_flight = 0  # items enqueued at a teacher and not answered yet
         self._tasks: set[asyncio.Task[None]] = set()
         self._batchers: dict[str, Batcher] = {}
@@ -82,7 +86,12 @@ class ShadowHub:
             pipeline, pad = make_pipeline(teacher.spec)
             labels = {**teacher.labels, "role": "shadow"}
             batcher = BackgroundBatcher(
-                pipeline, teacher.backend, batch_config(self.settings, workers=1), labels, pad, load=self._own_backend(teacher)
+                pipeline,
+                teacher.backend,
+                batch_config(self.settings, workers=1),
+                labels,
+                pad,
+                load=self._own_backend(teacher),
             )
             batcher.start(asyncio.get_running_loop())
             self._batchers[teacher.name] = batcher

@@ -45,10 +45,11 @@ class ShadowLink:
 
     async def _record(self, futures: list[asyncio.Future[Any]], student: list[dict[str, Any]]) -> None:
         answers = await asyncio.gather(*futures, return_exceptions=True)
-        if any(isinstance(a, BaseException) for a in answers):  # an error, or starved past the deadline
+        results = [a for a in answers if not isinstance(a, BaseException)]
+        if len(results) < len(answers):  # an error, or starved past the deadline
             self._results["failed"].inc()
             return
-        for teacher, own in zip(answers, student, strict=False):
+        for teacher, own in zip(results, student, strict=True):
             observe(self.task, item_agreement(self.task, teacher["result"], own["result"]), self.hub.agree_cosine)
 
 

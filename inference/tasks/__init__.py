@@ -54,7 +54,7 @@ def pad_id(tokenizer: Tokenizer) -> int:
     for token in _PAD_TOKENS:
         tid = tokenizer.token_to_id(token)
         if tid is not None:
-            return tid
+            return int(tid)
     return 0
 
 
@@ -76,4 +76,5 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Numerically stable softmax in float64, returned as float64 for exact score tests."""
     x = np.asarray(x, dtype=np.float64)
     e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
+    probs: np.ndarray = e / e.sum(axis=axis, keepdims=True)
+    return probs

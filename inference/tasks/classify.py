@@ -36,7 +36,8 @@ def scores(logits: np.ndarray, function: str = "softmax") -> np.ndarray:
     multi-label heads (what the HF text-classification pipeline applies)."""
     logits = np.asarray(logits, dtype=np.float64)
     if function == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-logits))
+        sigmoid: np.ndarray = 1.0 / (1.0 + np.exp(-logits))
+        return sigmoid
     if function == "none":
         return logits
     return softmax(logits)

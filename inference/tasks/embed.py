@@ -27,10 +27,12 @@ def pool(last_hidden_state: np.ndarray, attention_mask: np.ndarray, mode: str = 
         raise ValueError(f"pooling {mode!r} not in {POOLINGS}")
     mask = attention_mask[..., None].astype(np.float32)
     summed = (last_hidden_state * mask).sum(axis=1)
-    return (summed / np.clip(mask.sum(axis=1), 1e-9, None)).astype(np.float32)
+    pooled: np.ndarray = (summed / np.clip(mask.sum(axis=1), 1e-9, None)).astype(np.float32)
+    return pooled
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
     """Row-wise L2 normalisation (zero vectors stay zero)."""
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return (vectors / np.clip(norms, 1e-12, None)).astype(np.float32)
+    unit: np.ndarray = (vectors / np.clip(norms, 1e-12, None)).astype(np.float32)
+    return unit

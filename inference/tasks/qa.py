@@ -101,7 +101,8 @@ def _window_spans(
 def _masked_softmax(logits: np.ndarray, keep: np.ndarray) -> np.ndarray:
     x = np.where(keep, np.asarray(logits, dtype=np.float64), _MASKED)
     e = np.exp(x - x.max())
-    return e / e.sum()
+    probs: np.ndarray = e / e.sum()
+    return probs
 
 
 def decode_qa(
@@ -122,7 +123,10 @@ def decode_qa(
         spans, null = _window_spans(window, np.asarray(start), np.asarray(end), top_k, max_answer_len)
         min_null = min(min_null, null)
         for s, e, score in spans:
-            begin, finish = window.offsets[s][0], window.offsets[e][1]  # type: ignore[index]
+            first, last = window.offsets[s], window.offsets[e]
+            if first is None or last is None:  # spans are drawn from context tokens only
+                continue
+            begin, finish = first[0], last[1]
             answers.append({"answer": context[begin:finish], "score": score, "start": begin, "end": finish})
     if handle_impossible_answer:
         answers.append({"answer": "", "score": min_null, "start": 0, "end": 0})

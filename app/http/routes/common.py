@@ -57,14 +57,19 @@ async def run_items(
     try:
         outcomes = await model.batcher.run(payloads)
     except InputTooLong as exc:
-        raise ServiceError("input_too_long", str(exc).replace("input ", f"{param}.", 1), f"{param}.{exc.index}") from None
+        raise ServiceError(
+            "input_too_long", str(exc).replace("input ", f"{param}.", 1), f"{param}.{exc.index}"
+        ) from None
     if shadow and model.shadow is not None:
         model.shadow.offer(payloads, outcomes)
     return outcomes
 
 
 def items_and_usage(outcomes: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    items = [{"tokens": o["tokens"], "truncated": o["truncated"], **({"windows": o["windows"]} if "windows" in o else {})} for o in outcomes]
+    items = [
+        {"tokens": o["tokens"], "truncated": o["truncated"], **({"windows": o["windows"]} if "windows" in o else {})}
+        for o in outcomes
+    ]
     return items, {"tokens": sum(o["tokens"] for o in outcomes)}
 
 

@@ -40,12 +40,19 @@ async def embed(body: EmbedRequest, request: Request, registry: RegistryDep, set
     """Pooled sentence vectors (mean or CLS as the model's manifest says); `normalize: null`
     keeps the model's default L2 normalisation."""
     texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-    model, outcomes = await _embed(texts, body.model, body.normalize, body.truncate, "inputs", request, registry, settings)
+    model, outcomes = await _embed(
+        texts, body.model, body.normalize, body.truncate, "inputs", request, registry, settings
+    )
     items, usage = items_and_usage(outcomes)
     vectors = [o["result"] for o in outcomes]
     return FastJSON(
-        {"model": model.name, "embeddings": vectors, "dim": int(vectors[0].shape[0]) if vectors else 0,
-         "items": items, "usage": usage}
+        {
+            "model": model.name,
+            "embeddings": vectors,
+            "dim": int(vectors[0].shape[0]) if vectors else 0,
+            "items": items,
+            "usage": usage,
+        }
     )
 
 
@@ -67,5 +74,10 @@ async def openai_embeddings(
         for i, o in enumerate(outcomes)
     ]
     return FastJSON(
-        {"object": "list", "data": data, "model": model.name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        {
+            "object": "list",
+            "data": data,
+            "model": model.name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
     )

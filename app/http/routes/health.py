@@ -19,7 +19,11 @@ async def health() -> FastJSON:
     return FastJSON({"status": "ok"})
 
 
-@router.get("/ready", response_model=ReadyResponse, responses={503: {"model": ErrorResponse, "description": "not ready: the reason"}})
+@router.get(
+    "/ready",
+    response_model=ReadyResponse,
+    responses={503: {"model": ErrorResponse, "description": "not ready: the reason"}},
+)
 async def ready(request: Request) -> FastJSON:
     state = request.app.state
     if not state.ready:
