@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     default_classification_model: str = "student"
     default_qa_model: str = "student"
     default_embedding_model: str = "student"
+    default_classification_pair: str | None = Field(
+        default=None,
+        description="pair whose teacher/student the aliases name (unset: the only pair, else the longest-trained)",
+    )
+    default_qa_pair: str | None = None
+    default_embedding_pair: str | None = None
 
     threads: int | None = Field(default=None, ge=1, description="intra-op threads per model")
     graph_optimization: str = "all"
@@ -121,6 +127,10 @@ class Settings(BaseSettings):
         if not self.hub_models and not self.models_dir.is_dir():
             raise ValueError(f"models_dir {str(self.models_dir)!r} is not a directory")
         return self
+
+    def default_pairs(self) -> dict[str, str | None]:
+        """Per task, the pair set as its default (None: chosen from what is served)."""
+        return {task: getattr(self, f"default_{task}_pair") for task in ("classification", "qa", "embedding")}
 
     def default_model(self, task: str) -> str:
         """The model a request of `task` gets when it names none."""

@@ -67,6 +67,8 @@ class ModelSpec:
     teacher: str | None = None
     student: str | None = None
     kinds: list[str] = field(default_factory=list)
+    pair: str | None = None  # the teacher/student pair it belongs to (None: a lone model)
+    recipe: str | None = None  # the training recipe's name (quick, standard, full, a file)
 
 
 def _infer_task(config: dict[str, Any]) -> str:
@@ -130,7 +132,7 @@ def read_spec(folder: Path) -> ModelSpec:
         name=folder.name,
         path=folder,
         task=task,
-        role=manifest.get("role") or ("student" if "student" in folder.name else "teacher"),
+        role=manifest.get("role") or "model",
         layers=manifest.get("layers") or config.get("num_hidden_layers"),
         hidden_size=manifest.get("hidden_size") or config.get("hidden_size"),
         params=manifest.get("params") or _safetensors_params(folder),
@@ -143,4 +145,18 @@ def read_spec(folder: Path) -> ModelSpec:
         teacher=manifest.get("teacher"),
         student=manifest.get("student"),
         kinds=available_kinds(folder),
+        pair=pair_of(folder.name, manifest),
+        recipe=(manifest.get("recipe") or {}).get("name") if isinstance(manifest.get("recipe"), dict) else None,
     )
+
+
+def pair_of(name: str, manifest: dict[str, Any]) -> str | None:
+    """The pair a model belongs to: the manifest's `pair`, or, for manifests written before pairs
+    were named, the folder name less its `-teacher` / `-student` suffix when the manifest links
+    it to its partner. A plain folder (no manifest) belongs to no pair: it is served as a `model`."""
+    if manifest.get("pair"):
+        return str(manifest["pair"])
+    role = manifest.get("role")
+    partner = manifest.get("student") if role == "teacher" else manifest.get("teacher") if role == "student" else None
+    suffix = f"-{role}"
+    return name.removesuffix(suffix) if partner and name.endswith(suffix) else None

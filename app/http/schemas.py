@@ -215,13 +215,24 @@ class ModelInfo(BaseModel):
     quality: dict[str, Any]
     teacher: str | None = None
     student: str | None = None
+    pair: str | None = Field(default=None, description="the teacher/student pair it belongs to; null: a lone model")
     model_workers: int | None = Field(
         default=None, description="model calls in flight at once (chosen at warm-up unless set)"
     )
 
 
+class PairInfo(BaseModel):
+    name: str
+    task: str
+    teacher: str | None
+    student: str | None
+    recipe: str | None
+    default: bool = Field(description="the pair whose teacher and student the aliases `teacher` / `student` name")
+
+
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
+    pairs: list[PairInfo] = Field(default_factory=list)
 
 
 class HealthResponse(BaseModel):
@@ -257,8 +268,15 @@ class CompareRequest(BaseModel):
         },
     )
     task: Literal["classification", "qa", "embedding"]
-    teacher: str = Field(default="teacher", description="model name or alias (teacher, teacher@backend)")
-    student: str = Field(default="student", description="model name or alias (student, student@backend)")
+    teacher: str = Field(default="teacher", description="model name or alias (teacher, teacher@backend, pair:teacher)")
+    student: str = Field(default="student", description="model name or alias (student, student@backend, pair:student)")
+    pair: str | None = Field(default=None, description="resolve bare `teacher` / `student` aliases in this pair")
+
+    def side(self, role: str) -> str:
+        """The name to resolve for one side: a bare alias is qualified with `pair` when given."""
+        name: str = getattr(self, role)
+        bare = name.partition("@")[0] in ("teacher", "student")
+        return f"{self.pair}:{name}" if self.pair and bare else name
 
     def task_body(self) -> BaseModel:
         """The remaining fields as the task endpoint's request; its validation errors answer 422."""

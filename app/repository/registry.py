@@ -88,16 +88,41 @@ class ServedModel:
             "layers": s.layers, "hidden_size": s.hidden_size, "params": s.params,
             "max_length": s.max_length,
             "labels": [s.labels[k] for k in sorted(s.labels)] if s.labels else None,
-            "quality": s.quality, "teacher": s.teacher, "student": s.student,
+            "quality": s.quality, "teacher": s.teacher, "student": s.student, "pair": s.pair,
             "model_workers": self.batcher.config.workers,
         }
 
 
-class Registry:
-    """Name → served model; aliases `teacher` / `student` (optionally `@backend`) per task."""
+_ROLES = ("teacher", "student")
+_RECIPE_RANK = ("full", "standard", "quick")  # with no setting, the longest-trained pair is a task's default
 
-    def __init__(self, models: list[ServedModel]) -> None:
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """A teacher and its student (either may be missing when its folder failed to load)."""
+
+    name: str
+    task: str
+    teacher: str | None
+    student: str | None
+    recipe: str | None
+
+    def describe(self, default: bool) -> dict[str, Any]:
+        return {"name": self.name, "task": self.task, "teacher": self.teacher, "student": self.student,
+                "recipe": self.recipe, "default": default}
+
+
+class Registry:
+    """Name → served model. Besides model names (`sst2-quick-student`, `…@onnx-int8`), a request
+    may name a role: `teacher` / `student` resolve within the task's default pair (a setting, else
+    the only pair, else the longest-trained one), `<pair>:teacher` / `<pair>:student` within any
+    pair; each optionally `@backend`. A task with no pair and one lone model serves that model
+    to requests that name none."""
+
+    def __init__(self, models: list[ServedModel], default_pairs: dict[str, str | None] | None = None) -> None:
         self.models = {m.name: m for m in models}
+        self.pairs = _pairs(models)
+        self.default_pairs = {task: self._default_pair(task, (default_pairs or {}).get(task)) for task in _TASKS}
 
     def resolve(self, name: str, task: str) -> ServedModel:
         model = self.models.get(name) or self._alias(name, task)
@@ -110,13 +135,59 @@ class Registry:
             )
         return model
 
+    def resolve_default(self, task: str, name: str) -> ServedModel:
+        """The model a request that names none gets: the setting's name or alias, or the task's
+        only lone model when the task has no pair."""
+        lone = [m for m in self.models.values() if m.spec.task == task and m.name == m.spec.name]
+        if self.default_pairs.get(task) is None and len(lone) == 1 and self.models.get(name) is None:
+            return lone[0]
+        return self.resolve(name, task)
+
+    def describe_pairs(self) -> list[dict[str, Any]]:
+        return [p.describe(self.default_pairs.get(p.task) == p.name) for p in self.pairs.values()]
+
     def _alias(self, name: str, task: str) -> ServedModel | None:
-        role, _, backend = name.partition("@")
-        if role not in ("teacher", "student"):
+        ref, _, backend = name.partition("@")
+        pair, _, role = ref.rpartition(":")
+        if role not in _ROLES:
             return None
+        pair = pair or self.default_pairs.get(task) or ""
         for model in self.models.values():
             s = model.spec
             primary = model.name == s.name
-            if s.task == task and s.role == role and (model.backend_kind == backend if backend else primary):
+            in_pair = s.pair == pair if pair else True  # no pair for the task: any model of the role
+            on_backend = model.backend_kind == backend if backend else primary
+            if s.task == task and s.role == role and in_pair and on_backend:
                 return model
         return None
+
+    def _default_pair(self, task: str, setting: str | None) -> str | None:
+        """The setting when it names a served pair of the task; else the only one, else the one
+        of the longest recipe (full > standard > quick > others), ties by name."""
+        pairs = sorted((p for p in self.pairs.values() if p.task == task), key=_pair_rank)
+        if setting is not None:
+            if not any(p.name == setting for p in pairs):
+                served = ", ".join(p.name for p in pairs) or "none"
+                raise ValueError(f"default_{task}_pair {setting!r} is not a served {task} pair (served: {served})")
+            return setting
+        return pairs[0].name if pairs else None
+
+
+_TASKS = ("classification", "qa", "embedding")
+
+
+def _pair_rank(pair: Pair) -> tuple[int, str]:
+    rank = _RECIPE_RANK.index(pair.recipe) if pair.recipe in _RECIPE_RANK else len(_RECIPE_RANK)
+    return rank, pair.name
+
+
+def _pairs(models: list[ServedModel]) -> dict[str, Pair]:
+    """Pairs from the served models' specs (one entry per pair, whatever the backends)."""
+    found: dict[str, dict[str, Any]] = {}
+    for model in models:
+        s = model.spec
+        if s.pair is None or s.role not in _ROLES:
+            continue
+        entry = found.setdefault(s.pair, {"task": s.task, "teacher": None, "student": None, "recipe": s.recipe})
+        entry[s.role] = s.name
+    return {name: Pair(name, **entry) for name, entry in sorted(found.items())}

@@ -127,10 +127,11 @@ class ShadowHub:
 
 
 def find_teacher(student: ServedModel, models: Iterable[ServedModel]) -> ServedModel | None:
-    """The teacher the student's manifest names (any teacher of the task when it names none or
-    that one is not served), preferably on the student's backend and under its plain name."""
+    """The teacher the student's manifest names (else its pair's teacher, else any teacher of the
+    task), preferably on the student's backend and under its plain name."""
     teachers = [m for m in models if m.spec.task == student.spec.task and m.spec.role == "teacher"]
-    pool = [m for m in teachers if m.spec.name == student.spec.teacher] or teachers
+    named = [m for m in teachers if m.spec.name == student.spec.teacher]
+    pool = named or [m for m in teachers if student.spec.pair and m.spec.pair == student.spec.pair] or teachers
     pool.sort(key=lambda m: (m.backend_kind != student.backend_kind, m.name != m.spec.name))
     return pool[0] if pool else None
 

@@ -43,8 +43,9 @@ def check_max(value: int | None, limit: int, param: str) -> None:
 
 
 def resolve(registry: Registry, request: Request, name: str | None, task: str, settings: Settings) -> ServedModel:
-    """Name or alias → served model; remembered on the request for the metrics middleware."""
-    model = registry.resolve(name or settings.default_model(task), task)
+    """Name or alias → served model (the task's default when none is named); remembered on the
+    request for the metrics middleware."""
+    model = registry.resolve(name, task) if name else registry.resolve_default(task, settings.default_model(task))
     request.state.served = model
     return model
 

@@ -60,8 +60,8 @@ async def compare(body: CompareRequest, registry: RegistryDep, settings: Setting
     """Run teacher and student on the same inputs at once; return both outputs, per-item
     agreement of the student with the teacher, and each model's latency with their ratio."""
     task_body = body.task_body()
-    teacher = _resolve(registry, body.teacher, body.task, "teacher")
-    student = _resolve(registry, body.student, body.task, "student")
+    teacher = _resolve(registry, body.side("teacher"), body.task, "teacher")
+    student = _resolve(registry, body.side("student"), body.task, "student")
     t_items = _payloads(body.task, task_body, teacher, settings)  # limits fail before either runs
     s_items = _payloads(body.task, task_body, student, settings)
     t_side, s_side = await asyncio.gather(_side(teacher, t_items), _side(student, s_items))

@@ -14,4 +14,4 @@ router = APIRouter(tags=["models"])
 
 @router.get("/models", response_model=ModelsResponse, responses=error_docs())
 async def list_models(registry: RegistryDep) -> FastJSON:
-    return FastJSON({"models": [m.describe() for m in registry.models.values()]})
+    return FastJSON({"models": [m.describe() for m in registry.models.values()], "pairs": registry.describe_pairs()})
