@@ -15,6 +15,7 @@ from tokenizers import Encoding, Tokenizer
 from inference.tasks import configure
 
 _MASKED = -10000.0
+_EDGE_PUNCT = frozenset(",.;:!?")  # dropped from an answer's ends; brackets and quotes are kept
 
 
 @dataclass(slots=True)
@@ -126,9 +127,37 @@ def decode_qa(
             first, last = window.offsets[s], window.offsets[e]
             if first is None or last is None:  # spans are drawn from context tokens only
                 continue
-            begin, finish = first[0], last[1]
-            answers.append({"answer": context[begin:finish], "score": score, "start": begin, "end": finish})
+            begin, finish = answer_bounds(context, first[0], last[1])
+            if begin < finish:
+                answers.append({"answer": context[begin:finish], "score": score, "start": begin, "end": finish})
     if handle_impossible_answer:
         answers.append({"answer": "", "score": min_null, "start": 0, "end": 0})
     answers.sort(key=lambda a: a["score"], reverse=True)
-    return answers[:top_k]
+    return _distinct(answers)[:top_k]
+
+
+def answer_bounds(context: str, begin: int, finish: int) -> tuple[int, int]:
+    """A token span's characters as an answer: widened to whole words (HF's `align_to_words`:
+    a sub-word token never starts or ends an answer mid-word), then trimmed of the spaces and
+    the sentence punctuation a span picks up at its edges ("24-10." -> "24-10")."""
+    while begin > 0 and context[begin - 1].isalnum() and context[begin].isalnum():
+        begin -= 1
+    while finish < len(context) and context[finish].isalnum() and context[finish - 1].isalnum():
+        finish += 1
+    while begin < finish and (context[begin].isspace() or context[begin] in _EDGE_PUNCT):
+        begin += 1
+    while finish > begin and (context[finish - 1].isspace() or context[finish - 1] in _EDGE_PUNCT):
+        finish -= 1
+    return begin, finish
+
+
+def _distinct(answers: list[dict[str, str | float | int]]) -> list[dict[str, str | float | int]]:
+    """Answers sorted best first, each (start, end) once: two token spans can widen to one word span."""
+    seen: set[tuple[object, object]] = set()
+    kept = []
+    for answer in answers:
+        key = (answer["start"], answer["end"])
+        if key not in seen:
+            seen.add(key)
+            kept.append(answer)
+    return kept
