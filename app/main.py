@@ -12,14 +12,15 @@ from contextlib import asynccontextmanager
 from types import ModuleType
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from app.http import errors, middleware
 from app.http.responses import FastJSON
-from app.http.routes import classify, compare, embed, health, models, qa
+from app.http.routes import classify, compare, embed, health, models, qa, retrieval
 from app.http.shutdown import install_sigterm
 from app.observability.logs import flush_logs
 from app.repository import faults
-from app.repository.loading import load_all
+from app.repository.loading import BackendSource, load_all
 from app.repository.registry import Registry, ServedModel
 from app.settings import Settings
 from app.shadow.hub import install as install_shadow
@@ -27,16 +28,17 @@ from app.shadow.hub import install as install_shadow
 log = logging.getLogger("distilserve")
 
 
-async def _load(app: FastAPI, settings: Settings) -> None:
+async def _load(app: FastAPI, settings: Settings, source: BackendSource | None = None) -> None:
     state = app.state
     try:
-        served: list[ServedModel] = await load_all(settings, state)
+        served: list[ServedModel] = await load_all(settings, state, source)
+        state.served = served  # stopped at shutdown even if the registry below refuses them
+        registry = Registry(served, settings.default_pairs())  # a default pair that is not served: refused
     except Exception as exc:  # noqa: BLE001 - the reason is reported on /ready, not raised
         log.exception("model loading failed")
         state.reason = faults.public_text(f"model loading failed: {type(exc).__name__}: {exc}", settings.models_dir)
         return
-    state.served = served
-    state.registry = Registry(served)
+    state.registry = registry
     state.shadow = install_shadow(served, settings)
     state.ready = True
     state.reason = "ready"
@@ -52,8 +54,10 @@ def _add_routes(app: FastAPI, *modules: ModuleType) -> None:
         app.router.routes.extend(module.router.routes)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; settings are read (and validated) from the environment when not given."""
+def create_app(settings: Settings | None = None, *, backend_source: BackendSource | None = None) -> FastAPI:
+    """Build the app; settings are read (and validated) from the environment when not given.
+    `backend_source` replaces where models' backends come from (tests: deterministic dummies);
+    by default they are loaded from each folder's files."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -62,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.missing = await asyncio.to_thread(  # raises (refuses to start) in `fail` mode
             faults.check_repository, settings.models_dir, settings.backends, settings.on_model_error
         )
-        loader = asyncio.create_task(_load(app, settings))
+        loader = asyncio.create_task(_load(app, settings, backend_source))
         undo_sigterm = install_sigterm(app.state.drain)
         try:
             yield
@@ -85,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.ready, app.state.reason, app.state.served = False, "starting", []
     errors.install(app)
-    _add_routes(app, classify, qa, embed, compare, models, health)
+    _add_routes(app, classify, qa, embed, retrieval, compare, models, health)
     app.state.missing = []
     app.state.drain = middleware.install(app, settings)
     return app
@@ -98,7 +102,7 @@ class _LazyApp:
     def __init__(self) -> None:
         self._app: FastAPI | None = None
 
-    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._app is None:
             try:
                 self._app = create_app()

@@ -33,7 +33,14 @@ STATUS: dict[str, int] = {
 }
 
 
-TASK_BY_PATH = {"/classify": "classification", "/qa": "qa", "/embed": "embedding", "/v1/embeddings": "embedding"}
+TASK_BY_PATH = {
+    "/classify": "classification",
+    "/qa": "qa",
+    "/embed": "embedding",
+    "/v1/embeddings": "embedding",
+    "/similarity": "embedding",
+    "/rerank": "embedding",
+}
 
 
 def _task(request: Request) -> str:

@@ -138,6 +138,9 @@ class EmbedRequest(BaseModel):
     model: str | None = None
     normalize: bool | None = Field(default=None, description="L2-normalise; null: the model's default")
     truncate: bool = True
+    dimensions: int | None = Field(
+        default=None, ge=1, description="keep the first N dimensions, then L2-normalise (as OpenAI's `dimensions`)"
+    )
 
 
 class EmbedResponse(BaseModel):
@@ -162,6 +165,7 @@ class OpenAIEmbeddingRequest(BaseModel):
     input: Text | list[Text] = Field(min_length=1)
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1, description="keep the first N dimensions, then L2-normalise")
     user: str | None = None
 
 
@@ -189,6 +193,53 @@ class OpenAIEmbeddingResponse(BaseModel):
     data: list[OpenAIEmbedding]
     model: str
     usage: OpenAIUsage
+
+
+class SimilarityInputs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source_sentence: Text
+    sentences: list[Text] = Field(min_length=1)
+
+
+class SimilarityRequest(BaseModel):
+    """text-embeddings-inference's /similarity body."""
+
+    model_config = _example(
+        {"inputs": {"source_sentence": "A man plays guitar.", "sentences": ["Someone plays music.", "A cat sleeps."]}}
+    )
+    inputs: SimilarityInputs
+    model: str | None = None
+
+
+class SimilarityResponse(BaseModel):
+    model: str
+    scores: list[float] = Field(description="cosine of the source sentence with each sentence, in their order")
+    items: list[ItemInfo] = Field(description="per text embedded: the source sentence first, then the sentences")
+    usage: Usage
+
+
+class RerankRequest(BaseModel):
+    """text-embeddings-inference's /rerank body, scored by the bi-encoder's cosine."""
+
+    model_config = _example({"query": "What plays music?", "texts": ["A guitar.", "A cat."], "top_n": 1})
+    query: Text
+    texts: list[Text] = Field(min_length=1)
+    model: str | None = None
+    top_n: int | None = Field(default=None, ge=1, description="return only the best N (default: all)")
+    return_text: bool = False
+
+
+class RerankResult(BaseModel):
+    index: int = Field(description="position of the text in `texts`")
+    score: float
+    text: str | None = None
+
+
+class RerankResponse(BaseModel):
+    model: str
+    results: list[RerankResult] = Field(description="best first")
+    items: list[ItemInfo] = Field(description="per text embedded: the query first, then the texts")
+    usage: Usage
 
 
 class ErrorBody(BaseModel):

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from app.engine.batcher import BatchConfig, Batcher
 from app.observability.metrics import register_model
@@ -20,7 +22,7 @@ from app.repository.registry import (
     served_names,
 )
 from app.settings import Settings
-from inference.backends import Backend, load_backend
+from inference.backends import Backend, available_kinds, load_backend
 from inference.modelfolder import ModelSpec, read_spec
 from inference.pipelines import (
     ClassifyItem,
@@ -33,6 +35,34 @@ from inference.pipelines import (
 )
 
 log = logging.getLogger("distilserve")
+
+
+class LoadState(Protocol):
+    """What loading reports into (the app's state): progress for /ready, and the models that
+    failed their checks or their load (named on /ready in `skip` mode)."""
+
+    reason: str
+    missing: list[ModelFault]
+
+
+class BackendLoader(Protocol):
+    """`inference.backends.load_backend`'s signature: how `build` gets a served model's backend."""
+
+    def __call__(
+        self, model_dir: Path | str, task: str, kind: str, threads: int | None = None,
+        graph_optimization: str = "all", spinning: bool = False, device: str = "cpu",
+    ) -> Backend: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSource:
+    """Where served models' backends come from: the kinds a local folder can be served on, and
+    the loader of one. The default reads the folder's files through `inference.backends`; the
+    tests inject deterministic backends for folders with no weights (tests/dummy_backend.py)."""
+
+    load: BackendLoader = load_backend
+    kinds: Callable[[Path], list[str]] = available_kinds
+
 
 _WARMUP = {
     "classification": ClassifyItem(0, "warm up the model"),
@@ -78,12 +108,17 @@ def batch_config(settings: Settings, workers: int) -> BatchConfig:
     )
 
 
-def all_specs(settings: Settings, skip: Collection[str] = (), missing: list[ModelFault] | None = None
-              ) -> list[tuple[ModelSpec, list[str]]]:
+def all_specs(settings: Settings, skip: Collection[str] = (), missing: list[ModelFault] | None = None,
+              source: BackendSource | None = None) -> list[tuple[ModelSpec, list[str]]]:
     """Local folders with the configured backends (less the `skip` folders, which failed the
     start-up checks); hub ids are served on torch only. A hub id that cannot be had fails
     start-up, or in `skip` mode joins `missing` (named on /ready) like a broken folder."""
-    specs = [(s, settings.backends) for s in discover(settings.models_dir, skip)] if settings.models_dir.is_dir() else []
+    specs = (
+        [(s, settings.backends) for s in discover(settings.models_dir, skip)] if settings.models_dir.is_dir() else []
+    )
+    if source is not None:  # the kinds an injected source serves a folder on, not its files'
+        for spec, _ in specs:
+            spec.kinds = source.kinds(spec.path)
     for model_id in settings.hub_models:
         try:
             spec = read_spec(hub_folder(model_id))
@@ -98,9 +133,21 @@ def all_specs(settings: Settings, skip: Collection[str] = (), missing: list[Mode
     return specs
 
 
-def build(spec: ModelSpec, name: str, kind: str, settings: Settings, loop: asyncio.AbstractEventLoop) -> ServedModel:
-    backend = load_backend(
-        spec.path, spec.task, kind, settings.threads, settings.graph_optimization, settings.ort_spinning,
+def build(
+    spec: ModelSpec,
+    name: str,
+    kind: str,
+    settings: Settings,
+    loop: asyncio.AbstractEventLoop,
+    load: BackendLoader = load_backend,
+) -> ServedModel:
+    backend = load(
+        spec.path,
+        spec.task,
+        kind,
+        settings.threads,
+        settings.graph_optimization,
+        settings.ort_spinning,
         settings.device,
     )
     pipeline, pad = make_pipeline(spec)
@@ -112,10 +159,18 @@ def build(spec: ModelSpec, name: str, kind: str, settings: Settings, loop: async
         batcher.calibrate(_WARMUP[spec.task])  # seeds the service-time estimate for admission
     batcher.start(loop)
     model = ServedModel(name, spec, kind, backend, batcher)
-    register_model(name, spec.task, spec.role, kind, {
-        "layers": str(spec.layers), "hidden_size": str(spec.hidden_size),
-        "params": str(spec.params), "max_length": str(spec.max_length),
-    })
+    register_model(
+        name,
+        spec.task,
+        spec.role,
+        kind,
+        {
+            "layers": str(spec.layers),
+            "hidden_size": str(spec.hidden_size),
+            "params": str(spec.params),
+            "max_length": str(spec.max_length),
+        },
+    )
     return model
 
 
@@ -130,23 +185,27 @@ def choose_workers(pipeline: Pipeline, backend: Backend, pad: int, task: str, ki
     return pick_workers(pipeline, backend, pad, task)
 
 
-async def load_all(settings: Settings, state: object) -> list[ServedModel]:
-    """Load and warm every served model, reporting progress through `state.reason`."""
+async def load_all(settings: Settings, state: LoadState, source: BackendSource | None = None) -> list[ServedModel]:
+    """Load and warm every served model, reporting progress through `state.reason`; `source`
+    replaces where backends come from (default: the folders' files, `inference.backends`)."""
     loop = asyncio.get_running_loop()
-    skip = {fault.name for fault in getattr(state, "missing", [])}
-    specs = await asyncio.to_thread(all_specs, settings, skip, getattr(state, "missing", None))
+    skip = {fault.name for fault in state.missing}
+    specs = await asyncio.to_thread(all_specs, settings, skip, state.missing, source)
+    load = source.load if source is not None else load_backend
     todo = [(spec, name, kind) for spec, kinds in specs for name, kind in served_names(spec, kinds)]
     models = []
     for n, (spec, name, kind) in enumerate(todo, 1):
-        state.reason = f"loading {name} ({n}/{len(todo)})"  # type: ignore[attr-defined]
+        state.reason = f"loading {name} ({n}/{len(todo)})"
         try:
-            model = await asyncio.to_thread(build, spec, name, kind, settings, loop)
+            model = await asyncio.to_thread(build, spec, name, kind, settings, loop, load)
         except Exception as exc:
             if settings.on_model_error == "fail":
                 raise
-            state.missing.append(fault := load_fault(name, spec.path, exc))  # type: ignore[attr-defined]
+            state.missing.append(fault := load_fault(name, spec.path, exc))
             log.error("model fault: %s", fault, exc_info=exc)
             continue
         models.append(model)
-        log.info("serving %s (%s, %s, %s, %d model workers)", name, spec.task, spec.role, kind, model.batcher.config.workers)
+        log.info(
+            "serving %s (%s, %s, %s, %d model workers)", name, spec.task, spec.role, kind, model.batcher.config.workers
+        )
     return models

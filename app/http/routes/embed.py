@@ -9,21 +9,26 @@ import numpy as np
 from fastapi import APIRouter, Request
 
 from app.http.deps import RegistryDep, SettingsDep
+from app.http.errors import ServiceError
 from app.http.responses import FastJSON
 from app.http.routes.common import check_limits, error_docs, items_and_usage, resolve, run_items
 from app.http.schemas import EmbedRequest, EmbedResponse, OpenAIEmbeddingRequest, OpenAIEmbeddingResponse
 from app.repository.registry import Registry, ServedModel
 from app.settings import Settings
 from inference.pipelines import EmbedItem
+from inference.tasks.embed import normalize
 
 router = APIRouter(tags=["inference"])
 
 
-async def _embed(
+async def embed_texts(
     texts: list[str], name: str | None, normalize: bool | None, truncate: bool, param: str,
-    request: Request, registry: Registry, settings: Settings,
+    request: Request, registry: Registry, settings: Settings, *, checked: bool = False,
 ) -> tuple[ServedModel, list[dict[str, Any]]]:
-    check_limits(texts, settings, param)
+    """Limits (unless `checked` by the caller), model, and the texts through the embedding
+    model's batcher (also for the retrieval routes, which score these vectors)."""
+    if not checked:
+        check_limits(texts, settings, param)
     model = resolve(registry, request, name, "embedding", settings)
     outcomes = await run_items(model, prepare(texts, model, normalize, truncate), param)
     return model, outcomes
@@ -35,16 +40,30 @@ def prepare(texts: list[str], model: ServedModel, normalize: bool | None, trunca
     return [EmbedItem(i, t, norm, truncate) for i, t in enumerate(texts)]
 
 
+def cut(vectors: list[np.ndarray], dimensions: int | None, model: ServedModel) -> list[np.ndarray]:
+    """OpenAI's `dimensions`: the first N values of each vector, L2-normalised again; 422 naming
+    the field and the model's size when N is larger."""
+    if dimensions is None:
+        return vectors
+    size = int(vectors[0].shape[0]) if vectors else model.spec.hidden_size or 0
+    if dimensions > size:
+        raise ServiceError(
+            "invalid_input", f"dimensions: must be at most {size}, the size of {model.name!r} (got {dimensions})",
+            "dimensions",
+        )
+    return [normalize(v[:dimensions]) for v in vectors]
+
+
 @router.post("/embed", response_model=EmbedResponse, responses=error_docs())
 async def embed(body: EmbedRequest, request: Request, registry: RegistryDep, settings: SettingsDep) -> FastJSON:
     """Pooled sentence vectors (mean or CLS as the model's manifest says); `normalize: null`
     keeps the model's default L2 normalisation."""
     texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-    model, outcomes = await _embed(
+    model, outcomes = await embed_texts(
         texts, body.model, body.normalize, body.truncate, "inputs", request, registry, settings
     )
     items, usage = items_and_usage(outcomes)
-    vectors = [o["result"] for o in outcomes]
+    vectors = cut([o["result"] for o in outcomes], body.dimensions, model)
     return FastJSON(
         {
             "model": model.name,
@@ -67,12 +86,11 @@ async def openai_embeddings(
 ) -> FastJSON:
     """Drop-in for clients of the OpenAI embeddings API (normalised as the model's default)."""
     texts = [body.input] if isinstance(body.input, str) else body.input
-    model, outcomes = await _embed(texts, body.model, None, True, "input", request, registry, settings)
+    model, outcomes = await embed_texts(texts, body.model, None, True, "input", request, registry, settings)
     tokens = sum(o["tokens"] for o in outcomes)
-    data = [
-        {"object": "embedding", "index": i, "embedding": _encode(o["result"], body.encoding_format)}
-        for i, o in enumerate(outcomes)
-    ]
+    vectors = cut([o["result"] for o in outcomes], body.dimensions, model)
+    fmt = body.encoding_format
+    data = [{"object": "embedding", "index": i, "embedding": _encode(v, fmt)} for i, v in enumerate(vectors)]
     return FastJSON(
         {
             "object": "list",
