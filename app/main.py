@@ -16,9 +16,10 @@ from starlette.types import Receive, Scope, Send
 
 from app.http import errors, middleware
 from app.http.responses import FastJSON
-from app.http.routes import classify, compare, embed, health, models, qa, retrieval
+from app.http.routes import classify, compare, embed, health, models, playground, qa, retrieval
 from app.http.shutdown import install_sigterm
 from app.observability.logs import flush_logs
+from app.observability.metrics import register_cascade
 from app.repository import faults
 from app.repository.loading import BackendSource, load_all
 from app.repository.registry import Registry, ServedModel
@@ -33,12 +34,15 @@ async def _load(app: FastAPI, settings: Settings, source: BackendSource | None =
     try:
         served: list[ServedModel] = await load_all(settings, state, source)
         state.served = served  # stopped at shutdown even if the registry below refuses them
-        registry = Registry(served, settings.default_pairs())  # a default pair that is not served: refused
+        # a default pair that is not served is refused here
+        registry = Registry(served, settings.default_pairs(), settings.cascade_thresholds)
     except Exception as exc:  # noqa: BLE001 - the reason is reported on /ready, not raised
         log.exception("model loading failed")
         state.reason = faults.public_text(f"model loading failed: {type(exc).__name__}: {exc}", settings.models_dir)
         return
     state.registry = registry
+    for cascade in registry.cascades.values():
+        register_cascade(cascade.name, cascade.task, cascade.pair, cascade.backend_kind)
     state.shadow = install_shadow(served, settings)
     state.ready = True
     state.reason = "ready"
@@ -89,7 +93,7 @@ def create_app(settings: Settings | None = None, *, backend_source: BackendSourc
     app.state.settings = settings
     app.state.ready, app.state.reason, app.state.served = False, "starting", []
     errors.install(app)
-    _add_routes(app, classify, qa, embed, retrieval, compare, models, health)
+    _add_routes(app, classify, qa, embed, retrieval, compare, models, health, playground)
     app.state.missing = []
     app.state.drain = middleware.install(app, settings)
     return app

@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     )
     default_qa_pair: str | None = None
     default_embedding_pair: str | None = None
+    cascade_thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description='per pair, the student confidence below which a cascade escalates to the teacher, e.g. '
+        '{"sst2-quick": 0.9}; overrides the calibration recorded in the pair\'s manifests',
+    )
 
     threads: int | None = Field(default=None, ge=1, description="intra-op threads per model")
     graph_optimization: str = "all"
@@ -86,7 +91,8 @@ class Settings(BaseSettings):
     # reliability and security (app/security.py, app/middleware.py, app/shutdown.py, app/faults.py)
     api_keys: list[SecretStr] = Field(default_factory=list, description="accepted API keys; empty: no authentication")
     public_paths: list[str] = Field(
-        default_factory=lambda: ["/health", "/ready", "/metrics"], description="paths served without an API key"
+        default_factory=lambda: ["/health", "/ready", "/metrics", "/", "/playground"],
+        description="paths served without an API key (the playground page is public; its API calls are not)",
     )
     access_log: bool = Field(
         default=True, description="one JSON line per request (method, path, status, ms, model, request id)"

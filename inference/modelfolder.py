@@ -69,6 +69,7 @@ class ModelSpec:
     kinds: list[str] = field(default_factory=list)
     pair: str | None = None  # the teacher/student pair it belongs to (None: a lone model)
     recipe: str | None = None  # the training recipe's name (quick, standard, full, a file)
+    cascade: dict[str, Any] = field(default_factory=dict)  # a student's calibration (training's calibrate)
 
 
 def _infer_task(config: dict[str, Any]) -> str:
@@ -146,6 +147,7 @@ def read_spec(folder: Path) -> ModelSpec:
         student=manifest.get("student"),
         kinds=available_kinds(folder),
         pair=pair_of(folder.name, manifest),
+        cascade=manifest.get("cascade") or {},
         recipe=(manifest.get("recipe") or {}).get("name") if isinstance(manifest.get("recipe"), dict) else None,
     )
 

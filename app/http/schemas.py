@@ -29,6 +29,11 @@ class ItemInfo(BaseModel):
     tokens: int = Field(description="tokens the model read for this input (all windows for QA)")
     truncated: bool = Field(description="true when the input was cut to the model window")
     windows: int | None = Field(default=None, description="QA only: context windows used")
+    answered_by: Literal["student", "teacher"] | None = Field(default=None, description="cascades: who answered")
+    escalation: Literal["answered", "refused"] | None = Field(
+        default=None, description="cascades: the item went to the teacher, who answered or refused (`reason`)"
+    )
+    reason: str | None = Field(default=None, description="cascades: why the teacher refused the escalation")
 
 
 class Usage(BaseModel):
@@ -281,9 +286,22 @@ class PairInfo(BaseModel):
     default: bool = Field(description="the pair whose teacher and student the aliases `teacher` / `student` name")
 
 
+class CascadeInfo(BaseModel):
+    name: str
+    pair: str
+    task: str
+    student: str
+    teacher: str
+    threshold: float = Field(description="student confidence below which an item goes to the teacher")
+    confidence: str = Field(description="top_probability | margin (classification), span_score (QA)")
+    threshold_source: str = Field(description="calibration (the manifests) or setting (CASCADE_THRESHOLDS)")
+    calibration: dict[str, Any] = Field(description="what `python -m training calibrate` measured, if it ran")
+
+
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
     pairs: list[PairInfo] = Field(default_factory=list)
+    cascades: list[CascadeInfo] = Field(default_factory=list)
 
 
 class HealthResponse(BaseModel):
@@ -326,7 +344,7 @@ class CompareRequest(BaseModel):
     def side(self, role: str) -> str:
         """The name to resolve for one side: a bare alias is qualified with `pair` when given."""
         name: str = getattr(self, role)
-        bare = name.partition("@")[0] in ("teacher", "student")
+        bare = name.partition("@")[0] in ("teacher", "student", "cascade")
         return f"{self.pair}:{name}" if self.pair and bare else name
 
     def task_body(self) -> BaseModel:

@@ -63,6 +63,11 @@ MODEL_INFO = Info(
 
 # Shadow traffic (app/shadow.py): the teacher's view of a sample of the student's requests.
 AGREEMENT_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
+CASCADE_ITEMS = Counter(
+    "distilserve_cascade_items_total", "Items a cascade answered, by who answered them (student | teacher | refused:"
+    " the teacher refused the escalation and the student's answer was returned)",
+    ("task", "pair", "answered_by"), registry=REGISTRY,
+)
 SHADOW_REQUESTS = Counter(
     "distilserve_shadow_requests_total", "Student requests mirrored to the teacher (sent | dropped | failed)",
     ("task", "result"), registry=REGISTRY,
@@ -98,6 +103,15 @@ def register_model(name: str, task: str, role: str, backend: str, info: dict[str
         STAGE_DURATION.labels(stage=stage, task=task, **labels)
     for histogram in (BATCH_SIZE, BATCH_TOKENS):
         histogram.labels(**labels)
+
+
+def register_cascade(name: str, task: str, pair: str, backend: str) -> None:
+    """A served cascade's series at zero (as `register_model`): its requests carry role="cascade"."""
+    labels = {"model": name, "role": "cascade", "backend": backend}
+    REQUEST_DURATION.labels(task=task, status="200", **labels)
+    REQUESTS.labels(task=task, status="200", **labels)
+    for who in ("student", "teacher", "refused"):
+        CASCADE_ITEMS.labels(task=task, pair=pair, answered_by=who)
 
 
 def render() -> tuple[bytes, str]:

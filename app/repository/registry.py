@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.engine.batcher import Batcher
+from app.engine.cascade import Cascade
 from app.http.errors import ServiceError
 from inference.backends import Backend, available_kinds
+from inference.cascade import CONFIDENCES
 from inference.modelfolder import ModelSpec, read_spec
 
 if TYPE_CHECKING:
@@ -81,6 +83,10 @@ class ServedModel:
     def labels(self) -> dict[str, str]:
         return metric_labels(self.name, self.spec, self.backend_kind)
 
+    @property
+    def role(self) -> str:
+        return self.spec.role
+
     def describe(self) -> dict[str, Any]:
         s = self.spec
         return {
@@ -93,6 +99,7 @@ class ServedModel:
         }
 
 
+Servable = ServedModel | Cascade  # what /classify, /qa and /compare may run
 _ROLES = ("teacher", "student")
 _RECIPE_RANK = ("full", "standard", "quick")  # with no setting, the longest-trained pair is a task's default
 
@@ -119,10 +126,50 @@ class Registry:
     pair; each optionally `@backend`. A task with no pair and one lone model serves that model
     to requests that name none."""
 
-    def __init__(self, models: list[ServedModel], default_pairs: dict[str, str | None] | None = None) -> None:
+    def __init__(self, models: list[ServedModel], default_pairs: dict[str, str | None] | None = None,
+                 thresholds: dict[str, float] | None = None) -> None:
         self.models = {m.name: m for m in models}
         self.pairs = _pairs(models)
         self.default_pairs = {task: self._default_pair(task, (default_pairs or {}).get(task)) for task in _TASKS}
+        self.cascades, self.uncalibrated = self._cascades(thresholds or {})
+
+    def resolve_any(self, name: str, task: str) -> ServedModel | Cascade:
+        """A model, or a cascade (`cascade`, `<pair>:cascade`, optionally `@backend`)."""
+        ref, _, backend = name.partition("@")
+        pair, _, role = ref.rpartition(":")
+        if role != "cascade":
+            return self.resolve(name, task)
+        key = f"{pair or self.default_pairs.get(task) or ''}:cascade" + (f"@{backend}" if backend else "")
+        if key in self.cascades and self.cascades[key].task == task:
+            return self.cascades[key]
+        if key in self.uncalibrated:
+            raise ServiceError("model_not_found", self.uncalibrated[key], "model")
+        known = ", ".join(sorted(c for c, v in self.cascades.items() if v.task == task)) or "none"
+        raise ServiceError("model_not_found", f"cascade {name!r} not found for {task}; served: {known}", "model")
+
+    def describe_cascades(self) -> list[dict[str, Any]]:
+        return [c.describe() for c in self.cascades.values()]
+
+    def _cascades(self, thresholds: dict[str, float]) -> tuple[dict[str, Cascade], dict[str, str]]:
+        """A cascade per pair of a classification or QA task and per backend both models are
+        served on; one without a threshold (no calibration, no setting) is named, not served."""
+        served: dict[str, Cascade] = {}
+        missing: dict[str, str] = {}
+        for pair in self.pairs.values():
+            if pair.task not in CONFIDENCES or pair.student is None or pair.teacher is None:
+                continue
+            for student in (m for m in self.models.values() if m.spec.name == pair.student):
+                teacher = self.models.get(student.name.replace(pair.student, pair.teacher, 1))
+                if teacher is None:
+                    continue
+                name = f"{pair.name}:cascade" + student.name[len(pair.student):]  # "" or "@backend"
+                cascade = _cascade(name, pair, student, teacher, thresholds.get(pair.name))
+                if cascade is None:
+                    missing[name] = (f"cascade {name!r} has no threshold: run `python -m training calibrate "
+                                     f"{pair.name} --data <validation file>` or set DISTILSERVE_CASCADE_THRESHOLDS")
+                else:
+                    served[name] = cascade
+        return served, missing
 
     def resolve(self, name: str, task: str) -> ServedModel:
         model = self.models.get(name) or self._alias(name, task)
@@ -174,6 +221,23 @@ class Registry:
 
 
 _TASKS = ("classification", "qa", "embedding")
+
+
+def is_cascade(name: str) -> bool:
+    """`cascade`, `<pair>:cascade`, either with `@backend`."""
+    return name.partition("@")[0].rpartition(":")[2] == "cascade"
+
+
+def _cascade(name: str, pair: Pair, student: ServedModel, teacher: ServedModel, setting: float | None
+             ) -> Cascade | None:
+    """The pair's cascade on one backend: the setting's threshold, else the student's calibration."""
+    calibration = student.spec.cascade
+    threshold = setting if setting is not None else calibration.get("threshold")
+    if threshold is None:
+        return None
+    kind = calibration.get("confidence") or CONFIDENCES[pair.task][0]
+    source = "setting" if setting is not None else "calibration"
+    return Cascade(name, pair.name, pair.task, student, teacher, float(threshold), kind, calibration, source)
 
 
 def _pair_rank(pair: Pair) -> tuple[int, str]:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 
 from app.http.deps import RegistryDep, SettingsDep
 from app.http.responses import FastJSON
-from app.http.routes.common import check_limits, check_max, error_docs, resolve, results_body, run_items
+from app.http.routes.common import check_limits, check_max, error_docs, resolve_servable, results_body, run_items
 from app.http.schemas import ClassifyRequest, ClassifyResponse
 from app.settings import Settings
 from inference.pipelines import ClassifyItem
@@ -33,6 +33,6 @@ async def classify(
     """Labels with scores per input (softmax over the head, sigmoid for one-logit heads),
     best first; `top_k: null` returns every label."""
     payloads = prepare(body, settings)
-    model = resolve(registry, request, body.model, "classification", settings)
+    model = resolve_servable(registry, request, body.model, "classification", settings)
     outcomes = await run_items(model, payloads)
     return FastJSON(results_body(model, outcomes))

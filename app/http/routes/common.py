@@ -8,10 +8,13 @@ from typing import Any
 
 from fastapi import Request
 
+from app.engine.cascade import Cascade
 from app.http.errors import STATUS, ServiceError
-from app.repository.registry import Registry, ServedModel
+from app.repository.registry import Registry, Servable, ServedModel, is_cascade
 from app.settings import Settings
 from inference.tasks.classify import InputTooLong
+
+_ITEM_EXTRAS = ("windows", "answered_by", "escalation", "reason")  # QA windows; a cascade's who and why
 
 
 def error_docs() -> dict[int | str, dict[str, Any]]:
@@ -50,31 +53,42 @@ def resolve(registry: Registry, request: Request, name: str | None, task: str, s
     return model
 
 
+def resolve_servable(registry: Registry, request: Request, name: str | None, task: str, settings: Settings
+                     ) -> Servable:
+    """As `resolve`, where a cascade may answer too (/classify, /qa)."""
+    default = settings.default_model(task)
+    if name or is_cascade(default):
+        model: Servable = registry.resolve_any(name or default, task)
+    else:
+        model = registry.resolve_default(task, default)
+    request.state.served = model
+    return model
+
+
 async def run_items(
-    model: ServedModel, payloads: Sequence[Any], param: str = "inputs", shadow: bool = True
+    model: Servable, payloads: Sequence[Any], param: str = "inputs", shadow: bool = True
 ) -> list[dict[str, Any]]:
-    """Run the items through the model's batcher; a student with shadow traffic on also hands
-    them to its teacher, off the response path (POST /compare, which runs both, passes False)."""
+    """Run the items through the model's batcher (a cascade: the student's, then the teacher's
+    for the unsure items); a student with shadow traffic on also hands them to its teacher, off
+    the response path (POST /compare, which runs both, passes False)."""
     try:
-        outcomes = await model.batcher.run(payloads)
+        outcomes = await (model.run(payloads) if isinstance(model, Cascade) else model.batcher.run(payloads))
     except InputTooLong as exc:
         raise ServiceError(
             "input_too_long", str(exc).replace("input ", f"{param}.", 1), f"{param}.{exc.index}"
         ) from None
-    if shadow and model.shadow is not None:
+    if shadow and isinstance(model, ServedModel) and model.shadow is not None:
         model.shadow.offer(payloads, outcomes)
     return outcomes
 
 
 def items_and_usage(outcomes: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    items = [
-        {"tokens": o["tokens"], "truncated": o["truncated"], **({"windows": o["windows"]} if "windows" in o else {})}
-        for o in outcomes
-    ]
+    items = [{"tokens": o["tokens"], "truncated": o["truncated"], **{k: o[k] for k in _ITEM_EXTRAS if k in o}}
+             for o in outcomes]
     return items, {"tokens": sum(o["tokens"] for o in outcomes)}
 
 
-def results_body(model: ServedModel, outcomes: list[dict[str, Any]]) -> dict[str, Any]:
+def results_body(model: Servable, outcomes: list[dict[str, Any]]) -> dict[str, Any]:
     """The response of /classify and /qa (and each side of /compare): results in input order,
     per-item token counts, and usage."""
     items, usage = items_and_usage(outcomes)

@@ -22,21 +22,21 @@ from app.http.responses import FastJSON
 from app.http.routes import classify, embed, qa
 from app.http.routes.common import check_limits, error_docs, results_body, run_items
 from app.http.schemas import CompareRequest, CompareResponse
-from app.repository.registry import Registry, ServedModel
+from app.repository.registry import Registry, Servable, ServedModel
 from app.settings import Settings
 from inference.agreement import item_agreement, summarize
 
 router = APIRouter(tags=["comparison"])
 
-def _resolve(registry: Registry, name: str, task: str, param: str) -> ServedModel:
+def _resolve(registry: Registry, name: str, task: str, param: str) -> Servable:
     try:
-        return registry.resolve(name, task)
+        return registry.resolve(name, task) if task == "embedding" else registry.resolve_any(name, task)
     except ServiceError as exc:
         exc.param = param
         raise
 
 
-def _payloads(task: str, body: Any, model: ServedModel, settings: Settings) -> list[Any]:
+def _payloads(task: str, body: Any, model: Servable, settings: Settings) -> list[Any]:
     """The queued items, built by the task endpoint's own code."""
     if task == "classification":
         return classify.prepare(body, settings)
@@ -44,14 +44,15 @@ def _payloads(task: str, body: Any, model: ServedModel, settings: Settings) -> l
         return qa.prepare(body, settings)
     texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
     check_limits(texts, settings)
+    assert isinstance(model, ServedModel)  # embeddings have no cascade (`_resolve`)
     return embed.prepare(texts, model, body.normalize, body.truncate)
 
 
-async def _side(model: ServedModel, payloads: list[Any]) -> dict[str, Any]:
+async def _side(model: Servable, payloads: list[Any]) -> dict[str, Any]:
     start = time.perf_counter()
     outcomes = await run_items(model, payloads, shadow=False)
     latency_ms = (time.perf_counter() - start) * 1000.0
-    return {**results_body(model, outcomes), "role": model.spec.role, "backend": model.backend_kind,
+    return {**results_body(model, outcomes), "role": model.role, "backend": model.backend_kind,
             "latency_ms": latency_ms}
 
 

@@ -14,4 +14,5 @@ router = APIRouter(tags=["models"])
 
 @router.get("/models", response_model=ModelsResponse, responses=error_docs())
 async def list_models(registry: RegistryDep) -> FastJSON:
-    return FastJSON({"models": [m.describe() for m in registry.models.values()], "pairs": registry.describe_pairs()})
+    return FastJSON({"models": [m.describe() for m in registry.models.values()], "pairs": registry.describe_pairs(),
+                     "cascades": registry.describe_cascades()})

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 
 from app.http.deps import RegistryDep, SettingsDep
 from app.http.responses import FastJSON
-from app.http.routes.common import check_limits, check_max, error_docs, resolve, results_body, run_items
+from app.http.routes.common import check_limits, check_max, error_docs, resolve_servable, results_body, run_items
 from app.http.schemas import QARequest, QAResponse
 from app.settings import Settings
 from inference.pipelines import QAItem
@@ -34,6 +34,6 @@ async def answer(body: QARequest, request: Request, registry: RegistryDep, setti
     """Best spans per question over every window of its context (`context[start:end] == answer`);
     with `handle_impossible_answer` the empty answer competes."""
     payloads = prepare(body, settings)
-    model = resolve(registry, request, body.model, "qa", settings)
+    model = resolve_servable(registry, request, body.model, "qa", settings)
     outcomes = await run_items(model, payloads)
     return FastJSON(results_body(model, outcomes))
