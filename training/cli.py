@@ -18,17 +18,21 @@ COMMAND_MODULES: tuple[str, ...] = (
     "training.train",
     "training.build",
     "training.export",
+    "training.int8_compare",  # adds --compare-schemes to export: after training.export
     "training.evaluate",
 )
 
-EPILOG = """examples:
-  python -m training fetch-pretrained
-  python -m training train --task classification --data ../shared/data/sst2/train.tsv --out models/my-teacher
-  python -m training distil --task classification --teacher models/my-teacher --data ../shared/data/sst2/train.tsv --out models/my-student
-  python -m training build-defaults --recipe quick
-  python -m training export models/sst2-student
-  python -m training evaluate models/sst2-student --backend onnx --data ../shared/data/sst2/dev.tsv
-run `python -m training <command> --help` for each command's options and example."""
+EPILOG = (
+    "examples:\n"
+    "  python -m training fetch-pretrained\n"
+    "  python -m training train --task classification --data ../shared/data/sst2/train.tsv --out models/my-teacher\n"
+    "  python -m training distil --task classification --teacher models/my-teacher"
+    " --data ../shared/data/sst2/train.tsv --out models/my-student\n"
+    "  python -m training build-defaults --recipe quick\n"
+    "  python -m training export models/sst2-student\n"
+    "  python -m training evaluate models/sst2-student --backend onnx --data ../shared/data/sst2/dev.tsv\n"
+    "run `python -m training <command> --help` for each command's options and example."
+)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
@@ -46,7 +50,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
         try:
             module = importlib.import_module(name)
         except ImportError as exc:  # a module not written yet, or an optional dependency absent
-            missing.append(f"{name}: {exc}")
+            missing.append(f"{name} ({type(exc).__name__}: {exc})")
             continue
         module.register(subparsers)
     return parser, missing
@@ -55,18 +59,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments and run the chosen command's handler (set with ``set_defaults(func=...)``)."""
     parser, missing = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # before parsing: --help, or a command of the missing module ("invalid choice"), ends the run there
     for line in missing:
-        logging.getLogger("training").debug("command module not loaded: %s", line)
+        logging.getLogger("training").warning("command module not loaded, its commands are unavailable: %s", line)
+    args = parser.parse_args(argv)
+    if args.verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
     if not getattr(args, "func", None):
         parser.print_help()
-        if missing:
-            print("\nnot available: " + "; ".join(missing), file=sys.stderr)
         return 2
     result = args.func(args)
     return int(result or 0)

@@ -2,8 +2,8 @@
 
 The model runs through `inference.backends.load_backend` and the service's own task pipelines
 (`inference.pipelines.make_pipeline`: tokenisation, windowing, pooling, span decoding), batched the way
-the service batches (`inference.evaluation.serve`: sequences sorted by length), so an evaluated figure is the served figure
-for that backend - torch, onnx or onnx-int8 alike.
+the service batches (`inference.evaluation.serve`: sequences sorted by length), so an evaluated figure
+is the served figure for that backend - torch, onnx or onnx-int8 alike.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ TASK_OF = {"classification": "classification", "squad": "qa", "stsb": "embedding
 
 # --- per dataset ---------------------------------------------------------------------------
 
-def eval_classification(spec: ModelSpec, run: Any, path: Path, limit: int | None) -> tuple[dict, int]:
+def eval_classification(spec: ModelSpec, run: Any, path: Path | str, limit: int | None) -> tuple[dict, int]:
     """Accuracy; gold labels are mapped through the model's label names (or their indices)."""
     if not spec.labels:
         raise ValueError(f"{spec.path}: a classification model needs labels (config id2label)")
@@ -42,11 +42,12 @@ def eval_classification(spec: ModelSpec, run: Any, path: Path, limit: int | None
     items = [ClassifyItem(i, (e.text, e.text_pair) if e.text_pair else e.text) for i, e in enumerate(examples)]
     served = run(items)
     predicted = [r["result"][0]["label"] for r in served.results]
-    accuracy = float(np.mean([p == names[int(e.label)] for p, e in zip(predicted, examples, strict=False)]))
+    accuracy = float(np.mean([e.label is not None and p == names[int(e.label)]
+                              for p, e in zip(predicted, examples, strict=False)]))
     return {"accuracy": accuracy, **_throughput(served)}, len(examples)
 
 
-def eval_stsb(spec: ModelSpec, run: Any, path: Path, limit: int | None) -> tuple[dict, int]:
+def eval_stsb(spec: ModelSpec, run: Any, path: Path | str, limit: int | None) -> tuple[dict, int]:
     """Spearman (and Pearson) of the cosine of the two sentences' served embeddings vs gold."""
     from scipy.stats import pearsonr, spearmanr
 
@@ -55,23 +56,26 @@ def eval_stsb(spec: ModelSpec, run: Any, path: Path, limit: int | None) -> tuple
     if missing:
         row = missing[0] if is_hub_spec(path) else missing[0] + 2  # hub: row index; file: line (after the header)
         raise DataError(path, row, "STS-B rows need two sentences (sentence1, sentence2)")
-    texts = [e.text for e in examples] + [e.text_pair for e in examples]
+    texts = [e.text for e in examples] + [e.text_pair for e in examples if e.text_pair]  # every row has both
     served = run([EmbedItem(i, t, normalize=True) for i, t in enumerate(texts)])
     vectors = np.stack([r["result"] for r in served.results])
     cosines = (vectors[: len(examples)] * vectors[len(examples) :]).sum(1)
     gold = np.array([e.label for e in examples], dtype=np.float64)
-    figures = {"spearman": float(spearmanr(cosines, gold).statistic), "pearson": float(pearsonr(cosines, gold).statistic)}
+    figures = {"spearman": float(spearmanr(cosines, gold).statistic),
+               "pearson": float(pearsonr(cosines, gold).statistic)}
     return {**figures, **_throughput(served)}, len(examples)
 
 
-def eval_squad(spec: ModelSpec, run: Any, path: Path, limit: int | None, articles: Sequence[int] | None) -> tuple[dict, int]:
+def eval_squad(spec: ModelSpec, run: Any, path: Path | str, limit: int | None,
+               articles: Sequence[int] | None) -> tuple[dict, int]:
     """Official SQuAD v1.1 EM/F1 (max over gold answers) of the served best answer."""
     examples, _ = squad_examples(path, articles)
     examples = examples[:limit] if limit else examples
     if not examples:
         raise DataError(path, 1, f"no questions in articles {articles}")
     served = run([QAItem(i, e.question, e.context) for i, e in enumerate(examples)])
-    pairs = [(r["result"][0]["answer"] if r["result"] else "", e.answers) for r, e in zip(served.results, examples, strict=False)]
+    pairs = [(r["result"][0]["answer"] if r["result"] else "", e.answers)
+             for r, e in zip(served.results, examples, strict=False)]
     scores = squad_scores(pairs)
     return {"exact_match": scores["exact_match"], "f1": scores["f1"], **_throughput(served)}, len(examples)
 
@@ -152,8 +156,7 @@ def evaluate_model(model_dir: Path, backend: str, data_path: Path | str, *, data
 
 def _record(model_dir: Path, name: str, entry: dict) -> None:
     """manifest["quality"][name] = entry (one entry per set; the latest evaluation wins)."""
-    from training.export import read_manifest
-    from training.manifest import write_manifest
+    from training.manifest import read_manifest, write_manifest
 
     manifest = read_manifest(model_dir)
     if not manifest:

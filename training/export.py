@@ -1,15 +1,9 @@
 """Export a model folder to ONNX (fp32 `model.onnx`, int8 `model.int8.onnx`) with parity checks.
 
-Why the int8 scheme is block-wise: dynamic int8 quantises each MatMul input with ONE scale per
-tensor, and the input of the feed-forward down-projection (after GELU) carries outlier tokens
-that wreck that scale - on the MPNet teacher per-channel dynamic int8 fell to 0.92 mean cosine.
-`MatMulNBits` with 8-bit weights in blocks of 256 and `accuracy_level=4` quantises activations
-per token and per block at run time (int8 kernels), which keeps 0.999 cosine at ~1.9x the fp32
-speed. Where a model's activations need finer blocks (the SST-2 student: max probability shift
-0.15 with blocks of 256), the default `auto` falls back along `AUTO_CHAIN` to 32-channel blocks
-(1.8x fp32 there), keeping the first file that passes parity.
-`python -m training export MODEL --compare-schemes` (training/int8_compare.py) measures every
-scheme in `SCHEMES` on a model; each stays selectable with --int8-scheme.
+The int8 schemes (and why the default is block-wise) are in `training.int8`; with the default
+`auto`, the first scheme of `AUTO_CHAIN` whose file passes parity is kept.
+`python -m training export MODEL --compare-schemes` (training/int8_compare.py, which adds that
+flag to this command) measures every scheme on a model instead of exporting it.
 
 Every written file is checked against torch through the serving code (`training.parity`); a
 breach removes the file, records the figures in the manifest and raises `ExportParityError`.
@@ -17,13 +11,10 @@ breach removes the file, records the figures in the manifest and raises `ExportP
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import shutil
-import tempfile
 import warnings
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +24,8 @@ from transformers import PreTrainedModel
 
 from inference.backends import OUTPUT_NAMES, load_backend
 from inference.modelfolder import read_spec
-from training.manifest import describe, versions, write_manifest
-from training.manifest import read_manifest as _read
+from training.int8 import AUTO_CHAIN, DEFAULT_SCHEME, SCHEMES, export_int8
+from training.manifest import describe, read_manifest, versions, write_manifest
 from training.modeling import position_limit
 from training.parity import TOLERANCES, ExportParityError, Outputs, breaches, compare, run_parity_set
 
@@ -42,13 +33,12 @@ log = logging.getLogger(__name__)
 
 OPSET = 17
 FP32_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
-HEAD_NAMES = ("pooler", "classifier", "qa_outputs", "pre_classifier", "score")
 SUPPORT_FILES = (
     "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
     "merges.txt", "vocab.json", "modules.json", "sentence_bert_config.json",
     "config_sentence_transformers.json", "1_Pooling",
 )
-__all__ = ["export_model", "ExportParityError", "SCHEMES", "DEFAULT_SCHEME", "register"]
+__all__ = ["export_model", "ExportParityError", "register"]
 
 
 # --- fp32 export ---------------------------------------------------------------------------
@@ -96,137 +86,6 @@ def export_fp32(model: PreTrainedModel, task: str, path: Path) -> None:
     onnx.checker.check_model(str(path))
 
 
-# --- int8 schemes --------------------------------------------------------------------------
-
-def weight_matmuls(path: Path, hidden: int, intermediate: int) -> dict[str, list[str]]:
-    """Encoder MatMuls with a constant weight, by role, found from weight shapes (not names,
-    which differ per architecture): attention projections [h,h], FFN up [h,i], FFN down [i,h].
-    Task heads (pooler, classifier, qa_outputs) are left out: tiny cost, first to lose accuracy."""
-    model = onnx.load(str(path), load_external_data=False)
-    dims = {t.name: tuple(t.dims) for t in model.graph.initializer}
-    roles: dict[str, list[str]] = {"attention": [], "ffn_up": [], "ffn_down": []}
-    role_of = {(hidden, hidden): "attention", (hidden, intermediate): "ffn_up", (intermediate, hidden): "ffn_down"}
-    for node in model.graph.node:
-        if node.op_type != "MatMul" or node.input[1] not in dims:
-            continue
-        if any(h in node.name for h in HEAD_NAMES):
-            continue
-        role = role_of.get(dims[node.input[1]])
-        if role:
-            roles[role].append(node.name)
-    return roles
-
-
-@contextlib.contextmanager
-def _quiet_root() -> Iterator[None]:
-    """onnxruntime.quantization logs one INFO line per tensor on the root logger."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.ERROR))
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
-def _dynamic(src: Path, dst: Path, nodes: list[str]) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with _quiet_root():
-        quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes)
-
-
-def _blockwise(src: Path, dst: Path, exclude: list[str], block: int = 256, accuracy_level: int = 4) -> None:
-    from onnxruntime.quantization.matmul_nbits_quantizer import (
-        DefaultWeightOnlyQuantConfig,
-        MatMulNBitsQuantizer,
-    )
-
-    config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=accuracy_level, bits=8)
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), nodes_to_exclude=exclude, algo_config=config)
-    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    quantizer.process()
-    quantizer.model.save_model_to_file(str(dst), False)
-
-
-def _scheme_blockwise(src: Path, dst: Path, roles: dict[str, list[str]], heads: list[str], block: int) -> None:
-    _blockwise(src, dst, heads, block)
-
-
-def _scheme_blockwise32(src: Path, dst: Path, roles: dict[str, list[str]], heads: list[str], block: int) -> None:
-    _blockwise(src, dst, heads, min(block, 32))
-
-
-def _scheme_weight_only(src: Path, dst: Path, roles: dict[str, list[str]], heads: list[str], block: int) -> None:
-    _blockwise(src, dst, heads, min(block, 32), accuracy_level=1)
-
-
-def _scheme_hybrid(src: Path, dst: Path, roles: dict[str, list[str]], heads: list[str], block: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        mid = Path(tmp) / "dyn.onnx"
-        _dynamic(src, mid, roles["attention"] + roles["ffn_up"])
-        _blockwise(mid, dst, heads + roles["attention"] + roles["ffn_up"], min(block, 128))
-
-
-def _scheme_hybrid_attention(src: Path, dst: Path, roles: dict[str, list[str]], heads: list[str], block: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        mid = Path(tmp) / "dyn.onnx"
-        _dynamic(src, mid, roles["attention"])
-        _blockwise(mid, dst, heads + roles["attention"], block)
-
-
-def _scheme_dynamic_no_down(src: Path, dst: Path, roles: dict[str, list[str]], heads: list[str], block: int) -> None:
-    _dynamic(src, dst, roles["attention"] + roles["ffn_up"])
-
-
-def _scheme_dynamic_all(src: Path, dst: Path, roles: dict[str, list[str]], heads: list[str], block: int) -> None:
-    _dynamic(src, dst, roles["attention"] + roles["ffn_up"] + roles["ffn_down"])
-
-
-Scheme = Callable[[Path, Path, dict[str, list[str]], list[str], int], None]
-SCHEMES: dict[str, tuple[Scheme, str]] = {
-    "blockwise8": (_scheme_blockwise, "MatMulNBits 8-bit weights, block 256, int8 compute "
-                   "(accuracy_level 4: activations quantised per token and block); heads fp32"),
-    "blockwise8-b32": (_scheme_blockwise32, "MatMulNBits 8-bit weights, block 32, int8 compute "
-                       "(activations quantised per token and 32-channel block); heads fp32"),
-    "weight-only8": (_scheme_weight_only, "MatMulNBits 8-bit weights, block 32, fp32 compute "
-                     "(accuracy_level 1: weights dequantised, activations stay fp32); heads fp32"),
-    "hybrid": (_scheme_hybrid, "dynamic per-channel int8 on attention + FFN-up, "
-               "MatMulNBits 8-bit block 128 on FFN-down; heads fp32"),
-    "hybrid-attention": (_scheme_hybrid_attention, "dynamic per-channel int8 on attention projections, "
-                         "MatMulNBits 8-bit block 256 on both FFN MatMuls; heads fp32"),
-    "dynamic-no-ffn-down": (_scheme_dynamic_no_down, "dynamic per-channel int8 on attention + "
-                            "FFN-up MatMuls; FFN-down and heads fp32"),
-    "dynamic-per-channel": (_scheme_dynamic_all, "dynamic per-channel int8 on every encoder "
-                            "MatMul; heads fp32 (fails parity on MPNet)"),
-}
-DEFAULT_SCHEME = "auto"
-# "auto" tries these in order and keeps the first that passes parity: the fastest first, then
-# finer activation blocks, so a model whose activations the coarse blocks hurt still gets an int8
-# file. Measured on the SST-2 student (batch 16, vs fp32): blocks of 256 2.43x but parity fails;
-# blocks of 32 1.81x and passes. "weight-only8" (fp32 compute) passes too but runs at 0.82x of
-# fp32, so it is not in the chain: no int8 file beats a slower one.
-AUTO_CHAIN = ("blockwise8", "blockwise8-b32")
-
-
-def head_matmuls(path: Path) -> list[str]:
-    """Every MatMul of a task head (kept fp32 by every scheme)."""
-    model = onnx.load(str(path), load_external_data=False)
-    return [n.name for n in model.graph.node if n.op_type == "MatMul" and any(h in n.name for h in HEAD_NAMES)]
-
-
-def export_int8(fp32_path: Path, dst: Path, config: Any, scheme: str) -> None:
-    """Quantise `fp32_path` into `dst` with `scheme` (a key of `SCHEMES`)."""
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown int8 scheme {scheme!r}; choose from {sorted(SCHEMES)}")
-    intermediate = getattr(config, "intermediate_size", None) or getattr(config, "hidden_dim", None)
-    hidden = getattr(config, "hidden_size", None) or config.dim
-    roles = weight_matmuls(fp32_path, hidden, intermediate)
-    block = max(16, min(256, 1 << (hidden.bit_length() - 1)))  # 256 for BERT sizes; tiny models smaller
-    SCHEMES[scheme][0](fp32_path, dst, roles, head_matmuls(fp32_path), block)
-
-
 # --- parity + manifest ---------------------------------------------------------------------
 
 def check_file(out_dir: Path, file: str, spec: Any, reference: Outputs, texts: list[str] | None,
@@ -241,11 +100,6 @@ def check_file(out_dir: Path, file: str, spec: Any, reference: Outputs, texts: l
              "size_bytes": (out_dir / file).stat().st_size}
     log.info("%s parity: %s", file, json.dumps(entry["parity"]))
     return entry
-
-
-def read_manifest(model_dir: Path) -> dict:
-    """The folder's manifest, or {} for a plain Hugging Face folder."""
-    return _read(model_dir) if (Path(model_dir) / "manifest.json").is_file() else {}
 
 
 def plain_manifest(model_dir: Path, out_dir: Path, task: str, model: PreTrainedModel) -> dict:
@@ -382,21 +236,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              f"{', '.join(AUTO_CHAIN)} that passes parity)")
     parser.add_argument("--tolerance", action="append", default=[], metavar="PRECISION.METRIC=VALUE",
                         help="override a parity tolerance, e.g. int8.mean_cosine=0.995 (repeatable)")
-    parser.add_argument("--compare-schemes", action="store_true",
-                        help="write nothing: build every int8 scheme in a temp folder, print parity and speed")
-    parser.add_argument("--schemes", help="with --compare-schemes: comma-separated subset")
-    parser.add_argument("--texts", type=Path, help="with --compare-schemes: parity texts from a TSV/CSV/JSONL file")
-    parser.add_argument("--limit", type=int, default=96, help="with --texts: how many texts")
     parser.set_defaults(func=_run)
-
-
-def _compare(args: argparse.Namespace) -> int:
-    from training.int8_compare import compare_schemes, format_table, load_texts
-
-    schemes = args.schemes.split(",") if args.schemes else None
-    rows = compare_schemes(args.model_dir, args.task, schemes, load_texts(args.texts, args.limit))
-    print(format_table(rows))
-    return 0
 
 
 def parse_tolerances(items: list[str], task: str) -> dict[str, dict[str, float]] | None:
@@ -412,8 +252,6 @@ def parse_tolerances(items: list[str], task: str) -> dict[str, dict[str, float]]
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.compare_schemes:
-        return _compare(args)
     task = read_manifest(args.model_dir).get("task") or args.task or read_spec(args.model_dir).task
     try:
         manifest = export_model(args.model_dir, int8=not args.no_int8, task=args.task, out_dir=args.out,

@@ -1,16 +1,20 @@
-"""Measure every int8 scheme of `training.export` on one model: parity against torch (through the
+"""Measure every int8 scheme of `training.int8` on one model: parity against torch (through the
 serving code, as the export check does) and speed against the fp32 graph on the same batch.
 
 This is how the default scheme was chosen; `python -m training export MODEL --compare-schemes`
-re-runs it (nothing is written to MODEL: the graphs live in a temporary folder).
+re-runs it (nothing is written to MODEL: the graphs live in a temporary folder). The flag and
+its options are added to the `export` command here (`register`, after `training.export`'s), so
+that export never imports this module.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from transformers import AutoConfig
@@ -18,7 +22,8 @@ from transformers import AutoConfig
 from inference.backends import Backend, load_backend
 from inference.modelfolder import read_spec
 from inference.tasks import classify, embed, load_tokenizer, pad_batch, pad_id
-from training.export import FP32_FILE, SCHEMES, export_int8, export_model
+from training.export import FP32_FILE, export_model
+from training.int8 import SCHEMES, export_int8
 from training.parity import compare, run_parity_set
 
 log = logging.getLogger(__name__)
@@ -73,7 +78,7 @@ def compare_schemes(model_dir: Path, task: str | None = None, schemes: Sequence[
         reference = run_parity_set(load_backend(model_dir, spec.task, "torch"), spec, texts)
         config = AutoConfig.from_pretrained(str(model_dir))
         backends: dict[str, Backend] = {"fp32": load_backend(out, spec.task, "onnx", threads)}
-        rows = []
+        rows: list[dict[str, Any]] = []
         for scheme in schemes or list(SCHEMES):
             path = out / f"int8-{scheme}.onnx"
             export_int8(out / FP32_FILE, path, config, scheme)
@@ -99,3 +104,31 @@ def format_table(rows: list[dict]) -> str:
         cells = [f"{row[k]:.4f}" if isinstance(row[k], float) and k in keys else str(row[k]) for k in head]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# --- CLI: `python -m training export MODEL --compare-schemes` ----------------------------------
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add --compare-schemes (and its options) to the `export` command that `training.export`
+    registered; with the flag, the command runs the comparison instead of the export."""
+    parser = subparsers.choices.get("export")
+    if parser is None:
+        raise RuntimeError("training.int8_compare extends the export command: register training.export first")
+    parser.add_argument("--compare-schemes", action="store_true",
+                        help="write nothing: build every int8 scheme in a temp folder, print parity and speed")
+    parser.add_argument("--schemes", help="with --compare-schemes: comma-separated subset")
+    parser.add_argument("--texts", type=Path, help="with --compare-schemes: parity texts from a TSV/CSV/JSONL file")
+    parser.add_argument("--limit", type=int, default=96, help="with --texts: how many texts")
+    export: Callable[[argparse.Namespace], int] = parser.get_default("func")
+
+    def run(args: argparse.Namespace) -> int:
+        return _compare(args) if args.compare_schemes else export(args)
+
+    parser.set_defaults(func=run)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    schemes = args.schemes.split(",") if args.schemes else None
+    rows = compare_schemes(args.model_dir, args.task, schemes, load_texts(args.texts, args.limit))
+    print(format_table(rows))
+    return 0

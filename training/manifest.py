@@ -15,6 +15,7 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from inference.modelfolder import read_json
 from training.modeling import count_params, num_layers, position_limit
 
 SCHEMA_VERSION = 1
@@ -37,8 +38,8 @@ def describe(model: PreTrainedModel, **fields: Any) -> dict[str, Any]:
     config = model.config
     labels = None
     if fields.get("task") == "classification":
-        labels = {str(i): name for i, name in sorted(config.id2label.items())}
-    manifest = {
+        labels = {str(i): name for i, name in sorted((config.id2label or {}).items())}
+    manifest: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "architecture": (config.architectures or [type(model).__name__])[0],
         "model_type": config.model_type,
@@ -60,8 +61,13 @@ def describe(model: PreTrainedModel, **fields: Any) -> dict[str, Any]:
     return manifest
 
 
-def read_manifest(model_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(model_dir) / "manifest.json").read_text())
+def read_manifest(model_dir: Path, required: bool = False) -> dict[str, Any]:
+    """The folder's manifest.json; {} for a plain Hugging Face folder (no manifest), or a
+    FileNotFoundError naming the file when `required`. Broken JSON is a ValueError naming it."""
+    path = Path(model_dir) / "manifest.json"
+    if required and not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest (not a model folder written by training)")
+    return read_json(path)
 
 
 def write_manifest(model_dir: Path, manifest: dict[str, Any]) -> None:
@@ -73,7 +79,8 @@ def write_manifest(model_dir: Path, manifest: dict[str, Any]) -> None:
 
 
 def update_manifest(model_dir: Path, **changes: Any) -> dict[str, Any]:
-    manifest = read_manifest(model_dir)
+    """Change fields of an existing manifest (a FileNotFoundError when there is none)."""
+    manifest = read_manifest(model_dir, required=True)
     manifest.update(changes)
     write_manifest(model_dir, manifest)
     return manifest

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from training.cli import add_command
-from training.recipes import RECIPE_CLASSES, Common, get_recipe
+from training.recipes import RECIPE_CLASSES, Recipe, get_recipe
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def task_module(task: str):
     return {"classification": classification, "qa": qa, "embedding": embedding}[task]
 
 
-def train_teacher(recipe: Common, out: Path, name: str):
+def train_teacher(recipe: Recipe, out: Path, name: str):
     """Dispatch: classification/qa fine-tune; embedding saves the pretrained encoder as teacher."""
     module = task_module(recipe.task)
     if recipe.task == "embedding":
@@ -30,7 +30,7 @@ def train_teacher(recipe: Common, out: Path, name: str):
     return module.train_teacher(recipe, out, name)
 
 
-def distil_student(recipe: Common, teacher_dir: Path, out: Path, name: str, teacher_name: str,
+def distil_student(recipe: Recipe, teacher_dir: Path, out: Path, name: str, teacher_name: str,
                    teacher=None, cached=None):
     module = task_module(recipe.task)
     if recipe.task == "embedding":
@@ -38,7 +38,7 @@ def distil_student(recipe: Common, teacher_dir: Path, out: Path, name: str, teac
     return module.distil_student(recipe, teacher_dir, out, name, teacher_name, teacher, cached)
 
 
-def recipe_from_args(args: argparse.Namespace) -> Common:
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
     overrides = list(args.set or [])
     for flag, field in (("data", "train_data"), ("base", "base"), ("layer_map", "layer_map")):
         if getattr(args, flag, None):
@@ -59,7 +59,7 @@ def _distil(args: argparse.Namespace) -> int:
     from training.manifest import read_manifest, update_manifest
 
     recipe = recipe_from_args(args)
-    teacher_name = read_manifest(args.teacher).get("name", args.teacher.name)
+    teacher_name = read_manifest(args.teacher, required=True).get("name", args.teacher.name)
     name = args.name or args.out.name
     distil_student(recipe, args.teacher, args.out, name, teacher_name)
     update_manifest(args.teacher, student=name)

@@ -118,7 +118,7 @@ def test_plain_hf_folder_exports_to_servable_folder(tmp_path: Path) -> None:
 
 
 def test_compare_schemes_prints_every_scheme_and_writes_nothing(tmp_path: Path, capsys) -> None:
-    from training.export import SCHEMES
+    from training.int8 import SCHEMES
 
     folder = save_tiny(tmp_path, "mpnet", "embedding")
     before = sorted(p.name for p in folder.iterdir())
