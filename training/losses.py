@@ -28,7 +28,9 @@ def hidden_cosine(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, ma
 
     student_hidden, teacher_hidden: [batch, seq, hidden]; mask: [batch, seq].
     """
-    assert student_hidden.shape == teacher_hidden.shape, "hidden sizes must match for alpha_cos"
+    if student_hidden.shape != teacher_hidden.shape:
+        raise ValueError(f"alpha_cos needs student and teacher hidden states of one shape, got "
+                         f"{list(student_hidden.shape)} and {list(teacher_hidden.shape)}")
     cos = F.cosine_similarity(student_hidden, teacher_hidden.to(student_hidden.dtype), dim=-1)  # [batch, seq]
     weights = mask.to(cos.dtype)
     return ((1.0 - cos) * weights).sum() / weights.sum().clamp(min=1.0)

@@ -104,7 +104,9 @@ class Passthrough(nn.Module):
         hidden = inputs_embeds if inputs_embeds is not None else input_embeds
         if hidden is None and args and isinstance(args[-1], torch.Tensor) and args[-1].dim() == 3:
             hidden = args[-1]  # DistilBERT passes input_embeds positionally
-        assert hidden is not None and hidden.dim() == 3, "Passthrough needs [batch, seq, hidden]"
+        if hidden is None or hidden.dim() != 3:
+            shape = "none" if hidden is None else list(hidden.shape)
+            raise ValueError(f"Passthrough needs hidden states [batch, seq, hidden] as inputs_embeds, got {shape}")
         return hidden
 
 
@@ -118,7 +120,8 @@ def layer_range(model: PreTrainedModel, start: int, end: int) -> Iterator[PreTra
     owner, attr = stack_of(model)
     base = base_of(model)
     layers, embeddings = getattr(owner, attr), base.embeddings
-    assert 0 <= start < end <= len(layers), f"bad layer range [{start}, {end}) of {len(layers)}"
+    if not 0 <= start < end <= len(layers):
+        raise ValueError(f"bad layer range [{start}, {end}) of a {len(layers)}-layer model")
     setattr(owner, attr, nn.ModuleList(list(layers)[start:end]))
     if start > 0:
         base.embeddings = Passthrough()
@@ -161,7 +164,8 @@ def freeze_below(model: PreTrainedModel, first_trainable: int) -> list[nn.Parame
     """Freeze embeddings and layers below ``first_trainable``; return the parameters to train."""
     owner, attr = stack_of(model)
     layers = getattr(owner, attr)
-    frozen = {id(p) for p in base_of(model).embeddings.parameters()}
+    embeddings: nn.Module = base_of(model).get_submodule("embeddings")
+    frozen = {id(p) for p in embeddings.parameters()}
     for layer in list(layers)[:first_trainable]:
         frozen |= {id(p) for p in layer.parameters()}
     trainable = []
@@ -180,7 +184,8 @@ def position_limit(config: object) -> int | None:
     table = getattr(config, "max_position_embeddings", None)
     if table is None:
         return None
-    offset = (getattr(config, "pad_token_id", None) or 0) + 1 if getattr(config, "model_type", "") in _OFFSET_POSITIONS else 0
+    offsets = getattr(config, "model_type", "") in _OFFSET_POSITIONS
+    offset = (getattr(config, "pad_token_id", None) or 0) + 1 if offsets else 0
     return table - offset
 
 

@@ -15,8 +15,8 @@ import numpy as np
 
 from inference.backends import Backend
 from inference.modelfolder import ModelSpec
+from inference.tasks import Encoded, embed, load_tokenizer, pad_batch, pad_id, qa
 from inference.tasks import classify as classify_task
-from inference.tasks import embed, load_tokenizer, pad_batch, pad_id, qa
 
 PARITY_TEXTS: tuple[str, ...] = (
     "A gripping, beautifully shot film that never lets go of you.",
@@ -24,14 +24,16 @@ PARITY_TEXTS: tuple[str, ...] = (
     "I expected more from such a talented cast; the second half drags badly.",
     "An unexpectedly moving story about a family that refuses to give up.",
     "It's fine.",
-    "The central bank raised interest rates by a quarter of a percentage point on Wednesday, citing persistent inflation in services.",
+    "The central bank raised interest rates by a quarter of a percentage point on Wednesday, citing persistent "
+    "inflation in services.",
     "How do I reset my password if I no longer have access to my email?",
     "Heavy rain is expected across the north of the country through the weekend.",
     "The new phone has a brighter screen, but the battery barely lasts a day.",
     "Researchers found that the enzyme breaks down plastic bottles within a few weeks at room temperature.",
     "Please send the signed contract back to us before Friday.",
     "Worst customer service I have ever experienced, and I have been a customer for ten years.",
-    "The museum reopens next month after a two-year renovation of its east wing, which houses the collection of Byzantine mosaics donated in 1962.",
+    "The museum reopens next month after a two-year renovation of its east wing, which houses the collection of "
+    "Byzantine mosaics donated in 1962.",
     "Is the restaurant open on public holidays?",
     "A man is playing a guitar on the street.",
     "Two dogs are running through a field of tall grass.",
@@ -46,14 +48,15 @@ PARITY_TEXTS: tuple[str, ...] = (
 )
 
 PARITY_QA: tuple[tuple[str, str], ...] = (
-    ("When did the museum reopen?", "After a two-year renovation of its east wing, the city museum reopened in May 2019. "
-     "The wing houses a collection of Byzantine mosaics that a private collector donated in 1962."),
+    ("When did the museum reopen?", "After a two-year renovation of its east wing, the city museum reopened in May "
+     "2019. The wing houses a collection of Byzantine mosaics that a private collector donated in 1962."),
     ("Who donated the mosaics?", "After a two-year renovation of its east wing, the city museum reopened in May 2019. "
      "The wing houses a collection of Byzantine mosaics that a private collector donated in 1962."),
     ("What does photosynthesis produce?", "Photosynthesis is the process by which green plants use sunlight to turn "
      "carbon dioxide and water into glucose and oxygen. It takes place mainly in the leaves, inside the chloroplasts."),
     ("Where does photosynthesis take place?", "Photosynthesis is the process by which green plants use sunlight to "
-     "turn carbon dioxide and water into glucose and oxygen. It takes place mainly in the leaves, inside the chloroplasts."),
+     "turn carbon dioxide and water into glucose and oxygen. It takes place mainly in the leaves, inside the "
+     "chloroplasts."),
     ("How much did the bank raise rates?", "On Wednesday the central bank raised its main interest rate by a quarter "
      "of a percentage point, to 4.5 percent, citing persistent inflation in services and a tight labour market."),
     ("Who won the marathon?", "Kenyan runner Ruth Chepngetich won the Chicago marathon on Sunday in a record time "
@@ -122,8 +125,9 @@ def run_parity_set(backend: Backend, spec: ModelSpec, texts: Sequence[str] | Non
         inputs = pad_batch(chunk, pad)
         out = backend.forward(inputs)
         if spec.task == "embedding":
-            raw += [h[m.astype(bool)] for h, m in zip(out["last_hidden_state"], inputs["attention_mask"], strict=False)]
-            answers += list(embed.normalize(embed.pool(out["last_hidden_state"], inputs["attention_mask"], spec.pooling)))
+            hidden, mask = out["last_hidden_state"], inputs["attention_mask"]
+            raw += [h[m.astype(bool)] for h, m in zip(hidden, mask, strict=False)]
+            answers += list(embed.normalize(embed.pool(hidden, mask, spec.pooling)))
         else:
             raw += list(out["logits"])
             answers += list(out["logits"])
@@ -135,7 +139,7 @@ def _run_qa(backend: Backend, tokenizer: Any, max_length: int) -> Outputs:
     pad, raw, answers = pad_id(tokenizer), [], []
     for question, context in PARITY_QA:
         windows = qa.encode_qa(tokenizer, question, context, max_length, 128)
-        inputs = pad_batch(windows, pad)  # QAWindow has ids/type_ids like Encoded
+        inputs = pad_batch([Encoded(w.ids, w.type_ids) for w in windows], pad)  # the ids/type_ids pad_batch reads
         out = backend.forward(inputs)
         starts = [s[: w.tokens] for s, w in zip(out["start_logits"], windows, strict=False)]
         ends = [e[: w.tokens] for e, w in zip(out["end_logits"], windows, strict=False)]

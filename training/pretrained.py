@@ -39,7 +39,7 @@ def part_files() -> list[Path]:
         slices = [f for f in dist.files or [] if ".zip." in f.name]
         if len(slices) != 1:
             raise FileNotFoundError(f"{package}: expected one zip slice, found {slices}; reinstall:\n  {INSTALL}")
-        found.append(Path(dist.locate_file(slices[0])))
+        found.append(Path(str(dist.locate_file(slices[0]))))
     return found
 
 
@@ -94,7 +94,8 @@ def verify(folder: Path) -> dict:
     texts = ["A man is playing a guitar.", "Someone plays the guitar.", "The stock market fell sharply."]
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
-        emb = torch.nn.functional.normalize(mean_pool(model(**batch).last_hidden_state, batch["attention_mask"]), dim=-1)
+        pooled = mean_pool(model(**batch).last_hidden_state, batch["attention_mask"])
+        emb = torch.nn.functional.normalize(pooled, dim=-1)
     similar, unrelated = float(emb[0] @ emb[1]), float(emb[0] @ emb[2])
     if not similar > unrelated + 0.3:
         raise ValueError(f"{folder}: embeddings look wrong (paraphrase cos {similar:.2f}, unrelated {unrelated:.2f})")

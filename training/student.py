@@ -47,5 +47,7 @@ def make_student(teacher: PreTrainedModel, layer_map: list[int]) -> PreTrainedMo
         teacher_key = f"{match[1]}{layer_map[int(match[2])]}{match[3]}" if match else key
         state[key] = source[teacher_key].detach().clone()
     student.load_state_dict(state, strict=True)
-    assert num_layers(student) == len(layer_map)
+    if num_layers(student) != len(layer_map):
+        raise ValueError(f"a {config.model_type} student built with {attr}={len(layer_map)} has "
+                         f"{num_layers(student)} layers: this architecture sets its depth otherwise")
     return student

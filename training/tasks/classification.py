@@ -49,7 +49,8 @@ def load_pool(recipe: ClassificationRecipe) -> Pool:
     return Pool(pool, record)
 
 
-def to_batches(tokenizer: PreTrainedTokenizerBase, examples: list[Example], recipe: ClassificationRecipe) -> list[Batch]:
+def to_batches(tokenizer: PreTrainedTokenizerBase, examples: list[Example],
+               recipe: ClassificationRecipe) -> list[Batch]:
     encoded = encode(tokenizer, [e.text for e in examples], [e.text_pair for e in examples], recipe.max_length)
     labels = [e.label if e.label is not None else -1 for e in examples]
     return make_batches(encoded, recipe.batch_size, tokenizer.pad_token_id, {"labels": labels})

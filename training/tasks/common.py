@@ -14,7 +14,7 @@ from training.engine import Batch, LoopResult, cache_hidden, setup_torch
 from training.modeling import forward_range, freeze_below, num_layers, precision_in_use, set_precision
 from training.paths import data_dir
 from training.pretrained import NAME, resolve_base
-from training.recipes import Common, recipe_dict
+from training.recipes import Common, Recipe, recipe_dict
 from training.student import make_student, parse_layer_map
 
 
@@ -36,9 +36,8 @@ def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], pairs: Sequ
     """Tokenise without padding (batches pad to their own longest row)."""
     if not texts:
         return []
-    has_pairs = pairs is not None and any(p is not None for p in pairs)
-    enc = tokenizer(list(texts), [p or "" for p in pairs] if has_pairs else None,
-                    truncation=True, max_length=max_length)
+    second = [p or "" for p in pairs] if pairs is not None and any(p is not None for p in pairs) else None
+    enc = tokenizer(list(texts), second, truncation=True, max_length=max_length)
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
     return [{k: enc[k][i] for k in keys} for i in range(len(texts))]
 
@@ -76,7 +75,7 @@ def teacher_outputs(teacher: PreTrainedModel, batches: list[Batch], first_top: i
         batch.pop("t_hidden", None)
 
 
-def manifest_fields(recipe: Common, *, name: str, role: str, data: list[dict], result: LoopResult | None,
+def manifest_fields(recipe: Recipe, *, name: str, role: str, data: list[dict], result: LoopResult | None,
                     seconds: float, **extra: object) -> dict:
     """Fields every trained model's manifest carries (the rest come from the model itself)."""
     fields = {"name": name, "task": recipe.task, "role": role,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer
@@ -27,7 +28,7 @@ from training.tasks.common import Clock, data_path, manifest_fields, start, stud
 log = logging.getLogger(__name__)
 
 
-def answer_window(tokenizer: Tokenizer, example: QAExample, recipe: QARecipe) -> dict[str, list[int]] | None:
+def answer_window(tokenizer: Tokenizer, example: QAExample, recipe: QARecipe) -> dict[str, Any] | None:
     """The first window holding the gold answer, with its start/end token and context mask."""
     first, last = example.answer_start, example.answer_start + len(example.answers[0])
     for window in encode_qa(tokenizer, example.question, example.context, recipe.max_length, recipe.doc_stride):
@@ -57,11 +58,12 @@ def heldout_articles(recipe: QARecipe) -> list[int]:
     return split_articles(_article_count(data_path(recipe.train_data)), recipe.heldout_articles)[1]
 
 
-def _article_count(path: Path) -> int:
+def _article_count(path: Path | str) -> int:
     return len(load_squad_articles(path)[0])
 
 
-def to_batches(tokenizer: Tokenizer, examples: list[QAExample], recipe: QARecipe, pad_id: int) -> tuple[list[Batch], int]:
+def to_batches(tokenizer: Tokenizer, examples: list[QAExample], recipe: QARecipe,
+               pad_id: int) -> tuple[list[Batch], int]:
     windows = [answer_window(tokenizer, e, recipe) for e in examples]
     kept = [w for w in windows if w is not None]
     if len(kept) < len(windows):
@@ -79,7 +81,8 @@ def span_loss(recipe: QARecipe, model: PreTrainedModel, batch: Batch, first_top:
               teacher: bool) -> tuple[torch.Tensor, dict]:
     out = run_top(model, batch, first_top, key)                         # start/end_logits [batch, seq]
     targets = None if teacher else (batch["t_start_logits"], batch["t_end_logits"])
-    alphas = {"alpha_kd": 0.0, "alpha_ce": 1.0} if teacher else {"alpha_kd": recipe.alpha_kd, "alpha_ce": recipe.alpha_ce}
+    alphas = ({"alpha_kd": 0.0, "alpha_ce": 1.0} if teacher
+              else {"alpha_kd": recipe.alpha_kd, "alpha_ce": recipe.alpha_ce})
     return qa_loss((out.start_logits, out.end_logits), targets, (batch["start"], batch["end"]), batch["span_mask"],
                    temperature=recipe.temperature, **alphas)
 
@@ -90,7 +93,8 @@ def train_teacher(recipe: QARecipe, out: Path, name: str) -> tuple[PreTrainedMod
     source, tokenizer = start(recipe)
     model = load_model(source, "qa")
     examples, record = split(recipe)
-    batches, rows = to_batches(window_tokenizer(tokenizer), examples[: recipe.teacher_rows], recipe, tokenizer.pad_token_id)
+    batches, rows = to_batches(window_tokenizer(tokenizer), examples[: recipe.teacher_rows], recipe,
+                               tokenizer.pad_token_id)
     first_top = num_layers(model) - recipe.teacher_train_top
     if first_top > 0:  # full fine-tuning (train_top = all layers) caches nothing
         cache_hidden(model, batches, first_top, "t_hidden", "qa teacher: frozen layers (once)")
@@ -116,7 +120,8 @@ def distil_student(recipe: QARecipe, teacher_dir: Path, out: Path, name: str, te
     examples, record = split(recipe)
     cached = cached or []
     seen = sum(len(b["start"]) for b in cached)
-    extra, _ = to_batches(window_tokenizer(tokenizer), examples[seen: recipe.student_rows], recipe, tokenizer.pad_token_id)
+    extra, _ = to_batches(window_tokenizer(tokenizer), examples[seen: recipe.student_rows], recipe,
+                          tokenizer.pad_token_id)
     batches = cached + extra
     first_top = num_layers(teacher) - recipe.teacher_train_top
     teacher_outputs(teacher, batches, first_top, keep_hidden=False, desc="qa teacher span logits (once)")
