@@ -43,10 +43,11 @@ test: $(VENV)/.dev
 # inference/, default on training/ and benchmarks/; no block of 6+ lines repeated in the code.
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
-	$(BIN)/mypy
+	$(BIN)/mypy --strict app inference
+	$(BIN)/mypy training benchmarks
 	$(BIN)/pylint --disable=all --enable=duplicate-code --min-similarity-lines=6 --score=n app inference training benchmarks
 
-MODEL ?= models/embed-student
+MODEL ?= models/embed-quick-student
 BACKEND ?= onnx
 bench: setup
 	$(BIN)/python -m benchmarks.bench_serving --model-dir $(MODEL) --backend $(BACKEND)

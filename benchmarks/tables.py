@@ -9,6 +9,7 @@ import platform
 from datetime import UTC, datetime
 
 from benchmarks.loadgen import Run
+from inference.modelfolder import quality_entries
 
 # Which manifest quality figure to show first when a dataset reports several.
 PREFERRED = ("accuracy", "f1", "exact_match", "spearman", "pearson", "mean_cosine")
@@ -19,12 +20,11 @@ def quality_of(entry: dict) -> tuple[str, float | None]:
     """(label, value) of the model's headline quality figure, or ("", None) without one.
     A dataset measured on the served backend wins over one measured on another backend, which
     the label then names in brackets (int8 quality can differ from fp32)."""
-    quality = entry.get("quality") or {}
-    datasets = sorted(quality.items(), key=lambda kv: (kv[1] or {}).get("backend") != entry.get("backend"))
-    for dataset, figures in datasets:
-        numbers = {k: v for k, v in (figures or {}).items()
+    evaluations = quality_entries(entry.get("quality") or {})
+    evaluations.sort(key=lambda e: e[1] != entry.get("backend"))
+    for dataset, measured_on, figures in evaluations:
+        numbers = {k: v for k, v in figures.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_QUALITY}
-        measured_on = (figures or {}).get("backend")
         note = f" [{measured_on}]" if measured_on and measured_on != entry.get("backend") else ""
         for key in sorted(numbers, key=lambda k: PREFERRED.index(k) if k in PREFERRED else len(PREFERRED)):
             return f"{dataset} {key}{note}", float(numbers[key])
@@ -38,7 +38,8 @@ def teacher_run(run: Run, entries: list[dict], runs: list[Run]) -> Run | None:
     candidates = [r for r in runs if r.target.role == "teacher" and r.target.task == run.target.task
                   and r.target.backend == run.target.backend and r.concurrency == run.concurrency]
     by_name = [r for r in candidates if base_name(entry_of(r, entries)) == named]
-    return (by_name or candidates or [None])[0]
+    found = by_name or candidates
+    return found[0] if found else None
 
 
 def entry_of(run: Run, entries: list[dict]) -> dict:
@@ -75,13 +76,15 @@ def machine_description() -> str:
     """CPU model and count, so a reader knows what the numbers were measured on."""
     cpu = platform.processor() or platform.machine()
     try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}")
 
 
 def fmt(value: float | None, spec: str, none: str = "—") -> str:

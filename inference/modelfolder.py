@@ -152,6 +152,21 @@ def read_spec(folder: Path) -> ModelSpec:
     )
 
 
+def quality_entries(quality: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(set, backend, figures) for every evaluation in a manifest's `quality`: keyed by set, then
+    by backend (`{"sst2-dev": {"onnx": {...}, "onnx-int8": {...}}}`); the older shape with one
+    entry per set that names its backend inside is read too."""
+    entries = []
+    for set_name, value in quality.items():
+        if not isinstance(value, dict):
+            continue
+        if "backend" in value:  # one backend per set (manifests before the per-backend keys)
+            entries.append((set_name, str(value["backend"]), value))
+        else:
+            entries += [(set_name, str(b), e) for b, e in value.items() if isinstance(e, dict)]
+    return entries
+
+
 def pair_of(name: str, manifest: dict[str, Any]) -> str | None:
     """The pair a model belongs to: the manifest's `pair`, or, for manifests written before pairs
     were named, the folder name less its `-teacher` / `-student` suffix when the manifest links

@@ -34,6 +34,7 @@ class Build:
     overrides: list[str]
     int8: bool = True
     steps: list[dict] = field(default_factory=list)
+    pairs: list[str] = field(default_factory=list)  # the pairs built (or found built), in order
 
     def step(self, model: str, what: str, seconds: float, cpu: float) -> None:
         self.steps.append({"model": model, "step": what, "seconds": round(seconds, 1), "cpu_s": round(cpu, 1)})
@@ -97,26 +98,36 @@ def build_task(build: Build, task: str, prefix: str) -> None:
     from training.train import distil_student, train_teacher
 
     recipe = get_recipe(task, build.recipe_name, overrides_for(task, build.overrides))
-    t_name, s_name = f"{prefix}-teacher", f"{prefix}-student"
+    pair = pair_name(prefix, recipe)
+    build.pairs.append(pair)
+    t_name, s_name = f"{pair}-teacher", f"{pair}-student"
     t_dir, s_dir = build.models / t_name, build.models / s_name
-    if not (is_complete(t_dir) and is_complete(s_dir)):
+    done = {d: is_complete(d, recipe=recipe.name) for d in (t_dir, s_dir)}
+    if not all(done.values()):
         eval_target(recipe)  # a bad evaluation set fails before training, not after; built pairs need no data
     teacher = cached = None
-    if not is_complete(t_dir):
+    if not done[t_dir]:
         tmp = build.models / f".building-{t_name}"
         if not trained(tmp):
             teacher, cached = timed(build, t_name, "train", train_teacher, recipe, fresh(tmp), t_name)
-        set_pair(tmp, student=s_name)
+        set_pair(tmp, student=s_name, pair=pair)
         finish(build, recipe, tmp, t_name)
     else:
         log.info("build-defaults: %s is built and valid; skipped", t_name)
-    if not is_complete(s_dir):
+    if not done[s_dir]:
         tmp = build.models / f".building-{s_name}"
         if not trained(tmp):
             timed(build, s_name, "distil", distil_student, recipe, t_dir, fresh(tmp), s_name, t_name, teacher, cached)
+        set_pair(tmp, pair=pair)
         finish(build, recipe, tmp, s_name)
     else:
         log.info("build-defaults: %s is built and valid; skipped", s_name)
+
+
+def pair_name(prefix: str, recipe: Recipe) -> str:
+    """A pair is named for its data and its recipe (`sst2-quick`, `sst2-standard`), and its two
+    folders for the pair (`sst2-quick-teacher`): several recipes' pairs live side by side."""
+    return f"{prefix}-{recipe.name}"
 
 
 def overrides_for(task: str, overrides: list[str]) -> list[str]:
@@ -160,32 +171,22 @@ def set_pair(model_dir: Path, **fields: str) -> None:
 
 
 def summary(build: Build) -> dict:
-    """Quality and throughput per model, student/teacher ratios, wall time per step."""
+    """Quality and throughput per model, the student/teacher retention of each pair (with 95%
+    intervals), wall time per step."""
     from training.manifest import read_manifest
+    from training.retention import retention
 
-    out: dict = {"recipe": build.recipe_name, "steps": build.steps, "models": {}, "ratios": {}}
-    for _, prefix in SETS:
-        for role in ("teacher", "student"):
-            path = build.models / f"{prefix}-{role}"
+    out: dict = {"recipe": build.recipe_name, "steps": build.steps, "models": {}, "retention": {}}
+    for pair in build.pairs:
+        paths = {role: build.models / f"{pair}-{role}" for role in ("teacher", "student")}
+        for path in paths.values():
             if (path / "manifest.json").is_file():
                 manifest = read_manifest(path)
                 out["models"][path.name] = {"quality": manifest.get("quality"),
                                             "training_time_s": manifest.get("training_time_s")}
-        out["ratios"][prefix] = ratios(out["models"].get(f"{prefix}-teacher"), out["models"].get(f"{prefix}-student"))
+        if all(path.name in out["models"] for path in paths.values()):
+            out["retention"][pair] = retention(paths["teacher"], paths["student"])
     return out
-
-
-def ratios(teacher: dict | None, student: dict | None) -> dict:
-    """student / teacher for every numeric figure both have on the same evaluation set."""
-    result: dict = {}
-    if not teacher or not student:
-        return result
-    for set_name, figures in (teacher.get("quality") or {}).items():
-        other = (student.get("quality") or {}).get(set_name, {})
-        for key, value in figures.items():
-            if isinstance(value, (int, float)) and isinstance(other.get(key), (int, float)) and value:
-                result[f"{set_name}/{key}"] = round(other[key] / value, 3)
-    return result
 
 
 def run(recipe_name: str, models: Path, tasks: list[str], overrides: list[str], int8: bool = True) -> dict:
@@ -208,7 +209,11 @@ def run(recipe_name: str, models: Path, tasks: list[str], overrides: list[str], 
 def _run(args: argparse.Namespace) -> int:
     overrides = (args.set or []) + (["skip_bad=true"] if args.skip_bad else [])
     report = run(args.recipe, args.models, args.tasks, overrides, not args.no_int8)
-    print(json.dumps({k: report[k] for k in ("ratios", "models", "wall_s", "cpu_s")}, indent=2))
+    from training.retention import format_table
+
+    for pair, rows in report["retention"].items():
+        print(format_table(pair, rows) + "\n")
+    print(json.dumps({k: report[k] for k in ("wall_s", "cpu_s")}, indent=2))
     return 0
 
 

@@ -29,8 +29,8 @@ EPILOG = (
     "  python -m training distil --task classification --teacher models/my-teacher"
     " --data ../shared/data/sst2/train.tsv --out models/my-student\n"
     "  python -m training build-defaults --recipe quick\n"
-    "  python -m training export models/sst2-student\n"
-    "  python -m training evaluate models/sst2-student --backend onnx --data ../shared/data/sst2/dev.tsv\n"
+    "  python -m training export models/sst2-quick-student\n"
+    "  python -m training evaluate models/sst2-quick-student --backend onnx --data ../shared/data/sst2/dev.tsv\n"
     "run `python -m training <command> --help` for each command's options and example."
 )
 

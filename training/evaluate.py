@@ -15,69 +15,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from inference.backends import load_backend
 from inference.evaluation import Served, serve
-from inference.modelfolder import ModelSpec, read_spec
-from inference.pipelines import ClassifyItem, EmbedItem, QAItem, make_pipeline
-from inference.squad_metric import squad_scores
-from training.data import DataError, data_sha256, is_hub_spec, load_labelled, parse_hub_spec, squad_examples
+from inference.modelfolder import read_spec
+from inference.pipelines import make_pipeline
+from training.data import DataError, data_sha256, is_hub_spec, parse_hub_spec
+from training.scoring import score_classification, score_squad, score_stsb
 
 log = logging.getLogger(__name__)
 
 DATASETS = ("classification", "squad", "stsb")
 TASK_OF = {"classification": "classification", "squad": "qa", "stsb": "embedding"}
-
-
-# --- per dataset ---------------------------------------------------------------------------
-
-def eval_classification(spec: ModelSpec, run: Any, path: Path | str, limit: int | None) -> tuple[dict, int]:
-    """Accuracy; gold labels are mapped through the model's label names (or their indices)."""
-    if not spec.labels:
-        raise ValueError(f"{spec.path}: a classification model needs labels (config id2label)")
-    names = [spec.labels[i] for i in sorted(spec.labels)]
-    examples, _ = load_labelled(path, labels=names, limit=limit, split="eval")
-    items = [ClassifyItem(i, (e.text, e.text_pair) if e.text_pair else e.text) for i, e in enumerate(examples)]
-    served = run(items)
-    predicted = [r["result"][0]["label"] for r in served.results]
-    accuracy = float(np.mean([e.label is not None and p == names[int(e.label)]
-                              for p, e in zip(predicted, examples, strict=False)]))
-    return {"accuracy": accuracy, **_throughput(served)}, len(examples)
-
-
-def eval_stsb(spec: ModelSpec, run: Any, path: Path | str, limit: int | None) -> tuple[dict, int]:
-    """Spearman (and Pearson) of the cosine of the two sentences' served embeddings vs gold."""
-    from scipy.stats import pearsonr, spearmanr
-
-    examples, _ = load_labelled(path, labels=None, limit=limit, split="eval")
-    missing = [i for i, e in enumerate(examples) if not e.text_pair]
-    if missing:
-        row = missing[0] if is_hub_spec(path) else missing[0] + 2  # hub: row index; file: line (after the header)
-        raise DataError(path, row, "STS-B rows need two sentences (sentence1, sentence2)")
-    texts = [e.text for e in examples] + [e.text_pair for e in examples if e.text_pair]  # every row has both
-    served = run([EmbedItem(i, t, normalize=True) for i, t in enumerate(texts)])
-    vectors = np.stack([r["result"] for r in served.results])
-    cosines = (vectors[: len(examples)] * vectors[len(examples) :]).sum(1)
-    gold = np.array([e.label for e in examples], dtype=np.float64)
-    figures = {"spearman": float(spearmanr(cosines, gold).statistic),
-               "pearson": float(pearsonr(cosines, gold).statistic)}
-    return {**figures, **_throughput(served)}, len(examples)
-
-
-def eval_squad(spec: ModelSpec, run: Any, path: Path | str, limit: int | None,
-               articles: Sequence[int] | None) -> tuple[dict, int]:
-    """Official SQuAD v1.1 EM/F1 (max over gold answers) of the served best answer."""
-    examples, _ = squad_examples(path, articles)
-    examples = examples[:limit] if limit else examples
-    if not examples:
-        raise DataError(path, 1, f"no questions in articles {articles}")
-    served = run([QAItem(i, e.question, e.context) for i, e in enumerate(examples)])
-    pairs = [(r["result"][0]["answer"] if r["result"] else "", e.answers)
-             for r, e in zip(served.results, examples, strict=False)]
-    scores = squad_scores(pairs)
-    return {"exact_match": scores["exact_match"], "f1": scores["f1"], **_throughput(served)}, len(examples)
 
 
 def _throughput(served: Served) -> dict[str, float]:
@@ -127,7 +77,8 @@ def evaluate_model(model_dir: Path, backend: str, data_path: Path | str, *, data
                    limit: int | None = None, articles: Sequence[int] | None = None, set_name: str | None = None,
                    batch_size: int = 32, threads: int | None = None, write: bool = True) -> dict:
     """Evaluate `model_dir` on `data_path` with `backend`; return the figures and (if the folder
-    has a manifest and `write`) store them as manifest["quality"][set_name]."""
+    has a manifest and `write`) store them as manifest["quality"][set_name][backend], with the
+    per-item records in `evaluations/<set>@<backend>.jsonl` beside it."""
     model_dir, data_path = Path(model_dir), data_source(str(data_path))
     spec = read_spec(model_dir)
     dataset = dataset or detect_dataset(data_path, spec.task)
@@ -141,28 +92,51 @@ def evaluate_model(model_dir: Path, backend: str, data_path: Path | str, *, data
             return serve(pipeline, model, pad, items, batch_size, progress=bar.update)
 
     if dataset == "squad":
-        figures, rows = eval_squad(spec, run, data_path, limit, articles)
+        scored = score_squad(spec, run, data_path, limit, articles)
     else:
-        figures, rows = (eval_stsb if dataset == "stsb" else eval_classification)(spec, run, data_path, limit)
-    entry = {**figures, "backend": backend, "rows": rows, "dataset": dataset,
+        scored = (score_stsb if dataset == "stsb" else score_classification)(spec, run, data_path, limit)
+    name = set_name or set_name_for(data_path, dataset, articles)
+    entry = {**scored.figures, "interval": {scored.headline: scored.interval().as_dict()},
+             **_throughput(scored.served), "backend": backend, "rows": len(scored.records), "dataset": dataset,
              "data": {"path": str(data_path), "sha256": data_sha256(data_path)},
              **({"articles": [articles[0], articles[-1] + 1]} if articles else {}),
+             "predictions": predictions_file(name, backend),
              "evaluated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    name = set_name or set_name_for(data_path, dataset, articles)
     if write:
-        _record(model_dir, name, entry)
-    return {"set": name, **entry}
+        _record(model_dir, name, entry, scored.records)
+    return {"set": name, **entry, "records": scored.records}
 
 
-def _record(model_dir: Path, name: str, entry: dict) -> None:
-    """manifest["quality"][name] = entry (one entry per set; the latest evaluation wins)."""
+def predictions_file(set_name: str, backend: str) -> str:
+    """Where an evaluation's per-item records live, relative to the model folder."""
+    return f"evaluations/{set_name}@{backend}.jsonl"
+
+
+def read_predictions(model_dir: Path, set_name: str, backend: str) -> list[dict[str, Any]]:
+    """The per-item records `evaluate` stored for one set and backend."""
+    path = Path(model_dir) / predictions_file(set_name, backend)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no stored evaluation of {set_name} on {backend}; run `python -m "
+                                f"training evaluate {model_dir} --backend {backend} --data ...` first")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _record(model_dir: Path, name: str, entry: dict, records: list[dict[str, Any]]) -> None:
+    """manifest["quality"][set][backend] = entry, and the per-item records beside it (each
+    evaluation of a set on a backend replaces that one only)."""
     from training.manifest import read_manifest, write_manifest
 
     manifest = read_manifest(model_dir)
     if not manifest:
         log.warning("%s has no manifest.json: figures printed, not recorded", model_dir)
         return
-    manifest.setdefault("quality", {})[name] = entry
+    path = Path(model_dir) / entry["predictions"]
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    quality = manifest.setdefault("quality", {})
+    if not isinstance(quality.get(name), dict) or "backend" in quality[name]:
+        quality[name] = {}  # an entry of the older one-backend-per-set shape is replaced
+    quality[name][entry["backend"]] = entry
     write_manifest(model_dir, manifest)
 
 
@@ -172,9 +146,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = add_command(subparsers, "evaluate", "Evaluate a model on a data file through the serving code; "
                          "figures go into its manifest.",
-                         "python -m training evaluate models/sst2-student --backend onnx "
+                         "python -m training evaluate models/sst2-quick-student --backend onnx "
                          "--data ../shared/data/sst2/dev.tsv\n"
-                         "  python -m training evaluate models/squad-student --backend onnx-int8 "
+                         "  python -m training evaluate models/squad-quick-student --backend onnx-int8 "
                          "--data ../shared/data/squad/squad-v1.1-dev-articles-00-37.json --articles 30:38")
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8"))
@@ -199,5 +173,5 @@ def _run(args: argparse.Namespace) -> int:
     except (DataError, ValueError, FileNotFoundError) as exc:
         log.error("evaluate failed: %s", exc)
         return 2
-    print(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "records"}, indent=2))
     return 0

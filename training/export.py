@@ -222,8 +222,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from training.cli import add_command
 
     parser = add_command(subparsers, "export", "Export a model folder to ONNX (fp32 + int8) with parity checks.",
-                         "python -m training export models/sst2-student\n"
-                         "  python -m training export models/embed-teacher --compare-schemes "
+                         "python -m training export models/sst2-quick-student\n"
+                         "  python -m training export models/embed-quick-teacher --compare-schemes "
                          "--texts ../shared/data/stsb/dev.tsv\n"
                          "  python -m training export /path/to/all-MiniLM-L6-v2 --task embedding "
                          "--out models/minilm")

@@ -100,13 +100,17 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: 
     return out
 
 
-def is_complete(model_dir: Path, need_quality: bool = True, need_onnx: bool = True) -> bool:
-    """A built model: manifest with name/task/role, weights, and (if asked) ONNX + quality."""
+def is_complete(model_dir: Path, need_quality: bool = True, need_onnx: bool = True,
+                recipe: str | None = None) -> bool:
+    """A built model: manifest with name/task/role, weights, and (if asked) ONNX + quality; with
+    `recipe`, built by that recipe (a folder another recipe built is not this recipe's model)."""
     try:
         manifest = read_manifest(model_dir)
     except (OSError, ValueError):
         return False
     if not all(manifest.get(k) for k in ("name", "task", "role")):
+        return False
+    if recipe is not None and (manifest.get("recipe") or {}).get("name") != recipe:
         return False
     if need_onnx and not (manifest.get("onnx") and (Path(model_dir) / "model.onnx").is_file()):
         return False

@@ -142,6 +142,7 @@ def get_recipe(task: str, name_or_file: str = "quick", overrides: list[str] | No
         data = json.loads(Path(name_or_file).read_text())
         data = data.get(task, data)  # a file may hold one recipe or one per task
         values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        values.setdefault("name", Path(name_or_file).stem)  # a file's models are named for it, not "quick"
         recipe = cls(**values)
     known = {f.name for f in fields(cls)}
     for item in overrides or []:

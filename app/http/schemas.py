@@ -66,7 +66,7 @@ class LabelScore(BaseModel):
 class ClassifyResponse(BaseModel):
     model_config = _example(
         {
-            "model": "sst2-student",
+            "model": "sst2-quick-student",
             "results": [[{"label": "positive", "score": 0.98}]],
             "items": [{"tokens": 8, "truncated": False}],
             "usage": {"tokens": 8},
@@ -125,7 +125,7 @@ class Answer(BaseModel):
 class QAResponse(BaseModel):
     model_config = _example(
         {
-            "model": "squad-student",
+            "model": "squad-quick-student",
             "results": [[{"answer": "the Southern Hemisphere", "score": 0.71, "start": 22, "end": 45}]],
             "items": [{"tokens": 30, "truncated": False, "windows": 1}],
             "usage": {"tokens": 30},
@@ -151,7 +151,7 @@ class EmbedRequest(BaseModel):
 class EmbedResponse(BaseModel):
     model_config = _example(
         {
-            "model": "embed-student",
+            "model": "embed-quick-student",
             "embeddings": [[0.01, -0.2, 0.05]],
             "dim": 3,
             "items": [{"tokens": 9, "truncated": False}],
@@ -190,7 +190,7 @@ class OpenAIEmbeddingResponse(BaseModel):
         {
             "object": "list",
             "data": [{"object": "embedding", "index": 0, "embedding": [0.01, -0.2]}],
-            "model": "embed-student",
+            "model": "embed-quick-student",
             "usage": {"prompt_tokens": 4, "total_tokens": 4},
         }
     )
