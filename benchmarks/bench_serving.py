@@ -30,52 +30,42 @@ import json
 import math
 import os
 import random
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file, too
 
-from inference.backends import load_backend  # noqa: E402
-from inference.modelfolder import read_spec  # noqa: E402
-from inference.pipelines import (  # noqa: E402
-    ClassifyItem,
-    EmbedItem,
-    QAItem,
-    concurrent_throughput,
-    make_pipeline,  # noqa: E402
-    run_once,
+from benchmarks.harness import (
+    ENDPOINT,
+    QA_CONTEXT,
+    SENTENCES,
+    Server,
+    body,
+    cpu_seconds,
+    metrics_text,
+    request_bytes,
+    rotations,
+    roundtrip,
+    run_load,
+    served_models,
 )
+from inference.backends import load_backend
+from inference.modelfolder import read_spec
+from inference.pipelines import ClassifyItem, EmbedItem, QAItem, concurrent_throughput, make_pipeline, run_once
 
-SENTENCES = [
-    "The quick brown fox jumps over the lazy dog near the river.",
-    "A gripping story with wonderful actors and a clever plot.",
-    "I did not enjoy this film, it was far too long and dull.",
-    "The weather in the city was cold and rainy all week long.",
-    "She played the guitar while the children sang along happily.",
-    "Our team shipped the new release two days ahead of schedule.",
-    "He bought fresh bread and cheese at the market this morning.",
-    "The museum opens at nine and closes late on Friday evenings.",
+WORDS = [
+    "time", "year", "people", "way", "day", "man", "thing", "woman", "life", "child", "world", "school", "state",
+    "family", "student", "group", "country", "problem", "hand", "part", "place", "case", "week", "company", "system",
+    "program", "question", "work", "government", "number", "night", "point", "home", "water", "room", "mother",
+    "area", "money", "story", "fact", "month", "lot", "right", "study", "book", "eye", "job", "word", "business",
+    "issue", "side", "kind", "head", "house", "service", "friend", "father", "power", "hour", "game", "line",
 ]
-WORDS = ["time", "year", "people", "way", "day", "man", "thing", "woman", "life", "child", "world", "school", "state", "family", "student", "group", "country", "problem", "hand", "part", "place", "case", "week", "company", "system", "program", "question", "work", "government", "number", "night", "point", "home", "water", "room", "mother", "area", "money", "story", "fact", "month", "lot", "right", "study", "book", "eye", "job", "word", "business", "issue", "side", "kind", "head", "house", "service", "friend", "father", "power", "hour", "game", "line"]
-ENDPOINT = {"classification": "/classify", "embedding": "/embed", "qa": "/qa"}
-QA_CONTEXT = "The museum opens at nine in the morning and closes late on Friday evenings in summer."
 
 
 # ---- payloads -----------------------------------------------------------------------------
-def body(task: str, text: str, model: str) -> dict[str, Any]:
-    if task == "qa":
-        return {"question": text, "context": QA_CONTEXT, "model": model}
-    return {"inputs": text, "model": model}
-
-
 def item(task: str, text: str) -> Any:
     if task == "qa":
         return QAItem(0, text, QA_CONTEXT)
@@ -141,118 +131,19 @@ class InProcess:
 
 
 # ---- server ---------------------------------------------------------------------------------
-def uvicorn_command(target: str, port: int) -> list[str]:
-    """One uvicorn worker on 127.0.0.1 with uvloop and httptools, no access log."""
-    return [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
-    """True once GET /ready answers 200; False if the process exits or `timeout_s` passes."""
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/ready", timeout=2) as r:
-                if r.status == 200:
-                    return True
-        except OSError:
-            time.sleep(0.2)
-        if proc.poll() is not None:
-            return False
-    return False
-
-
-class Server:
-    """`uvicorn app.main:app` on 127.0.0.1 serving only the benchmarked folder."""
-
-    def __init__(self, model_dir: Path, kind: str, port: int, env: dict[str, str]) -> None:
-        self.tmp = tempfile.TemporaryDirectory(prefix="bench-models-")
-        (Path(self.tmp.name) / model_dir.name).symlink_to(model_dir.resolve())
-        self.url = f"http://127.0.0.1:{port}"
-        self.name = model_dir.name
-        self.port = port
-        self.env = {**os.environ, "DISTILSERVE_MODELS_DIR": self.tmp.name,
-                    "DISTILSERVE_BACKENDS": json.dumps([kind]), **env}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Server:
-        self.log = open(Path(self.tmp.name) / "server.log", "wb")  # the per-request JSON log
-        cmd = uvicorn_command("app.main:app", self.port)
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
-        self.pid = self.proc.pid
-        if wait_ready(self.url, self.proc, 120):
-            return self
-        self.log.flush()
-        sys.stderr.write((Path(self.tmp.name) / "server.log").read_text()[-3000:])
-        self.__exit__()
-        raise RuntimeError("server did not become ready in 120 s (or exited)")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.log.close()
-        self.tmp.cleanup()
-
-
 def server_workers(server: Server) -> int:
     """The model workers the server runs for the benchmarked model (GET /models)."""
-    with urllib.request.urlopen(server.url + "/models", timeout=10) as r:
-        models = json.loads(r.read())["models"]
-    return next(m["model_workers"] for m in models if m["name"] == server.name)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process, all its threads (/proc/<pid>/stat fields 14-15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return next(m["model_workers"] for m in served_models(server.url) if m["name"] == server.name)
 
 
 def batch_stats(url: str, model: str) -> tuple[float, float]:
     """(sequences, model calls) so far, from the server's batch-size histogram."""
-    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
-        text = r.read().decode()
-    vals = {ln.split("{")[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+    vals = {ln.split("{")[0]: float(ln.rsplit(" ", 1)[1]) for ln in metrics_text(url).splitlines()
             if ln.startswith("distilserve_batch_size_") and f'model="{model}"' in ln}
     return vals.get("distilserve_batch_size_sum", 0.0), vals.get("distilserve_batch_size_count", 0.0)
 
 
-# ---- raw keep-alive HTTP client -------------------------------------------------------------
-def request_bytes(path: str, payload: dict[str, Any]) -> bytes:
-    data = json.dumps(payload).encode()
-    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
-    return head.encode() + data
-
-
-async def _roundtrip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes) -> None:
-    writer.write(raw)
-    head = await reader.readuntil(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 200"):
-        raise RuntimeError(head.split(b"\r\n", 1)[0].decode())
-    length = int(head.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
-    await reader.readexactly(length)
-
-
-async def _client(port: int, requests: list[bytes], until: float | None, latencies: list[float]) -> int:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    done = 0
-    try:
-        for raw in requests if until is None else _cycle(requests):
-            if until is not None and time.perf_counter() >= until:
-                break
-            t = time.perf_counter()
-            await _roundtrip(reader, writer, raw)
-            latencies.append(time.perf_counter() - t)
-            done += 1
-    finally:
-        writer.close()
-    return done
-
-
+# ---- (b): paired latency -------------------------------------------------------------------
 async def _paired(local: InProcess, port: int, reqs: list[bytes], n: int) -> tuple[list[float], list[float]]:
     """(b) sample by sample: the same sentence in process, then over HTTP, back to back, so that
     a slow moment of the machine lands on both halves of a pair rather than on one side."""
@@ -262,7 +153,7 @@ async def _paired(local: InProcess, port: int, reqs: list[bytes], n: int) -> tup
         for i in range(n):
             solo.append(local.latency_once(i))
             t = time.perf_counter()
-            await _roundtrip(reader, writer, reqs[i % len(reqs)])
+            await roundtrip(reader, writer, reqs[i % len(reqs)])
             http.append(time.perf_counter() - t)
     finally:
         writer.close()
@@ -272,38 +163,13 @@ async def _paired(local: InProcess, port: int, reqs: list[bytes], n: int) -> tup
 def paired_latency(local: InProcess, port: int, reqs: list[bytes], n: int) -> tuple[float, float, float]:
     """Medians of in-process and HTTP one-sentence latency, and the median of the pairs' differences."""
     solo, http = asyncio.run(_paired(local, port, reqs, n))
-    return statistics.median(solo), statistics.median(http), statistics.median(h - s for s, h in zip(solo, http, strict=False))
-
-
-def _cycle(items: list[bytes]):  # type: ignore[no-untyped-def]
-    while True:
-        yield from items
-
-
-async def load(port: int, per_client: list[list[bytes]], seconds: float | None) -> tuple[float, list[float]]:
-    """Run clients (timed, or until each list is sent); returns (requests/s, latencies)."""
-    latencies: list[float] = []
-    start = time.perf_counter()
-    until = start + seconds if seconds else None
-    counts = await asyncio.gather(*(_client(port, reqs, until, latencies) for reqs in per_client))
-    return sum(counts) / (time.perf_counter() - start), latencies
-
-
-def run_load(port: int, per_client: list[list[bytes]], seconds: float | None) -> tuple[float, list[float]]:
-    try:
-        import uvloop
-
-        return uvloop.run(load(port, per_client, seconds))
-    except ImportError:
-        return asyncio.run(load(port, per_client, seconds))
+    delta = statistics.median(h - s for s, h in zip(solo, http, strict=False))
+    return statistics.median(solo), statistics.median(http), delta
 
 
 # ---- the three measurements -----------------------------------------------------------------
-def rotations(reqs: list[bytes], clients: int) -> list[list[bytes]]:
-    return [reqs[i % len(reqs):] + reqs[: i % len(reqs)] for i in range(clients)]
-
-
-def round_ab(args: argparse.Namespace, local: InProcess, best: tuple[int, int], server: Server, reqs: list[bytes]) -> dict[str, float]:
+def round_ab(args: argparse.Namespace, local: InProcess, best: tuple[int, int], server: Server,
+             reqs: list[bytes]) -> dict[str, float]:
     """One interleaved round: in-process and HTTP back to back, so that load from other
     processes on the machine hits both sides of each ratio alike."""
     cpu0 = time.process_time()
@@ -321,7 +187,8 @@ def round_ab(args: argparse.Namespace, local: InProcess, best: tuple[int, int], 
             "inproc_b1_p50_ms": solo * 1e3, "http_1c_p50_ms": http_p50 * 1e3, "delta_b_ms": delta * 1e3}
 
 
-def round_c(args: argparse.Namespace, sorted_srv: Server, fifo_srv: Server, per_client: dict[int, list[list[bytes]]]) -> dict[str, float]:
+def round_c(args: argparse.Namespace, sorted_srv: Server, fifo_srv: Server,
+            per_client: dict[int, list[list[bytes]]]) -> dict[str, float]:
     """The same fixed mixed-length workload against both policies, back to back."""
     out = {}
     for srv in (sorted_srv, fifo_srv):
@@ -361,7 +228,8 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, float], list[dict[str, 
         lengths = [len(e.ids) for e in tokenizer.encode_batch(texts)]
         del local
         mixed = mixed_rounds(args, model_dir, task, name, texts, env)
-        rounds += [{**m, "padding_ceiling": padding_ceiling(lengths, min(args.mixed_clients, args.sort_window))} for m in mixed]
+        ceiling = padding_ceiling(lengths, min(args.mixed_clients, args.sort_window))
+        rounds += [{**m, "padding_ceiling": ceiling} for m in mixed]
     return {**median_rounds(rounds), "inproc_best_batch": best[0], "inproc_best_callers": best[1]}, rounds
 
 
@@ -382,7 +250,8 @@ def mixed_rounds(args: argparse.Namespace, model_dir: Path, task: str, name: str
     sorted_port, fifo_port = args.port + 1, args.port + 2
     reqs = [request_bytes(ENDPOINT[task], body(task, t, name)) for t in texts]
     per_client = {p: [reqs[i::k] for i in range(k)] for p in (sorted_port, fifo_port)}
-    env = {**env, "DISTILSERVE_REQUEST_DEADLINE_S": "900", "DISTILSERVE_MAX_QUEUE_WAIT_MS": "600000",  # throughput here, not deadlines or admission
+    # throughput here, not deadlines or admission
+    env = {**env, "DISTILSERVE_REQUEST_DEADLINE_S": "900", "DISTILSERVE_MAX_QUEUE_WAIT_MS": "600000",
            "DISTILSERVE_SORT_WINDOW": str(args.sort_window)}
     with Server(model_dir, args.backend, sorted_port, {**env, "DISTILSERVE_SORT_BY_LENGTH": "true"}) as srt, \
             Server(model_dir, args.backend, fifo_port, {**env, "DISTILSERVE_SORT_BY_LENGTH": "false"}) as fifo:
@@ -400,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", required=True, help="a model folder (manifest or plain HF) with ONNX files")
     parser.add_argument("--backend", default="onnx", choices=["onnx", "onnx-int8", "torch"])
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: runtime's)")
-    parser.add_argument("--device", default="cpu", help="torch backend only: cpu | cuda (server gets DISTILSERVE_DEVICE)")
+    parser.add_argument("--device", default="cpu",
+                        help="torch backend only: cpu | cuda (server gets DISTILSERVE_DEVICE)")
     parser.add_argument("--workers", type=int, default=None,
                         help="server's DISTILSERVE_MODEL_WORKERS (default: unset, the service picks at warm-up)")
     parser.add_argument("--port", type=int, default=18231)
@@ -412,15 +282,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mixed-rounds", type=int, default=1)
     parser.add_argument("--sort-window", type=int, default=256, help="server's DISTILSERVE_SORT_WINDOW")
     parser.add_argument("--skip-mixed", action="store_true", help="only (a) and (b)")
-    parser.add_argument("--max-queue-wait-ms", type=float, default=2000.0, help="server's DISTILSERVE_MAX_QUEUE_WAIT_MS (the service default)")
+    parser.add_argument("--max-queue-wait-ms", type=float, default=2000.0,
+                        help="server's DISTILSERVE_MAX_QUEUE_WAIT_MS (the service default)")
     args = parser.parse_args(argv)
     print(f"{args.model_dir} on {args.backend}; medians over rounds:", flush=True)
     r, _ = measure(args)
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (2 cores; other processes share them)")
     print(f"(a) 32 clients: HTTP / in-process = {r['ratio_a']:.2f}, median of the rounds' ratios (medians: HTTP "
           f"{r['http_32c_req_s']:.0f} req/s, in-process {r['inproc_best_items_s']:.0f} items/s at batch "
-          f"{r['inproc_best_batch']:.0f} x {r['inproc_best_callers']:.0f} caller(s))  (target >= 0.85; server mean batch "
-          f"{r['http_32c_mean_batch']:.1f})")
+          f"{r['inproc_best_batch']:.0f} x {r['inproc_best_callers']:.0f} caller(s))  (target >= 0.85; server mean "
+          f"batch {r['http_32c_mean_batch']:.1f})")
     print(f"    CPU per item: in-process {r['inproc_cpu_ms_item']:.2f} ms; HTTP server {r['server_cpu_ms_req']:.2f} ms "
           f"+ load client {r['client_cpu_ms_req']:.2f} ms => CPU-bound ratio {r['cpu_ratio_a']:.2f} (what (a) is on "
           f"cores not shared with other work)")
@@ -428,8 +299,9 @@ def main(argv: list[str] | None = None) -> int:
           f"differences  (target <= +2 ms; medians: HTTP {r['http_1c_p50_ms']:.2f} ms, in-process "
           f"{r['inproc_b1_p50_ms']:.2f} ms)")
     if "ratio_c" in r:
-        print(f"(c) mixed 12-200 tokens: sorted {r['mixed_sorted_req_s']:.0f} req/s / first-come {r['mixed_fifo_req_s']:.0f} "
-              f"req/s = {r['ratio_c']:.2f}x  (target >= 2.5x; padding-only ceiling for these lengths and a "
+        print(f"(c) mixed 12-200 tokens: sorted {r['mixed_sorted_req_s']:.0f} req/s / first-come "
+              f"{r['mixed_fifo_req_s']:.0f} req/s = {r['ratio_c']:.2f}x  (target >= 2.5x; padding-only ceiling for "
+              f"these lengths and a "
               f"{min(args.mixed_clients, args.sort_window)}-item sort window: {r['padding_ceiling']:.2f}x)")
     return 0
 

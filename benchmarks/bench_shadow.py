@@ -22,18 +22,14 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file, too
 
-from app.repository.registry import discover  # noqa: E402
-from benchmarks.bench_serving import SENTENCES, Server, body, request_bytes, run_load  # noqa: E402
-
-ENDPOINT = {"classification": "/classify", "embedding": "/embed", "qa": "/qa"}
+from app.repository.registry import discover
+from benchmarks.harness import ENDPOINT, ROOT, SENTENCES, Server, body, metrics_text, request_bytes, run_load
 
 
 def pick_pair(models_dir: Path, task: str) -> tuple[Path, Path]:
@@ -51,10 +47,8 @@ def pick_pair(models_dir: Path, task: str) -> tuple[Path, Path]:
 
 def shadow_counts(url: str) -> dict[str, float]:
     """distilserve_shadow_requests_total by result, and agreement items recorded."""
-    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
-        text = r.read().decode()
     out: dict[str, float] = {}
-    for line in text.splitlines():
+    for line in metrics_text(url).splitlines():
         if line.startswith("distilserve_shadow_requests_total{"):
             result = line.split('result="', 1)[1].split('"', 1)[0]
             out[result] = out.get(result, 0.0) + float(line.rsplit(" ", 1)[1])
@@ -84,22 +78,19 @@ def requests_for(task: str, model: str, n: int) -> list[bytes]:
 
 
 def measure(args: argparse.Namespace, teacher: Path, student: Path, task: str) -> dict[str, Any]:
-    """Alternate rounds between the two servers; pooled latencies (ms) per setting."""
-    repo = tempfile.TemporaryDirectory(prefix="bench-shadow-")
-    for folder in (teacher, student):
-        (Path(repo.name) / folder.name).symlink_to(folder.resolve())
-    base = {"DISTILSERVE_MODELS_DIR": repo.name, "DISTILSERVE_MAX_QUEUE_WAIT_MS": "600000"}  # closed-loop clients: no admission 429s
+    """Alternate rounds between the two servers (each serving the teacher and the student);
+    pooled latencies (ms) per setting."""
+    base = {"DISTILSERVE_MAX_QUEUE_WAIT_MS": "600000"}  # closed-loop clients: no admission 429s
     if args.threads:
         base["DISTILSERVE_THREADS"] = str(args.threads)
     reqs = requests_for(task, "student", args.requests)
     per_client = [reqs[i::args.concurrency] for i in range(args.concurrency)]
     lat: dict[str, list[float]] = {"off": [], "on": []}
     with ExitStack() as stack:
-        stack.callback(repo.cleanup)  # after both servers stopped
-        servers = {
-            "off": stack.enter_context(Server(student, args.backend, args.port, {**base, "DISTILSERVE_SHADOW_RATE": "0"})),
-            "on": stack.enter_context(Server(student, args.backend, args.port + 1, {**base, "DISTILSERVE_SHADOW_RATE": str(args.rate)})),
-        }
+        rates = {"off": "0", "on": str(args.rate)}
+        servers = {key: stack.enter_context(Server(student, args.backend, args.port + i,
+                                                   {**base, "DISTILSERVE_SHADOW_RATE": rate}, also=(teacher,)))
+                   for i, (key, rate) in enumerate(rates.items())}
         for srv in servers.values():  # warm both HTTP paths and the teacher
             run_load(srv.port, [reqs[:8]] * 2, None)
         drain(servers["on"].url)
@@ -116,13 +107,17 @@ def measure(args: argparse.Namespace, teacher: Path, student: Path, task: str) -
 
 def report(args: argparse.Namespace, teacher: Path, student: Path, result: dict[str, Any]) -> None:
     lat, counts = result["latencies"], result["counts"]
-    stats = {k: {"p50": percentile(v, 50), "p99": percentile(v, 99), "mean": statistics.fmean(v), "n": len(v)} for k, v in lat.items()}
+    stats = {k: {"p50": percentile(v, 50), "p99": percentile(v, 99), "mean": statistics.fmean(v), "n": len(v)}
+             for k, v in lat.items()}
     print(f"teacher {teacher}  student {student}  task {args.task}  backend {args.backend}  threads {args.threads}")
-    print(f"{args.concurrency} closed-loop clients, {args.requests} requests per round, {args.rounds} rounds per setting")
+    print(f"{args.concurrency} closed-loop clients, {args.requests} requests per round, "
+          f"{args.rounds} rounds per setting")
     for key, label in (("off", "shadowing off"), ("on", f"shadow_rate {args.rate}")):
         s = stats[key]
-        print(f"  {label:<18} student p50 {s['p50']:7.2f} ms   p99 {s['p99']:7.2f} ms   mean {s['mean']:7.2f} ms   ({s['n']} requests)")
-    print(f"  ratio shadowed/off: p50 {stats['on']['p50'] / stats['off']['p50']:.3f}   p99 {stats['on']['p99'] / stats['off']['p99']:.3f}")
+        print(f"  {label:<18} student p50 {s['p50']:7.2f} ms   p99 {s['p99']:7.2f} ms   mean {s['mean']:7.2f} ms   "
+              f"({s['n']} requests)")
+    on, off = stats["on"], stats["off"]
+    print(f"  ratio shadowed/off: p50 {on['p50'] / off['p50']:.3f}   p99 {on['p99'] / off['p99']:.3f}")
     print("  shadow requests: " + json.dumps({k: int(v) for k, v in sorted(counts.items())}))
     print(f"  load average at the end: {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores; other processes share them)")
 

@@ -16,7 +16,6 @@ could reach with every core busy.
 from __future__ import annotations
 
 import argparse
-import subprocess
 from typing import Any
 
 import orjson
@@ -24,16 +23,7 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from benchmarks.bench_serving import (
-    SENTENCES,
-    body,
-    cpu_seconds,
-    request_bytes,
-    rotations,
-    run_load,
-    uvicorn_command,
-    wait_ready,
-)
+from benchmarks.harness import SENTENCES, UvicornServer, body, cpu_seconds, request_bytes, rotations, run_load
 
 _VECTOR = [0.01 * i for i in range(384)]
 _REPLY = {"model": "m", "embeddings": [_VECTOR], "dim": 384, "items": [{"tokens": 12, "truncated": False}],
@@ -75,18 +65,12 @@ async def raw_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 def measure(target: str, port: int, seconds: float) -> tuple[float, float]:
     """(server CPU ms per request, req/s) for one app under 32 clients."""
-    proc = subprocess.Popen(uvicorn_command(target, port))
-    try:
-        if not wait_ready(f"http://127.0.0.1:{port}", proc, 30):
-            raise RuntimeError(f"{target} did not start on port {port} in 30 s")
+    with UvicornServer(target, port, ready_timeout_s=30) as server:
         reqs = [request_bytes("/embed", body("embedding", s, "m")) for s in SENTENCES]
         run_load(port, [reqs] * 4, 1.0)
-        cpu0 = cpu_seconds(proc.pid)
+        cpu0 = cpu_seconds(server.pid)
         rps, latencies = run_load(port, rotations(reqs, 32), seconds)
-        return (cpu_seconds(proc.pid) - cpu0) / len(latencies) * 1e3, rps
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        return (cpu_seconds(server.pid) - cpu0) / len(latencies) * 1e3, rps
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
+from benchmarks.harness import ENDPOINT
+
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 # Inputs of mixed lengths, so that percentiles reflect more than one sequence length.
@@ -36,7 +38,6 @@ QA_PAIRS = (
      "Apollo 11 was the spaceflight that first landed humans on the Moon, on July 20, 1969. "
      "Neil Armstrong and Buzz Aldrin formed the crew that landed the lunar module Eagle."),
 )
-ROUTES = {"classification": "/classify", "qa": "/qa", "embedding": "/embed"}
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,10 @@ def request_body(target: Target, i: int) -> tuple[str, dict]:
     """Route and JSON body of the i-th request for the target's task."""
     if target.task == "qa":
         question, context = QA_PAIRS[i % len(QA_PAIRS)]
-        return ROUTES["qa"], {"question": question, "context": context, "model": target.model}
-    if target.task not in ROUTES:
+        return ENDPOINT["qa"], {"question": question, "context": context, "model": target.model}
+    if target.task not in ENDPOINT:
         raise ValueError(f"model {target.model!r}: unknown task {target.task!r}")
-    return ROUTES[target.task], {"inputs": SENTENCES[i % len(SENTENCES)], "model": target.model}
+    return ENDPOINT[target.task], {"inputs": SENTENCES[i % len(SENTENCES)], "model": target.model}
 
 
 async def _client_loop(client: httpx.AsyncClient, target: Target, counter: itertools.count,

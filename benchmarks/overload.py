@@ -31,15 +31,13 @@ import asyncio
 import json
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file, too
 
-from benchmarks.bench_serving import SENTENCES, Server, body, request_bytes  # noqa: E402
+from benchmarks.harness import ENDPOINT, SENTENCES, Server, body, content_length, request_bytes, served_models
 
 
 @dataclass(slots=True)
@@ -109,8 +107,7 @@ async def exchange(pool: Pool, raw: bytes, out: Outcome) -> None:
         out.sent = time.perf_counter()
         conn[1].write(raw)
         head = (await conn[0].readuntil(b"\r\n\r\n")).lower()
-        length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
-        await conn[0].readexactly(length)
+        await conn[0].readexactly(content_length(head))
         out.status, out.retry_after = int(head[9:12]), b"\r\nretry-after:" in head
         reuse = b"connection: close" not in head
     finally:
@@ -125,7 +122,8 @@ async def one(pool: Pool, raw: bytes, out: Outcome, timeout: float) -> None:
         out.error, out.done = type(exc).__name__, time.perf_counter()
 
 
-async def open_loop(port: int, reqs: list[bytes], rate: float, seconds: float, args: argparse.Namespace) -> list[Outcome]:
+async def open_loop(port: int, reqs: list[bytes], rate: float, seconds: float,
+                    args: argparse.Namespace) -> list[Outcome]:
     """Requests at fixed intervals (1/rate) for `seconds`, whatever the answers take."""
     pool, count = Pool(port, args.max_connections), int(rate * seconds)
     start = time.perf_counter() + 0.05
@@ -182,8 +180,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def served_model(url: str) -> tuple[str, str]:
-    with urllib.request.urlopen(url + "/models", timeout=10) as r:
-        first = json.loads(r.read())["models"][0]
+    first = served_models(url)[0]
     return first["name"], first["task"]
 
 
@@ -234,7 +231,8 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> bool:
           f"sent {f['sent']}, answered {f['answered']}; by status {json.dumps(f['statuses'])}")
     print(f"  admitted: {len(f['admitted']) / args.seconds:.1f} req/s, p50 {pct(f['admitted'], 50):.1f} ms, "
           f"p99 {pct(f['admitted'], 99):.1f} ms = {f['ratio']:.2f}x uncongested p99 (target <= 2)")
-    print(f"  admitted, timed from the actual send (without client lag): p50 {pct(f['admitted_from_send'], 50):.1f} ms, "
+    print(f"  admitted, timed from the actual send (without client lag): "
+          f"p50 {pct(f['admitted_from_send'], 50):.1f} ms, "
           f"p99 {pct(f['admitted_from_send'], 99):.1f} ms")
     print(f"  429: p50 {pct(f['shed_s'], 50):.1f} ms, p99 {pct(f['shed_s'], 99):.1f} ms after sending; "
           f"Retry-After on {f['shed_retry_after']}/{len(f['shed_s'])}")
@@ -254,26 +252,30 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, required=True, help="one model folder (manifest or plain HF) to serve")
+    parser.add_argument("--model-dir", type=Path, required=True,
+                        help="one model folder (manifest or plain HF) to serve")
     parser.add_argument("--backend", default="onnx", choices=["onnx", "onnx-int8", "torch"])
     parser.add_argument("--port", type=int, default=18241)
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of the overload phase")
-    parser.add_argument("--capacity-seconds", type=float, default=8.0, help="duration of the capacity and uncongested runs")
+    parser.add_argument("--capacity-seconds", type=float, default=8.0,
+                        help="duration of the capacity and uncongested runs")
     parser.add_argument("--factor", type=float, default=10.0, help="overload rate as a multiple of capacity")
     parser.add_argument("--clients", type=int, default=8, help="closed-loop clients for the capacity run")
-    parser.add_argument("--queue-depth", type=int, help="override DISTILSERVE_QUEUE_DEPTH (items; default: the service's)")
+    parser.add_argument("--queue-depth", type=int,
+                        help="override DISTILSERVE_QUEUE_DEPTH (items; default: the service's)")
     parser.add_argument("--max-batch-size", type=int, help="override DISTILSERVE_MAX_BATCH_SIZE")
     parser.add_argument("--max-queue-wait-ms", type=float, default=0.0,
-                        help="DISTILSERVE_MAX_QUEUE_WAIT_MS (admission budget; default 0: automatic, latency-protecting)")
+                        help="DISTILSERVE_MAX_QUEUE_WAIT_MS "
+                             "(admission budget; default 0: automatic, latency-protecting)")
     parser.add_argument("--max-connections", type=int, default=512, help="client connections at most")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds before a request counts as lost")
     args = parser.parse_args(argv)
-    overrides = {"QUEUE_DEPTH": args.queue_depth, "MAX_BATCH_SIZE": args.max_batch_size, "MAX_QUEUE_WAIT_MS": args.max_queue_wait_ms}
+    overrides = {"QUEUE_DEPTH": args.queue_depth, "MAX_BATCH_SIZE": args.max_batch_size,
+                 "MAX_QUEUE_WAIT_MS": args.max_queue_wait_ms}
     env = {f"DISTILSERVE_{k}": str(v) for k, v in overrides.items() if v is not None}
     with Server(args.model_dir, args.backend, args.port, env) as server:
         name, task = served_model(server.url)
-        path = {"classification": "/classify", "embedding": "/embed", "qa": "/qa"}[task]
-        reqs = [request_bytes(path, body(task, text, name)) for text in SENTENCES]
+        reqs = [request_bytes(ENDPOINT[task], body(task, text, name)) for text in SENTENCES]
         print(f"model {name} ({task}, {args.backend}); settings: {env or 'service defaults'}")
         ok = report(asyncio.run(phases(server, reqs, args)), args)
     return 0 if ok else 1

@@ -8,6 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only: no display on servers or in CI
 import matplotlib.pyplot as plt  # noqa: E402
@@ -49,7 +50,8 @@ def log_axis(ax: plt.Axes) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-def grid(n_rows: int, tasks: list[str], height: float) -> tuple[plt.Figure, list[list[plt.Axes]]]:
+def grid(n_rows: int, tasks: list[str], height: float) -> tuple[plt.Figure, np.ndarray]:
+    """A figure with `n_rows` x one column per task, and its axes as a 2-D array [row][col]."""
     fig, axes = plt.subplots(n_rows, len(tasks), figsize=(5.2 * len(tasks), height * n_rows), squeeze=False)
     return fig, axes
 
