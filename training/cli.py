@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "training.export",
     "training.int8_compare",  # adds --compare-schemes to export: after training.export
     "training.evaluate",
+    "training.calibrate",
 )
 
 EPILOG = (
@@ -31,6 +32,7 @@ EPILOG = (
     "  python -m training build-defaults --recipe quick\n"
     "  python -m training export models/sst2-quick-student\n"
     "  python -m training evaluate models/sst2-quick-student --backend onnx --data ../shared/data/sst2/dev.tsv\n"
+    "  python -m training calibrate sst2-quick\n"
     "run `python -m training <command> --help` for each command's options and example."
 )
 

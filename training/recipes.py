@@ -52,6 +52,7 @@ class ClassificationRecipe(Common):
     teacher_rows: int = 3000              # labelled rows the teacher is fine-tuned on
     student_rows: int = 4500              # rows the student is distilled on (teacher's + more)
     min_words: int = 5                    # training rows with fewer words are dropped (SST-2 train holds phrases)
+    val_rows: int = 872                   # validation split: rows of train_data never trained on (at most 1/10)
     teacher_train_top: int = 3            # teacher layers fine-tuned (lower ones frozen + cached)
     alpha_cos: float = 0.2                # weight of the hidden-state cosine term (student matches teacher)
 
@@ -61,7 +62,8 @@ class QARecipe(Common):
     task: str = "qa"                      # which task's trainer and head this recipe drives
     train_data: str = "squad/squad-v1.1-dev-articles-00-37.json"  # SQuAD JSON; its last articles are held out
     eval_name: str = "squad-heldout"      # evaluated on the held-out articles of train_data
-    heldout_articles: int = 8             # the last N articles: never trained on
+    heldout_articles: int = 8             # the last N articles: never trained on (the report set)
+    val_articles: int = 4                 # the N articles before them: never trained on (the validation split)
     max_length: int = 192                 # tokens per training window (question + context piece)
     doc_stride: int = 64                  # overlap between training windows of a long context
     batch_size: int = 16                  # training windows per optimizer step

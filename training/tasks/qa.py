@@ -43,14 +43,34 @@ def answer_window(tokenizer: Tokenizer, example: QAExample, recipe: QARecipe) ->
 
 
 def split(recipe: QARecipe) -> tuple[list[QAExample], dict]:
-    """Training questions of the training articles (shuffled, seeded) and the data record."""
+    """Training questions of the training articles (shuffled, seeded) and the data record; the
+    validation articles (just before the held-out ones) are left out."""
     path = data_path(recipe.train_data)
-    train_ids, _ = split_articles(_article_count(path), recipe.heldout_articles)
+    train_ids = training_articles(recipe)
     examples, skipped = squad_examples(path, train_ids, skip_bad=recipe.skip_bad)
     random.Random(recipe.seed).shuffle(examples)
     record = {"path": str(path), "sha256": sha256_file(path), "rows": 0, "split": "train",
               "skipped": skipped, "articles": train_ids}
     return examples, record
+
+
+def _train_and_validation(recipe: QARecipe) -> tuple[list[int], list[int]]:
+    """Articles before the held-out ones: the last `val_articles` (at most a fifth) validate,
+    the others train."""
+    ids, _ = split_articles(_article_count(data_path(recipe.train_data)), recipe.heldout_articles)
+    cut = len(ids) - min(recipe.val_articles, len(ids) // 5)
+    return ids[:cut], ids[cut:]
+
+
+def training_articles(recipe: QARecipe) -> list[int]:
+    """The articles trained on: all but the validation and the held-out ones."""
+    return _train_and_validation(recipe)[0]
+
+
+def validation_entry(recipe: QARecipe) -> dict | None:
+    """The validation split's manifest entry: the training file and its validation articles."""
+    chosen = _train_and_validation(recipe)[1]
+    return {"path": str(data_path(recipe.train_data)), "articles": chosen} if chosen else None
 
 
 def heldout_articles(recipe: QARecipe) -> list[int]:
@@ -105,7 +125,7 @@ def train_teacher(recipe: QARecipe, out: Path, name: str) -> tuple[PreTrainedMod
     for p in model.parameters():
         p.requires_grad = True
     fields = manifest_fields(recipe, name=name, role="teacher", data=[{**record, "rows": rows}], result=result,
-                             seconds=clock.seconds(), doc_stride=recipe.doc_stride,
+                             seconds=clock.seconds(), doc_stride=recipe.doc_stride, validation=validation_entry(recipe),
                              trained_layers=list(range(first_top, num_layers(model))))
     save_model(model, tokenizer, out, describe(model, **fields))
     return model, batches
@@ -133,6 +153,7 @@ def distil_student(recipe: QARecipe, teacher_dir: Path, out: Path, name: str, te
     rows = sum(len(b["start"]) for b in batches)
     fields = manifest_fields(recipe, name=name, role="student", data=[{**record, "rows": rows}], result=result,
                              seconds=clock.seconds(), teacher=teacher_name, layer_map=layer_map,
-                             doc_stride=recipe.doc_stride, trained_layers=list(range(s_first, num_layers(student))))
+                             doc_stride=recipe.doc_stride, validation=validation_entry(recipe),
+                             trained_layers=list(range(s_first, num_layers(student))))
     save_model(student, tokenizer, out, describe(student, **fields))
     return student
