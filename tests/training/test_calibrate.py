@@ -13,6 +13,7 @@ from app.settings import Settings
 from tests.conftest import serve
 from tests.training.test_cli import cli, manifest
 
+
 @pytest.mark.asyncio(loop_scope="session")
 async def test_calibrate_picks_the_least_escalation_within_tolerance_and_the_service_serves_it(
         model_repo: Path, tiny_data: dict[str, Path], tmp_path: Path) -> None:
