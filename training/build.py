@@ -122,6 +122,20 @@ def build_task(build: Build, task: str, prefix: str) -> None:
         finish(build, recipe, tmp, s_name)
     else:
         log.info("build-defaults: %s is built and valid; skipped", s_name)
+    calibrate_cascade(build, recipe, pair, s_dir)
+
+
+def calibrate_cascade(build: Build, recipe: Recipe, pair: str, student: Path) -> None:
+    """The pair's cascade threshold on its validation split, unless already calibrated
+    (classification and QA; embeddings have no cascade)."""
+    from training.calibrate import run_calibration
+    from training.manifest import read_manifest
+
+    manifest = read_manifest(student)
+    if recipe.task == "embedding" or manifest.get("cascade") or not manifest.get("validation"):
+        return
+    timed(build, pair, "calibrate", run_calibration, pair, build.models, None, None, recipe.eval_backend,
+          recipe.cascade_tolerance / 100, recipe.calibrate_limit)
 
 
 def pair_name(prefix: str, recipe: Recipe) -> str:
@@ -222,7 +236,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "build the served set (sst2, squad, embed: teacher + student each) with ONNX exports, "
                          "evaluations and manifests; skips what is built, resumes after an interruption",
                          "python -m training build-defaults --recipe quick")
-    parser.add_argument("--recipe", default="quick", help="quick (<= 15 min on 2 cores) | full | a JSON recipe file")
+    parser.add_argument("--recipe", default="quick",
+                        help="quick (<= 15 min on 2 cores) | standard (<= 60 min a task) | full | a JSON recipe file")
     parser.add_argument("--models", type=Path, default=models_dir(),
                         help="model repository (env DISTILSERVE_MODELS_DIR)")
     parser.add_argument("--tasks", nargs="+", default=[t for t, _ in SETS], choices=[t for t, _ in SETS])

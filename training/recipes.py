@@ -1,6 +1,6 @@
 """Recipes: every option that shapes a model, as data, so a manifest can record it whole.
 
-A recipe is a dataclass per task; ``quick`` fits the 15-minute CPU budget of build-defaults,
+A recipe is a dataclass per task; ``quick`` fits the 15-minute CPU budget of build-defaults, ``standard`` an hour per task,
 ``full`` trains longer for quality. A JSON file or ``--set key=value`` flags override fields.
 Data paths are relative to the data directory setting unless absolute.
 """
@@ -27,6 +27,8 @@ class Common:
     batch_size: int = 32                  # training items per optimizer step
     eval_backend: str = "onnx"            # backend build-defaults evaluates with
     eval_limit: int | None = None         # rows evaluated (None = the whole set)
+    calibrate_limit: int | None = None    # validation items the cascade is calibrated on (None = all)
+    cascade_tolerance: float = 0.3        # points below the teacher the calibrated cascade may score
     teacher_train_top: int = 2            # teacher layers fine-tuned (lower ones frozen + cached)
     teacher_epochs: float = 2.0           # passes over the teacher's rows (fractional: a budget in passes)
     teacher_lr: float = 1e-4              # AdamW peak learning rate of the teacher (linear warm-up and decay)
@@ -101,8 +103,21 @@ RECIPE_CLASSES: dict[str, type[Recipe]] = {
 NAMED: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "classification": {"eval_limit": None, "precision": "auto"},
-        "qa": {"eval_limit": 300, "student_rows": 600, "precision": "auto"},
+        "qa": {"eval_limit": 300, "student_rows": 600, "precision": "auto", "calibrate_limit": 200},
         "embedding": {"eval_limit": 500, "student_rows": 3500, "precision": "auto"},
+    },
+    # standard: each task's teacher + student + export + evaluation in <= 60 min on 2 cores (bf16),
+    # planned from the measured rates (565 tokens/s training all 12 layers, 1,790 forward): SST-2
+    # ~36 min, QA ~57 min, embeddings ~13 min; every evaluation on the whole report set
+    "standard": {
+        "classification": {"precision": "auto", "teacher_rows": 20000, "student_rows": 60000, "min_words": 3,
+                           "teacher_train_top": 6, "student_train_top": 3, "teacher_epochs": 2,
+                           "student_epochs": 3, "teacher_lr": 5e-5, "student_lr": 1e-4, "max_length": 66},
+        "qa": {"precision": "auto", "teacher_rows": 100000, "student_rows": 100000, "max_length": 256,
+               "doc_stride": 128, "teacher_train_top": 4, "student_train_top": 4, "teacher_epochs": 1.5,
+               "student_epochs": 2, "teacher_lr": 2e-4, "student_lr": 3e-4, "calibrate_limit": 400},
+        "embedding": {"precision": "auto", "student_rows": 100000, "student_train_top": 6, "student_epochs": 4,
+                      "student_lr": 1e-4},
     },
     "full": {
         "classification": {"name": "full", "precision": "auto", "teacher_rows": 67349, "student_rows": 67349,
