@@ -1,7 +1,7 @@
 """Recipes: every option that shapes a model, as data, so a manifest can record it whole.
 
-A recipe is a dataclass per task; ``quick`` fits the 15-minute CPU budget of build-defaults, ``standard`` an hour per task,
-``full`` trains longer for quality. A JSON file or ``--set key=value`` flags override fields.
+A recipe is a dataclass per task; ``quick`` fits the 15-minute CPU budget of build-defaults,
+``standard`` an hour per task, ``full`` trains longest. A JSON file or ``--set key=value`` flags override fields.
 Data paths are relative to the data directory setting unless absolute.
 """
 from __future__ import annotations
