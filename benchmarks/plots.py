@@ -11,8 +11,8 @@ import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")  # files only: no display on servers or in CI
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 ROLE_COLOR = {"teacher": "tab:orange", "student": "tab:blue"}
 BACKEND_STYLE = {"onnx": ("-", "o"), "onnx-int8": ("--", "s"), "torch": (":", "^")}
