@@ -107,7 +107,7 @@ def plain_manifest(model_dir: Path, out_dir: Path, task: str, model: PreTrainedM
     where the weights came from."""
     spec = read_spec(model_dir)
     extra = {"pooling": spec.pooling, "normalize": spec.normalize} if task == "embedding" else {}
-    return describe(model, name=out_dir.name, task=task, role="student" if "student" in out_dir.name else "teacher",
+    return describe(model, name=out_dir.name, task=task, role="model",  # a lone model: no pair, no teacher
                     source=str(model_dir), max_length=spec.max_length, **extra)
 
 
