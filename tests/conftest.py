@@ -3,16 +3,23 @@ real app (lifespan included) behind an httpx client."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
+from tests.polling import wait_for_async
 from tests.tiny import build_repository
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from app.repository.loading import BackendSource
+    from app.settings import Settings
 
 logging.getLogger("root").setLevel(logging.ERROR)  # onnxruntime.quantization's advice lines
 
@@ -24,25 +31,37 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def serve(settings: object, wait_ready: bool = True) -> AsyncIterator[httpx.AsyncClient]:
-    """Create the app, run its lifespan, and yield a client once /ready says 200."""
+async def serve_app(settings: Settings, wait_ready: bool = True, backend_source: BackendSource | None = None
+                    ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """Create the app, run its lifespan, and yield it with a client once /ready says 200."""
     from app.main import create_app
 
-    app = create_app(settings)  # type: ignore[arg-type]
+    app = create_app(settings, backend_source=backend_source)
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # 500s are answered, then re-raised for the server log
+        # 500s are answered, then re-raised for the server log
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
             if wait_ready:
                 await wait_until_ready(client)
-            yield client
+            yield app, client
+
+
+@contextlib.asynccontextmanager
+async def serve(settings: Settings, wait_ready: bool = True, backend_source: BackendSource | None = None
+                ) -> AsyncIterator[httpx.AsyncClient]:
+    """`serve_app`'s client alone."""
+    async with serve_app(settings, wait_ready, backend_source) as (_, client):
+        yield client
 
 
 async def wait_until_ready(client: httpx.AsyncClient, timeout_s: float = 60) -> None:
-    loop = asyncio.get_running_loop()
-    until = loop.time() + timeout_s
-    while (response := await client.get("/ready")).status_code != 200:
-        assert loop.time() < until, response.text
-        await asyncio.sleep(0.05)
+    last: list[httpx.Response] = []
+
+    async def ready() -> bool:
+        last[:] = [await client.get("/ready")]
+        return last[0].status_code == 200
+
+    await wait_for_async(ready, timeout_s, 0.05, what=lambda: f"/ready to say 200 (last: {last[0].text})")
 
 
 @pytest.fixture(scope="session")

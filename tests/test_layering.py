@@ -11,7 +11,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN = {"app": {"training", "benchmarks"}, "training": {"app", "benchmarks"}, "inference": {"app", "training", "benchmarks"}}
+FORBIDDEN = {
+    "app": {"training", "benchmarks"},
+    "training": {"app", "benchmarks"},
+    "inference": {"app", "training", "benchmarks"},
+}
 
 
 def imported_packages(path: Path) -> set[str]:
@@ -49,7 +53,8 @@ def test_inference_and_app_import_without_torch() -> None:
     modules = [m.removesuffix(".__init__") for m in modules if not m.endswith("backends.torch")]
     code = ("import sys, importlib\nsys.modules['torch'] = None\nsys.modules['transformers'] = None\n"
             f"for name in {modules!r}:\n    importlib.import_module(name)\n"
-            "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\nprint('ok', len(sys.modules))")
+            "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+            "print('ok', len(sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("ok")

@@ -15,7 +15,13 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-WORDS = ["the", "a", "an", "of", "to", "and", "in", "is", "was", "it", "that", "for", "on", "with", "as", "by", "at", "from", "film", "movie", "good", "bad", "great", "boring", "funny", "dull", "fun", "story", "actor", "plot", "best", "worst", "love", "hate", "who", "what", "where", "when", "why", "how", "penguins", "live", "southern", "hemisphere", "antarctica", "paris", "capital", "france", "river", "city", "people", "man", "woman", "guitar", "music", "plays", "playing", "dog", "cat", "quick", "brown", "fox", "jumps", "over", "lazy", "day", "night", "year", "not", "very", "really", "too", "much", "more", "most", "some", "many", "one", "two", "three", "new", "old", "big", "small", "long", "short"]
+WORDS = ["the", "a", "an", "of", "to", "and", "in", "is", "was", "it", "that", "for", "on", "with", "as", "by", "at",
+         "from", "film", "movie", "good", "bad", "great", "boring", "funny", "dull", "fun", "story", "actor", "plot",
+         "best", "worst", "love", "hate", "who", "what", "where", "when", "why", "how", "penguins", "live", "southern",
+         "hemisphere", "antarctica", "paris", "capital", "france", "river", "city", "people", "man", "woman", "guitar",
+         "music", "plays", "playing", "dog", "cat", "quick", "brown", "fox", "jumps", "over", "lazy", "day", "night",
+         "year", "not", "very", "really", "too", "much", "more", "most", "some", "many", "one", "two", "three", "new",
+         "old", "big", "small", "long", "short"]
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 TASKS = {"classification": "sst2", "qa": "squad", "embedding": "embed"}
 
@@ -50,7 +56,8 @@ def build_model(task: str, layers: int, seed: int) -> torch.nn.Module:
         label2id={"negative": 0, "positive": 1},
     )
     torch.manual_seed(seed)
-    cls = {"classification": BertForSequenceClassification, "qa": BertForQuestionAnswering, "embedding": BertModel}[task]
+    heads = {"classification": BertForSequenceClassification, "qa": BertForQuestionAnswering, "embedding": BertModel}
+    cls = heads[task]
     return cls(config).eval()
 
 
@@ -61,7 +68,9 @@ class _Named(torch.nn.Module):
         super().__init__()
         self.model, self.outputs = model, outputs
 
-    def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         return tuple(out[name] for name in self.outputs)
 

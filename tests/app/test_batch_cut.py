@@ -10,6 +10,7 @@ import random
 
 import pytest
 
+from app.engine.cost import ServiceRate
 from app.engine.cutting import greedy_bounds, partition
 
 
@@ -67,8 +68,6 @@ def test_greedy_bounds_respects_items_and_tokens() -> None:
 def _fed(calls: list[tuple[int, int]], seed: int = 0) -> ServiceRate:
     """A ServiceRate fed calls (items, width) whose time follows a known cost with 10% noise:
     2 ms per call + 40 us per padded token + 0.16 us per item x width^2 (the int8 MiniLM here)."""
-    from app.engine.cost import ServiceRate
-
     rng, rate = random.Random(seed), ServiceRate()
     for n, width in calls:
         seconds = (2e-3 + n * (40e-6 * width + 0.16e-6 * width * width)) * rng.uniform(0.9, 1.1)

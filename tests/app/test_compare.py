@@ -101,7 +101,8 @@ async def test_a_model_against_itself_agrees_fully(client, request_body: dict, e
 
 async def test_backend_aliases_pick_the_backend(client) -> None:
     request = {"inputs": ["the actor was great"], "top_k": None}
-    body = (await client.post("/compare", json={"task": "classification", "teacher": "teacher@torch", **request})).json()
+    payload = {"task": "classification", "teacher": "teacher@torch", **request}
+    body = (await client.post("/compare", json=payload)).json()
     alone = await _alone(client, "/classify", request, "teacher@torch")
     assert (body["teacher"]["model"], body["teacher"]["backend"]) == ("sst2-teacher@torch", "torch")
     assert [d["score"] for d in body["teacher"]["results"][0]] == \
@@ -134,7 +135,9 @@ async def test_model_errors_name_the_field(client, request_body: dict, status: i
         ("classification", "/classify", {"inputs": " ".join(["good"] * 100), "truncate": False}, 413),
     ],
 )
-async def test_input_errors_equal_the_task_endpoints(client, task: str, path: str, request_body: dict, status: int) -> None:
+async def test_input_errors_equal_the_task_endpoints(
+    client, task: str, path: str, request_body: dict, status: int
+) -> None:
     """The same body is checked by the same code: /compare answers exactly what the endpoint does."""
     compared = await client.post("/compare", json={"task": task, **request_body})
     alone = await client.post(path, json=request_body)

@@ -13,7 +13,8 @@ import pytest
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-WORDS = ["the", "a", "good", "bad", "film", "movie", "story", "plot", "actor", "funny", "dull", "boring", "great", "love", "hate", "very", "really"]
+WORDS = ["the", "a", "good", "bad", "film", "movie", "story", "plot", "actor", "funny", "dull", "boring", "great",
+         "love", "hate", "very", "really"]
 CONTEXT = " ".join(f"the river {i} runs by the old city of paris in france" for i in range(6))
 
 
@@ -28,7 +29,8 @@ def _requests(n: int) -> list[tuple[str, dict]]:
         elif kind == 1:
             out.append(("/embed", {"inputs": text, "model": "embed-teacher"}))
         elif kind == 2:
-            out.append(("/qa", {"question": f"what city {i}?", "context": CONTEXT[: 60 + 7 * i], "top_k": 2, "doc_stride": 12}))
+            body = {"question": f"what city {i}?", "context": CONTEXT[: 60 + 7 * i], "top_k": 2, "doc_stride": 12}
+            out.append(("/qa", body))
         else:
             out.append(("/classify", {"inputs": [[text, "the film"]], "model": "sst2-teacher@torch", "top_k": None}))
     return out
@@ -98,7 +100,8 @@ async def test_length_sorting_pads_less(model_repo, tmp_path) -> None:
             before = await _metric(c, "distilserve_batch_tokens_sum", "sst2-student")
             r = await c.post("/classify", json={"inputs": texts, "top_k": None})
             assert r.status_code == 200
-            padded[sort], results[sort] = await _metric(c, "distilserve_batch_tokens_sum", "sst2-student") - before, r.json()["results"]
+            padded[sort] = await _metric(c, "distilserve_batch_tokens_sum", "sst2-student") - before
+            results[sort] = r.json()["results"]
             lengths[sort] = [item["tokens"] for item in r.json()["items"]]
     assert lengths[True] == lengths[False]
     assert sorted(set(lengths[True])) == [4, 62]
@@ -134,4 +137,5 @@ async def test_windows_spread_over_model_workers_give_the_serial_answer(model_re
     for serial, parallel in zip(out[1], out[2], strict=False):
         assert parallel["items"] == serial["items"]
         assert [a["answer"] for a in parallel["results"][0]] == [a["answer"] for a in serial["results"][0]]
-        assert [a["score"] for a in parallel["results"][0]] == pytest.approx([a["score"] for a in serial["results"][0]], abs=1e-6)
+        scores = [a["score"] for a in serial["results"][0]]
+        assert [a["score"] for a in parallel["results"][0]] == pytest.approx(scores, abs=1e-6)

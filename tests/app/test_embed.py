@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer
 
 from tests.app import reference
 
@@ -32,13 +33,16 @@ async def test_unnormalised_is_the_masked_mean_of_token_states(client, model_rep
     np.testing.assert_allclose(r.json()["embeddings"][0], expected, atol=1e-5)
 
 
-async def test_openai_shape_and_base64(client) -> None:
+async def test_openai_shape_and_base64(client, model_repo: Path) -> None:
     payload = {"input": ["hello world", "good day"], "model": "student"}
     floats = (await client.post("/v1/embeddings", json=payload)).json()
     assert floats["object"] == "list"
     assert floats["model"] == "embed-student"
     assert [d["index"] for d in floats["data"]] == [0, 1]
-    assert floats["usage"]["prompt_tokens"] == floats["usage"]["total_tokens"] > 0
+    tokenizer = Tokenizer.from_file(str(model_repo / "embed-student" / "tokenizer.json"))
+    tokens = sum(len(tokenizer.encode(text).ids) for text in payload["input"])
+    assert tokens == 16  # [CLS] h ##e ##l ##l ##o w ##o ##r ##l ##d [SEP] + [CLS] good day [SEP]
+    assert floats["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
     packed = (await client.post("/v1/embeddings", json={**payload, "encoding_format": "base64"})).json()
     decoded = np.frombuffer(base64.b64decode(packed["data"][1]["embedding"]), dtype="<f4")
     np.testing.assert_allclose(decoded, floats["data"][1]["embedding"], atol=1e-7)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 
 from app.settings import Settings
 from tests.conftest import serve
+from tests.polling import wait_for_async
+from tests.scrape import delta, parse
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -49,7 +51,8 @@ async def test_model_workers_setting_is_what_each_model_runs(model_repo: Path, t
     async with serve(settings) as c:
         models = (await c.get("/models")).json()["models"]
         assert [m["model_workers"] for m in models] == [3, 3]
-        r = await c.post("/classify", json={"inputs": ["good film", "dull film", "a film"], "model": "sst2-student@torch"})
+        body = {"inputs": ["good film", "dull film", "a film"], "model": "sst2-student@torch"}
+        r = await c.post("/classify", json=body)
         assert r.status_code == 200
         assert len(r.json()["results"]) == 3
 
@@ -65,25 +68,30 @@ async def test_health_ready_docs(client) -> None:
 
 
 async def test_metrics_exposes_the_contract(client) -> None:
+    before = parse((await client.get("/metrics")).text)
     await client.post("/classify", json={"inputs": "good", "model": "nope"})
     await client.post("/classify", json={"inputs": "good film"})
     text = (await client.get("/metrics")).text
     for name in METRICS:
         assert f"# TYPE {name}" in text, name
-    assert 'distilserve_errors_total{task="classification",type="model_not_found"}' in text
-    assert 'stage="inference",task="classification"' in text
-    assert 'distilserve_requests_total{backend="onnx",model="sst2-student",role="student",status="200",task="classification"}' in text
+    after = parse(text)
+    assert delta(before, after, "distilserve_errors_total", task="classification", type="model_not_found") == 1
+    student = {"task": "classification", "model": "sst2-student", "role": "student", "backend": "onnx"}
+    assert delta(before, after, "distilserve_requests_total", **student, status="200") == 1
+    assert delta(before, after, "distilserve_stage_duration_seconds_count", **student, stage="inference") == 1
+    assert delta(before, after, "distilserve_input_tokens_total", **student) == 4  # [CLS] good film [SEP]
 
 
 async def test_not_ready_says_why(model_repo: Path, tmp_path: Path) -> None:
     shutil.copytree(model_repo / "sst2-student", tmp_path / "broken")
     (tmp_path / "broken" / "manifest.json").write_text(json.dumps({"name": "broken", "task": "translation"}))
     async with serve(Settings(models_dir=tmp_path), wait_ready=False) as c:
-        for _ in range(100):
+
+        async def failed() -> httpx.Response | None:
             r = await c.get("/ready")
-            if "failed" in r.json()["error"]["message"]:
-                break
-            await asyncio.sleep(0.05)
+            return r if "failed" in r.json()["error"]["message"] else None
+
+        r = await wait_for_async(failed, what="/ready to report the failed model")
         assert r.status_code == 503
         assert r.json()["error"]["type"] == "not_ready"
         assert "translation" in r.json()["error"]["message"]

@@ -58,7 +58,9 @@ def test_onnx_serving_needs_no_torch(model_repo: Path) -> None:
         ({"DISTILSERVE_MAX_WAIT_MS": "soon"}, "max_wait_ms"),
     ],
 )
-def test_bad_settings_name_the_value(env: dict[str, str], named: str, monkeypatch: pytest.MonkeyPatch, model_repo: Path) -> None:
+def test_bad_settings_name_the_value(
+    env: dict[str, str], named: str, monkeypatch: pytest.MonkeyPatch, model_repo: Path
+) -> None:
     monkeypatch.setenv("DISTILSERVE_MODELS_DIR", str(model_repo))
     for key, value in env.items():
         monkeypatch.setenv(key, value)

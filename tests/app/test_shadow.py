@@ -4,7 +4,6 @@ own endpoints answer; with 0 nothing is; the in-flight bound drops rather than q
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +16,8 @@ from pydantic import ValidationError
 
 from app.settings import Settings
 from inference.squad_metric import f1 as squad_f1
-from tests.conftest import serve
+from tests.conftest import serve, serve_app
+from tests.polling import wait_for_async
 
 session_loop = pytest.mark.asyncio(loop_scope="session")  # the session-wide `client` lives on that loop
 
@@ -47,12 +47,12 @@ def _get(samples: dict, name: str, **labels: str) -> float:
 async def _settled(client: httpx.AsyncClient, name: str, labels: list[dict[str, str]], target: float) -> dict:
     """Shadow results land after the responses: poll until the counters add up (or 30 s: the
     shadow worker runs at the lowest CPU priority, slow on a busy machine)."""
-    for _ in range(600):
+
+    async def reached() -> dict | None:
         samples = await _samples(client)
-        if sum(_get(samples, name, **lab) for lab in labels) >= target:
-            return samples
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{name} never reached {target}")
+        return samples if sum(_get(samples, name, **lab) for lab in labels) >= target else None
+
+    return await wait_for_async(reached, timeout=30, interval=0.05, what=f"{name} to reach {target}")
 
 
 async def _both(client: httpx.AsyncClient, body: dict) -> tuple[list, list]:
@@ -77,7 +77,8 @@ async def test_every_student_request_is_mirrored_and_labels_compared(shadowed) -
     after = await _settled(shadowed, "distilserve_shadow_agreement_total", agree, base + len(TEXTS))
     teacher, student = await _both(shadowed, {"task": "classification", "inputs": TEXTS})
     same = sum(t[0]["label"] == s[0]["label"] for t, s in zip(teacher, student, strict=False))
-    got = {a["agree"]: _get(after, "distilserve_shadow_agreement_total", **a) - _get(before, "distilserve_shadow_agreement_total", **a) for a in agree}
+    got = {a["agree"]: _get(after, "distilserve_shadow_agreement_total", **a)
+           - _get(before, "distilserve_shadow_agreement_total", **a) for a in agree}
     assert got == {"true": same, "false": len(TEXTS) - same}
 
 
@@ -89,7 +90,8 @@ async def test_span_f1_and_cosine_histograms(shadowed) -> None:
     before = await _samples(shadowed)
     assert (await shadowed.post("/qa", json={"inputs": questions})).status_code == 200
     assert (await shadowed.post("/embed", json={"inputs": texts})).status_code == 200
-    await _settled(shadowed, "distilserve_shadow_span_f1_count", [{"task": "qa"}], _get(before, "distilserve_shadow_span_f1_count", task="qa") + 2)
+    await _settled(shadowed, "distilserve_shadow_span_f1_count", [{"task": "qa"}],
+                   _get(before, "distilserve_shadow_span_f1_count", task="qa") + 2)
     after = await _settled(shadowed, "distilserve_shadow_embedding_cosine_count", [{"task": "embedding"}],
                            _get(before, "distilserve_shadow_embedding_cosine_count", task="embedding") + 2)
     teacher, student = await _both(shadowed, {"task": "qa", "inputs": questions})
@@ -108,8 +110,8 @@ async def test_teacher_and_compare_requests_are_not_mirrored(shadowed) -> None:
     await shadowed.post("/classify", json={"inputs": TEXTS[:2], "model": "sst2-teacher"})
     await shadowed.post("/compare", json={"task": "classification", "inputs": TEXTS[:2]})
     after = await _samples(shadowed)
-    key = ("distilserve_shadow_requests_total", frozenset({"task": "classification", "result": "sent"}.items()))
-    assert after[key] == before[key]
+    name, sent = "distilserve_shadow_requests_total", {"task": "classification", "result": "sent"}
+    assert _get(after, name, **sent) == _get(before, name, **sent)
 
 
 @session_loop
@@ -169,22 +171,23 @@ async def test_embeddings_of_other_sizes_have_no_cosine(model_repo: Path, tmp_pa
     """Vectors of 16 and 32 dimensions: /compare reports a null cosine, shadowing compares
     nothing (no cosine observed, no agreement verdict), and neither counts as a failure."""
     settings = Settings(models_dir=_narrow_student(tmp_path, model_repo), backends=["onnx"], threads=1, shadow_rate=1.0)
-    async with serve(settings) as c:
+    async with serve_app(settings) as (app, c):
         compared = (await c.post("/compare", json={"task": "embedding", "inputs": ["a dog", "a cat"]})).json()
         assert [len(v) for v in compared["student"]["results"]] == [16, 16]
         assert compared["agreement"] == [{"cosine": None}, {"cosine": None}]
         assert compared["summary"] == {"cosine": None}
         before, batches = await _samples(c), await _shadow_batches(c)
         assert (await c.post("/embed", json={"inputs": ["a dog", "a cat"]})).status_code == 200
-        for _ in range(600):  # until the teacher's shadow batcher has run the items
-            if await _shadow_batches(c) > batches:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("the shadowed items never reached the teacher")
-        await asyncio.sleep(0.3)  # and the event loop has handled its answers
+        hub = app.state.shadow
+
+        async def answered() -> bool:  # in flight from the offer (before the response) until recorded
+            return hub.in_flight == 0
+
+        await wait_for_async(answered, what="the shadowed items' answers to be recorded")
+        assert await _shadow_batches(c) > batches, "the shadowed items never reached the teacher"
         after = await _samples(c)
-    changed = {k[0]: after[k] - before.get(k, 0.0) for k in after if after[k] != before.get(k, 0.0) and not k[0].endswith("_created")}
+    changed = {k[0]: after[k] - before.get(k, 0.0) for k in after
+               if after[k] != before.get(k, 0.0) and not k[0].endswith("_created")}
     assert changed == {"distilserve_shadow_requests_total": 1.0}, changed
 
 
@@ -197,15 +200,19 @@ async def _shadow_batches(client: httpx.AsyncClient) -> float:
 
 @session_loop
 async def test_shadow_rate_zero_mirrors_nothing(client) -> None:
-    """The session app runs with the default shadow_rate 0."""
+    """The session app runs with the default shadow_rate 0. A mirrored request is counted (sent
+    or dropped) before its response is sent, and only a sent one is ever compared: so, right
+    after the responses, no count may have moved (nothing to wait for)."""
     before = await _samples(client)
     for path, body in (("/classify", {"inputs": TEXTS}), ("/qa", {"question": "who?", "context": "the fox"}),
                        ("/embed", {"inputs": TEXTS}), ("/v1/embeddings", {"input": TEXTS})):
         assert (await client.post(path, json=body)).status_code == 200
-    await asyncio.sleep(0.2)
     after = await _samples(client)
-    assert {k: v for k, v in after.items() if not k[0].endswith("_created")} == \
-        {k: v for k, v in before.items() if not k[0].endswith("_created")}
+    for task in ("classification", "qa", "embedding"):
+        for result in ("sent", "dropped"):
+            labels = {"task": task, "result": result}
+            name = "distilserve_shadow_requests_total"
+            assert _get(after, name, **labels) == _get(before, name, **labels), labels
 
 
 @pytest.mark.parametrize("value", ["1.5", "-0.1", "often"])

@@ -26,7 +26,8 @@ def query(expr: str) -> list[dict]:
     """Instant query through the HTTP API; a PromQL error fails the test with Prometheus' message."""
     response = httpx.get(f"{PROMETHEUS}/api/v1/query", params={"query": expr}, timeout=10)
     body = response.json()
-    assert response.status_code == 200 and body["status"] == "success", f"{expr}: {body}"
+    assert response.status_code == 200, f"{expr}: {body}"
+    assert body["status"] == "success", f"{expr}: {body}"
     return body["data"]["result"]
 
 
@@ -59,7 +60,8 @@ def test_p95_latency_by_role_has_teacher_and_student_and_is_plausible() -> None:
     assert roles(result) == {"teacher", "student"}
     for series in result:
         seconds = float(series["value"][1])
-        assert math.isfinite(seconds) and 0 < seconds < 10, series
+        assert math.isfinite(seconds), series
+        assert 0 < seconds < 10, series
 
 
 def test_p95_latency_by_role_and_task_covers_every_task_served() -> None:
@@ -73,7 +75,8 @@ def test_p95_latency_by_role_and_task_covers_every_task_served() -> None:
 def test_student_requests_were_counted_per_role() -> None:
     result = query(f'sum by (role) (increase(distilserve_requests_total{{status="200"}}[{WINDOW}]))')
     counted = {s["metric"]["role"]: float(s["value"][1]) for s in result}
-    assert set(counted) == {"teacher", "student"} and min(counted.values()) > 10, counted
+    assert set(counted) == {"teacher", "student"}, counted
+    assert min(counted.values()) > 10, counted
 
 
 def dashboard_exprs() -> list[str]:

@@ -77,7 +77,9 @@ def stop(server: Server, timeout_s: float = 20) -> int:
 
 
 @contextlib.contextmanager
-def running(models_dir: Path, log_path: Path, env: dict[str, str] | None = None, ready: bool = True) -> Iterator[Server]:
+def running(
+    models_dir: Path, log_path: Path, env: dict[str, str] | None = None, ready: bool = True
+) -> Iterator[Server]:
     server = launch(models_dir, log_path, env)
     try:
         if ready:

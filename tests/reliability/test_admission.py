@@ -27,7 +27,8 @@ BODY = {"inputs": TEXTS, "model": "sst2-teacher", "top_k": None}
 def defaults(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("admission")
     shutil.copytree(model_repo / "sst2-teacher", root / "models" / "sst2-teacher")
-    with running(root / "models", root / "server.log", {"DISTILSERVE_BACKENDS": '["onnx"]', "DISTILSERVE_MAX_QUEUE_WAIT_MS": "0"}) as server:
+    env = {"DISTILSERVE_BACKENDS": '["onnx"]', "DISTILSERVE_MAX_QUEUE_WAIT_MS": "0"}
+    with running(root / "models", root / "server.log", env) as server:
         yield server
 
 

@@ -5,6 +5,7 @@ is answered normally (the service is not left in a bad state by any of them)."""
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import httpx
 import pytest
@@ -48,7 +49,8 @@ CATALOGUE = [
     ("QA top_k 0", "/qa", {**QA, "top_k": 0}, 422, "invalid_input", "top_k"),
     ("QA top_k -1", "/qa", {**QA, "top_k": -1}, 422, "invalid_input", "top_k"),
     ("classification model sent to /qa", "/qa", {**QA, "model": "sst2-student"}, 400, "wrong_task", "model"),
-    ("classification model on torch sent to /qa", "/qa", {**QA, "model": "sst2-teacher@torch"}, 400, "wrong_task", "model"),
+    ("classification model on torch sent to /qa", "/qa", {**QA, "model": "sst2-teacher@torch"}, 400, "wrong_task",
+     "model"),
     ("unknown field", "/embed", {"inputs": "a", "normalise": True}, 422, "invalid_input", "normalise"),
 ]
 
@@ -57,17 +59,18 @@ def assert_clean_error(r: httpx.Response, status: int, type_: str, param: str | 
     """The shared error shape, the exact status/type/field, and nothing internal in it."""
     assert r.status_code == status, r.text
     body = r.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param"}, body
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"message", "type", "param"}, body
     assert (body["error"]["type"], body["error"]["param"]) == (type_, param), body
     for leak in ("Traceback", 'File "', ".py", "/tmp/", "/work/", "site-packages"):
         assert leak not in r.text, r.text
     return body["error"]
 
 
-def post(client: httpx.Client, path: str, body: dict | bytes, **kwargs: object) -> httpx.Response:
+def post(client: httpx.Client, path: str, body: dict | bytes, **kwargs: Any) -> httpx.Response:
     if isinstance(body, bytes):
-        return client.post(path, content=body, headers=JSON, **kwargs)  # type: ignore[arg-type]
-    return client.post(path, json=body, **kwargs)  # type: ignore[arg-type]
+        return client.post(path, content=body, headers=JSON, **kwargs)
+    return client.post(path, json=body, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +126,8 @@ def _read_response(sock: socket.socket) -> bytes:
     while b"\r\n\r\n" not in data:
         data += sock.recv(65536)
     head, _, body = data.partition(b"\r\n\r\n")
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))
     while len(body) < length:
         body += sock.recv(65536)
     return head + b"\r\n\r\n" + body

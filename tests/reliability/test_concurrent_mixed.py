@@ -22,7 +22,8 @@ from tests.reliability.server import Server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-WORDS = ["the", "a", "good", "bad", "film", "movie", "story", "plot", "actor", "funny", "dull", "boring", "great", "love", "hate", "very", "not", "paris"]
+WORDS = ["the", "a", "good", "bad", "film", "movie", "story", "plot", "actor", "funny", "dull", "boring", "great",
+         "love", "hate", "very", "not", "paris"]
 MODELS = {
     "/classify": ["sst2-student", "sst2-teacher", "sst2-student@onnx-int8", "sst2-teacher@torch"],
     "/qa": ["squad-student", "squad-teacher", "squad-teacher@torch", "squad-student@torch"],
@@ -46,8 +47,11 @@ def distinct_requests() -> list[tuple[str, dict]]:
             inputs = [_text(rng, 1, 90), [_text(rng, 1, 10), _text(rng, 1, 10)]][: rng.randint(1, 2)]
             out.append((path, {"inputs": inputs, "model": model, "top_k": None}))
         elif path == "/qa":
-            context = " ".join(f"the river {rng.randint(0, 99)} runs by the old city of paris" for _ in range(rng.randint(1, 8)))
-            out.append((path, {"question": f"what city {i}?", "context": context, "model": model, "top_k": 2, "doc_stride": 16}))
+            sentences = rng.randint(1, 8)
+            context = " ".join(f"the river {rng.randint(0, 99)} runs by the old city of paris"
+                               for _ in range(sentences))
+            body = {"question": f"what city {i}?", "context": context, "model": model, "top_k": 2, "doc_stride": 16}
+            out.append((path, body))
         else:
             out.append((path, {"inputs": [_text(rng, 1, 90) for _ in range(rng.randint(1, 3))], "model": model}))
     return out

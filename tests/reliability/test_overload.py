@@ -15,6 +15,7 @@ import pytest
 
 from tests.reliability.server import Server, running
 from tests.reliability.test_bad_input import assert_clean_error
+from tests.scrape import delta, parse
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 BODY = {"inputs": "a good film with a funny story", "model": "sst2-teacher"}
@@ -35,8 +36,10 @@ async def test_past_the_queue_limit_every_request_gets_200_or_429(narrow: Server
     limits = httpx.Limits(max_connections=200)
     async with httpx.AsyncClient(base_url=narrow.url, timeout=30, limits=limits) as client:
         alone = (await client.post("/classify", json=BODY)).json()
-        responses = await asyncio.wait_for(asyncio.gather(*(client.post("/classify", json=BODY) for _ in range(200))), 60)
-        metrics = (await client.get("/metrics")).text
+        before = parse((await client.get("/metrics")).text)
+        burst = asyncio.gather(*(client.post("/classify", json=BODY) for _ in range(200)))
+        responses = await asyncio.wait_for(burst, 60)
+        after = parse((await client.get("/metrics")).text)
     statuses = [r.status_code for r in responses]
     assert set(statuses) == {200, 429}, set(statuses)
     for r in responses:
@@ -47,5 +50,5 @@ async def test_past_the_queue_limit_every_request_gets_200_or_429(narrow: Server
             assert r.headers["retry-after"] == "2"
     shed_early = [r for r in responses if "every classification model" in r.text]
     assert shed_early, "no request was turned away before its body was parsed"
-    counted = next(line for line in metrics.splitlines() if line.startswith('distilserve_errors_total{task="classification",type="queue_full"}'))
-    assert float(counted.rsplit(" ", 1)[1]) == statuses.count(429)
+    counted = delta(before, after, "distilserve_errors_total", task="classification", type="queue_full")
+    assert counted == statuses.count(429)

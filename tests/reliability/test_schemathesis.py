@@ -46,7 +46,9 @@ CASES = [(label, GenerationMode.POSITIVE) for label in OPERATIONS] + [
 
 
 @pytest.mark.parametrize(("label", "mode"), CASES, ids=[f"{label}-{mode.value}" for label, mode in CASES])
-def test_operation_conforms(api_schema: schemathesis.BaseSchema, server: Server, label: str, mode: GenerationMode) -> None:
+def test_operation_conforms(
+    api_schema: schemathesis.BaseSchema, server: Server, label: str, mode: GenerationMode
+) -> None:
     operation = api_schema.find_operation_by_label(label)
     assert operation is not None, label
 

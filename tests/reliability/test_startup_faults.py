@@ -46,11 +46,12 @@ def test_fail_mode_refuses_to_start_naming_model_and_path(broken_repo: Path, tmp
     server = launch(broken_repo, tmp_path / "server.log", {"DISTILSERVE_ON_MODEL_ERROR": "fail"})
     try:
         code = server.proc.wait(timeout=90)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as exc:
         server.proc.kill()
-        raise AssertionError("the server started with broken models")
+        raise AssertionError("the server started with broken models") from exc
     logs = server.logs()
-    assert code != 0 and "Application startup failed" in logs, logs[-2000:]
+    assert code != 0, logs[-2000:]
+    assert "Application startup failed" in logs, logs[-2000:]
     for name, problem in BROKEN.items():
         assert f"model {name!r} at {broken_repo / name}: {problem}" in logs, (name, logs[-3000:])
 

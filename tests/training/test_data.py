@@ -17,15 +17,16 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_good_tsv_csv_jsonl_with_pairs(tmp_path: Path) -> None:
-    tsv, record = load_labelled(write(tmp_path / "a.tsv", "sentence\tlabel\nfine film\t1\nawful \"bad\"\t0\n"), labels=LABELS)
+    tsv_file = write(tmp_path / "a.tsv", "sentence\tlabel\nfine film\t1\nawful \"bad\"\t0\n")
+    tsv, record = load_labelled(tsv_file, labels=LABELS)
     assert [(e.text, e.label) for e in tsv] == [("fine film", 1), ('awful "bad"', 0)]
     assert record.rows == 2
     assert record.skipped == 0
     assert len(record.sha256) == 64
     csv_rows, _ = load_labelled(write(tmp_path / "b.csv", 'text,text_pair,label\n"a, b",c,positive\n'), labels=LABELS)
     assert (csv_rows[0].text, csv_rows[0].text_pair, csv_rows[0].label) == ("a, b", "c", 1)
-    jsonl, _ = load_labelled(write(tmp_path / "c.jsonl", '{"text": "x", "label": 1}\n\n{"text": "y", "label": "negative"}\n'),
-                             labels=LABELS)
+    jsonl_file = write(tmp_path / "c.jsonl", '{"text": "x", "label": 1}\n\n{"text": "y", "label": "negative"}\n')
+    jsonl, _ = load_labelled(jsonl_file, labels=LABELS)
     assert [e.label for e in jsonl] == [1, 0]
 
 
@@ -64,7 +65,8 @@ def squad(tmp_path: Path, start: int) -> Path:
 def test_squad_answer_not_at_answer_start(tmp_path: Path) -> None:
     path = squad(tmp_path, start=3)
     bad_line = next(i for i, line in enumerate(path.read_text().splitlines(), 1) if '"bad1"' in line)
-    with pytest.raises(DataError, match=f"^{path}:{bad_line}: question bad1: answer 'antarctica' is not at answer_start=3"):
+    message = f"^{path}:{bad_line}: question bad1: answer 'antarctica' is not at answer_start=3"
+    with pytest.raises(DataError, match=message):
         squad_examples(path)
     examples, skipped = squad_examples(path, skip_bad=True)
     assert [e.qid for e in examples] == ["ok1"]
@@ -80,5 +82,5 @@ def test_squad_not_squad_and_split_by_article(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=":1: empty file"):
         squad_examples(write(tmp_path / "e.json", ""))
     assert split_articles(38, 8) == (list(range(30)), list(range(30, 38)))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="heldout must be between 1 and 2 articles, got 3"):
         split_articles(3, 3)

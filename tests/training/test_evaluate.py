@@ -13,8 +13,10 @@ import torch
 from scipy.stats import spearmanr
 from tokenizers import Tokenizer
 
+from inference.squad_metric import squad_scores
 from tests.training.tiny_models import save_tiny
 from training.cli import main
+from training.evaluate import read_predictions
 from training.export import export_model
 
 SENTENCES = [
@@ -63,7 +65,7 @@ def test_accuracy_matches_torch_and_is_recorded(classifier: Path, tmp_path: Path
     data.parent.mkdir()
     data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in SENTENCES))
     assert main(["evaluate", str(classifier), "--backend", "onnx", "--data", str(data)]) == 0
-    entry = _manifest(classifier)["quality"]["tiny-dev"]
+    entry = _manifest(classifier)["quality"]["tiny-dev"]["onnx"]
     preds = _torch_predictions(classifier, [t for t, _ in SENTENCES])
     expected = np.mean([p == y for p, (_, y) in zip(preds, SENTENCES, strict=False)])
     assert entry["accuracy"] == pytest.approx(expected)
@@ -80,7 +82,7 @@ def test_label_names_map_through_the_model_labels(classifier: Path, tmp_path: Pa
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["evaluate", str(classifier), "--backend", "torch", "--data", str(data), "--name", "named",
                  "--limit", "10"]) == 0
-    entry = _manifest(classifier)["quality"]["named"]
+    entry = _manifest(classifier)["quality"]["named"]["torch"]
     preds = _torch_predictions(classifier, [t for t, _ in SENTENCES[:10]])
     assert entry["rows"] == 10
     assert entry["accuracy"] == pytest.approx(np.mean([p == y for p, (_, y) in zip(preds, SENTENCES, strict=False)]))
@@ -99,7 +101,7 @@ def test_stsb_spearman_matches_torch(tmp_path: Path) -> None:
     data.parent.mkdir()
     data.write_text("sentence1\tsentence2\tscore\n" + "".join(f"{a}\t{b}\t{s}\n" for a, b, s in PAIRS))
     assert main(["evaluate", str(folder), "--backend", "torch", "--data", str(data)]) == 0
-    entry = _manifest(folder)["quality"]["stsb-dev"]
+    entry = _manifest(folder)["quality"]["stsb-dev"]["torch"]
     from transformers import AutoModel
 
     model, tok = AutoModel.from_pretrained(str(folder)).eval(), Tokenizer.from_file(str(folder / "tokenizer.json"))
@@ -113,33 +115,92 @@ def test_stsb_spearman_matches_torch(tmp_path: Path) -> None:
     assert entry["dataset"] == "stsb"
 
 
-def _squad(path: Path) -> Path:
+SQUAD_ARTICLES = [
+    ("a0", "paris is the capital of france and a big city", [("what is the capital of france", "paris")]),
+    ("a1", "penguins live in antarctica in the southern hemisphere",
+     [("where do penguins live", "antarctica"), ("which hemisphere", "southern hemisphere")]),
+    ("a2", "the quick brown fox jumps over the lazy dog at night", [("what jumps", "quick brown fox")]),
+]
+
+
+def _squad(path: Path, articles: list[tuple[str, str, list[tuple[str, str]]]] = SQUAD_ARTICLES) -> Path:
     def article(title: str, context: str, qas: list[tuple[str, str]]) -> dict:
         return {"title": title, "paragraphs": [{"context": context, "qas": [
             {"id": f"{title}-{i}", "question": q, "answers": [{"text": a, "answer_start": context.index(a)}]}
             for i, (q, a) in enumerate(qas)]}]}
 
-    data = {"version": "1.1", "data": [
-        article("a0", "paris is the capital of france and a big city", [("what is the capital of france", "paris")]),
-        article("a1", "penguins live in antarctica in the southern hemisphere",
-                [("where do penguins live", "antarctica"), ("which hemisphere", "southern hemisphere")]),
-        article("a2", "the quick brown fox jumps over the lazy dog at night", [("what jumps", "quick brown fox")]),
-    ]}
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps({"version": "1.1", "data": [article(*a) for a in articles]}))
     return path
+
+
+def _answers_one_by_one(folder: Path, backend: str, questions: list[tuple[str, str]]) -> list[str]:
+    """Each question's best answer on its own (one model call per question, no batching, no
+    evaluation loop): the reference evaluate's batched figures must reproduce."""
+    from inference.backends import load_backend
+    from inference.modelfolder import read_spec
+    from inference.pipelines import QAItem, make_pipeline
+    from inference.tasks import pad_batch
+
+    pipeline, pad = make_pipeline(read_spec(folder))
+    model = load_backend(folder, "qa", backend, threads=1)
+    answers = []
+    for question, context in questions:
+        item = QAItem(0, question, context)
+        (windows,) = pipeline.encode([item])
+        inputs = pad_batch(windows, pad)
+        outputs = pipeline.reduce(model.forward(inputs), inputs)
+        rows = [{k: v[i] for k, v in outputs.items()} for i in range(len(windows))]
+        answers.append(pipeline.finish(item, windows, rows)["result"][0]["answer"])
+    return answers
 
 
 def test_squad_articles_backends_agree(tmp_path: Path) -> None:
     folder = save_tiny(tmp_path, "bert", "qa", seed=7)
     export_model(folder, int8=False)
     data = _squad(tmp_path / "squad.json")
-    results = {}
+    chosen = SQUAD_ARTICLES[1:3]
+    questions = [(q, context) for _, context, qas in chosen for q, _ in qas]
+    golds = [[a] for _, _, qas in chosen for _, a in qas]
+    # per item, torch and ONNX give the same answer (a broken export or backend would not)
+    predicted = _answers_one_by_one(folder, "torch", questions)
+    assert _answers_one_by_one(folder, "onnx", questions) == predicted
+    assert all(predicted), predicted
+    expected = squad_scores(list(zip(predicted, golds, strict=True)))
     for backend in ("torch", "onnx"):
         assert main(["evaluate", str(folder), "--backend", backend, "--data", str(data), "--articles", "1:3"]) == 0
-        results[backend] = _manifest(folder)["quality"]["squad-articles-1-3"]
+        # evaluate's own per-item records: batched, the answers one by one
+        assert [r["prediction"] for r in read_predictions(folder, "squad-articles-1-3", backend)] == predicted
+    results = _manifest(folder)["quality"]["squad-articles-1-3"]
     torch_entry, onnx_entry = results["torch"], results["onnx"]
     assert torch_entry["rows"] == 3
     assert torch_entry["articles"] == [1, 3]
     assert onnx_entry["backend"] == "onnx"
-    assert 0 <= torch_entry["exact_match"] <= torch_entry["f1"] <= 100
-    assert (onnx_entry["exact_match"], onnx_entry["f1"]) == (torch_entry["exact_match"], torch_entry["f1"])
+    for entry in (torch_entry, onnx_entry):  # evaluate's batched figures are those of the answers one by one
+        assert entry["exact_match"] == pytest.approx(expected["exact_match"])
+        assert entry["f1"] == pytest.approx(expected["f1"])
+
+
+def test_squad_known_answers_score_100_and_a_wrong_one_counts(tmp_path: Path) -> None:
+    """Gold answers set to what the model answers: EM = F1 = 100 on both backends; one question
+    whose gold shares no word with the model's answer: EM loses exactly that question."""
+    folder = save_tiny(tmp_path, "bert", "qa", seed=7)
+    export_model(folder, int8=False)
+    questions = [(q, context) for _, context, qas in SQUAD_ARTICLES for q, _ in qas]
+    predicted = _answers_one_by_one(folder, "torch", questions)
+    assert all(predicted), predicted
+    known, at = [], 0
+    for title, context, qas in SQUAD_ARTICLES:
+        known.append((title, context, [(q, predicted[at + i]) for i, (q, _) in enumerate(qas)]))
+        at += len(qas)
+    first_words = set(predicted[0].split())
+    wrong = next(w for w in SQUAD_ARTICLES[0][1].split() if w not in first_words | {"a", "an", "the"})
+    mixed = [(known[0][0], known[0][1], [(known[0][2][0][0], wrong)]), *known[1:]]
+    for name, articles, exact_match, f1 in (
+        ("known", known, 100.0, 100.0), ("mixed", mixed, 100.0 * 3 / 4, 100.0 * 3 / 4),
+    ):
+        data = _squad(tmp_path / f"{name}.json", articles)
+        for backend in ("torch", "onnx"):
+            assert main(["evaluate", str(folder), "--backend", backend, "--data", str(data), "--name", name]) == 0
+            entry = _manifest(folder)["quality"][name][backend]
+            assert entry["rows"] == 4
+            assert (entry["exact_match"], entry["f1"]) == (pytest.approx(exact_match), pytest.approx(f1)), backend

@@ -55,7 +55,8 @@ def test_qa_loss_is_ce_only_when_student_equals_teacher() -> None:
 
     def ce_over_allowed(logits: torch.Tensor, gold: torch.Tensor) -> float:
         """Cross-entropy where only the allowed positions compete, row by row (by hand)."""
-        rows = [-torch.log_softmax(row[m.bool()], 0)[int(g) - int((m[:g] == 0).sum())] for row, m, g in zip(logits, mask, gold, strict=False)]
+        rows = [-torch.log_softmax(row[m.bool()], 0)[int(g) - int((m[:g] == 0).sum())]
+                for row, m, g in zip(logits, mask, gold, strict=False)]
         return float(torch.stack(rows).mean())
 
     expected = (ce_over_allowed(start, positions[0]) + ce_over_allowed(end, positions[1])) / 2
@@ -70,5 +71,5 @@ def test_embedding_losses_and_mean_pool() -> None:
     assert embedding_loss(a, a.clone(), "mse").item() == 0.0
     assert embedding_loss(a, 2 * a, "cosine").item() == pytest.approx(0.0, abs=1e-6)
     assert embedding_loss(a, 2 * a, "mse").item() > 0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="embedding loss must be 'mse' or 'cosine', got 'l1'"):
         embedding_loss(a, a, "l1")

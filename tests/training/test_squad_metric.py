@@ -47,7 +47,7 @@ def test_best_over_gold_answers() -> None:
     assert best_over_golds(exact_match, "broncos", golds) == 1.0
     # "Broncos win" vs "Broncos": P = 1/2, R = 1 -> 2/3 beats 1/2 against "Denver Broncos"
     assert best_over_golds(f1, "Broncos win", golds) == pytest.approx(2 / 3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs at least one gold answer"):
         best_over_golds(f1, "x", [])
 
 
@@ -56,5 +56,5 @@ def test_squad_scores_are_percent_means() -> None:
     assert scores["questions"] == 2
     assert scores["exact_match"] == pytest.approx(50.0)
     assert scores["f1"] == pytest.approx(100 * (1 + 2 / 3) / 2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no questions to score"):
         squad_scores([])
