@@ -223,7 +223,7 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, float], list[dict[str, 
             rounds.append(round_ab(args, local, best, server, reqs))
             print(f"round {i}: " + json.dumps({k: round(v, 3) for k, v in rounds[-1].items()}), flush=True)
     if not args.skip_mixed:
-        tokenizer = local.pipeline.tokenizer  # type: ignore[attr-defined]
+        tokenizer = local.pipeline.tokenizer
         texts = mixed_texts(tokenizer, args.mixed_requests)
         lengths = [len(e.ids) for e in tokenizer.encode_batch(texts)]
         del local

@@ -26,6 +26,7 @@ Rows = list[dict[str, np.ndarray]]
 
 class Pipeline(Protocol):
     task: str
+    tokenizer: Tokenizer
 
     def encode(self, payloads: Sequence[Any]) -> list[Sequence[Any] | Exception]: ...
     def reduce(self, outputs: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...

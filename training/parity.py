@@ -15,8 +15,8 @@ import numpy as np
 
 from inference.backends import Backend
 from inference.modelfolder import ModelSpec
-from inference.tasks import Encoded, embed, load_tokenizer, pad_batch, pad_id, qa
 from inference.tasks import classify as classify_task
+from inference.tasks import embed, load_tokenizer, pad_batch, pad_id, qa
 
 PARITY_TEXTS: tuple[str, ...] = (
     "A gripping, beautifully shot film that never lets go of you.",
@@ -139,7 +139,7 @@ def _run_qa(backend: Backend, tokenizer: Any, max_length: int) -> Outputs:
     pad, raw, answers = pad_id(tokenizer), [], []
     for question, context in PARITY_QA:
         windows = qa.encode_qa(tokenizer, question, context, max_length, 128)
-        inputs = pad_batch([Encoded(w.ids, w.type_ids) for w in windows], pad)  # the ids/type_ids pad_batch reads
+        inputs = pad_batch(windows, pad)
         out = backend.forward(inputs)
         starts = [s[: w.tokens] for s, w in zip(out["start_logits"], windows, strict=False)]
         ends = [e[: w.tokens] for e, w in zip(out["end_logits"], windows, strict=False)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -58,7 +59,16 @@ def pad_id(tokenizer: Tokenizer) -> int:
     return 0
 
 
-def pad_batch(seqs: Sequence[Encoded], pad: int = 0) -> dict[str, np.ndarray]:
+class Sequenced(Protocol):
+    """What padding reads of a model input: an `Encoded`, or a QA window."""
+
+    @property
+    def ids(self) -> list[int]: ...
+    @property
+    def type_ids(self) -> list[int]: ...
+
+
+def pad_batch(seqs: Sequence[Sequenced], pad: int = 0) -> dict[str, np.ndarray]:
     """Right-pad to the longest sequence: int64 input_ids, attention_mask, token_type_ids."""
     width = max(len(s.ids) for s in seqs)
     ids = np.full((len(seqs), width), pad, dtype=np.int64)
