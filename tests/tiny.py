@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from transformers import PreTrainedModel
 
 WORDS = ["the", "a", "an", "of", "to", "and", "in", "is", "was", "it", "that", "for", "on", "with", "as", "by", "at",
          "from", "film", "movie", "good", "bad", "great", "boring", "funny", "dull", "fun", "story", "actor", "plot",
@@ -47,7 +48,7 @@ def build_tokenizer() -> Tokenizer:
     return tok
 
 
-def build_model(task: str, layers: int, seed: int) -> torch.nn.Module:
+def build_model(task: str, layers: int, seed: int) -> PreTrainedModel:
     from transformers import BertConfig, BertForQuestionAnswering, BertForSequenceClassification, BertModel
 
     config = BertConfig(

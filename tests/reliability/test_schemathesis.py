@@ -24,7 +24,8 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 EXAMPLES = 10
 OPERATIONS = [
     "GET /health", "GET /ready", "GET /metrics", "GET /models",
-    "POST /classify", "POST /qa", "POST /embed", "POST /v1/embeddings", "POST /compare",
+    "POST /classify", "POST /qa", "POST /embed", "POST /v1/embeddings", "POST /similarity", "POST /rerank",
+    "POST /compare",
 ]
 
 

@@ -106,27 +106,49 @@ def build_args(models: Path, base: Path, data: dict) -> list[str]:
 def test_build_defaults_builds_skips_and_resumes(tmp_path: Path, tiny_bases: dict, tiny_data: dict) -> None:
     models = tmp_path / "models"
     args = build_args(models, tiny_bases["mpnet"], tiny_data)
-    report = json.loads(cli(*args, cache=tmp_path).stdout)
-    names = {f"{p}-{r}" for p in ("sst2", "squad", "embed") for r in ("teacher", "student")}
+    first = cli(*args, cache=tmp_path)
+    report = json.loads(first.stdout)
+    names = {f"{p}-quick-{r}" for p in ("sst2", "squad", "embed") for r in ("teacher", "student")}
     assert {p.name for p in models.iterdir()} == names
     for name in names:
         m = manifest(models / name)
-        assert m["role"] == name.split("-")[1]
+        assert m["role"] == name.split("-")[2]
+        assert m["pair"] == name.rsplit("-", 1)[0]
         assert m["onnx"]["model.onnx"]["parity"]["ok"]
         assert (models / name / "model.onnx").is_file()
         assert m["build"]["steps"]
-    assert set(manifest(models / "squad-student")["quality"]) == {"squad-heldout"}
-    assert manifest(models / "squad-student")["quality"]["squad-heldout"]["rows"] == 6  # one held-out article
-    assert manifest(models / "embed-teacher")["pooling"] == "mean"
-    assert "stsb-dev" in report["ratios"]["embed"].__str__()
+    squad = manifest(models / "squad-quick-student")["quality"]
+    assert set(squad) == {"squad-heldout"}
+    assert squad["squad-heldout"]["onnx"]["rows"] == 6  # one held-out article
+    assert manifest(models / "embed-quick-teacher")["pooling"] == "mean"
+    embed = report["retention"]["embed-quick"][0]
+    assert (embed["set"], embed["figure"], embed["items"]) == ("stsb-dev", "spearman", 18)
+    assert embed["retention"]["low"] <= embed["retention"]["value"] <= embed["retention"]["high"]
+    assert "student / teacher" in first.stderr  # the retention tables, for a person
+    cascade = manifest(models / "sst2-quick-student")["cascade"]  # calibrated on the carved validation rows
+    assert cascade["items"] == manifest(models / "sst2-quick-student")["validation"]["rows"] == 9
 
-    before = (models / "sst2-teacher" / "manifest.json").stat().st_mtime_ns
-    shutil.rmtree(models / "sst2-student")
-    (models / ".building-sst2-student").mkdir()  # an interrupted build left this behind
+    before = (models / "sst2-quick-teacher" / "model.safetensors").stat().st_mtime_ns
+    shutil.rmtree(models / "sst2-quick-student")
+    (models / ".building-sst2-quick-student").mkdir()  # an interrupted build left this behind
     again = cli(*args, cache=tmp_path)
-    assert "sst2-teacher is built and valid; skipped" in again.stderr
-    assert (models / "sst2-student" / "model.onnx").is_file()
-    assert not (models / ".building-sst2-student").exists()
-    assert (models / "sst2-teacher" / "manifest.json").stat().st_mtime_ns == before
-    assert "sst2-student distil took" in again.stderr
-    assert "sst2-teacher train took" not in again.stderr
+    assert "sst2-quick-teacher is built and valid; skipped" in again.stderr
+    assert (models / "sst2-quick-student" / "model.onnx").is_file()
+    assert not (models / ".building-sst2-quick-student").exists()
+    assert (models / "sst2-quick-teacher" / "model.safetensors").stat().st_mtime_ns == before  # not retrained
+    assert manifest(models / "sst2-quick-teacher")["cascade"] == manifest(models / "sst2-quick-student")["cascade"]
+    assert "sst2-quick-student distil took" in again.stderr
+    assert "sst2-quick-teacher train took" not in again.stderr
+
+
+def test_another_recipe_builds_its_own_pair_beside(tmp_path: Path, tiny_bases: dict, tiny_data: dict) -> None:
+    """A folder complete for one recipe is not another recipe's model: both pairs end up served."""
+    models = tmp_path / "models"
+    args = build_args(models, tiny_bases["mpnet"], tiny_data)
+    cli(*args, "--tasks", "classification", cache=tmp_path)
+    recipe = tmp_path / "tiny.json"
+    recipe.write_text(json.dumps({"teacher_epochs": 1, "student_epochs": 1}))
+    cli(*args, "--tasks", "classification", "--recipe", str(recipe), cache=tmp_path)
+    assert {p.name for p in models.iterdir()} == {f"sst2-{r}-{role}" for r in ("quick", "tiny")
+                                                  for role in ("teacher", "student")}
+    assert manifest(models / "sst2-tiny-teacher")["recipe"]["name"] == "tiny"
