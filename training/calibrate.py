@@ -113,12 +113,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        result = run_calibration(args.pair, args.models, args.data, parse_articles(args.articles), args.backend,
-                                 args.tolerance / 100, args.limit)
-    except (ValueError, FileNotFoundError) as exc:
-        log.error("calibrate failed: %s", exc)
-        return 2
+    """A missing pair or split: one `error: ...` line and exit status 2 (training.cli.main)."""
+    result = run_calibration(args.pair, args.models, args.data, parse_articles(args.articles), args.backend,
+                             args.tolerance / 100, args.limit)
     if args.curve:
         args.curve.write_text(json.dumps(result["curve"], indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "curve"}, indent=2))

@@ -8,6 +8,10 @@ and the problem, or - with ``skip_bad`` - skips the row and counts it. The count
 A data path ``hf:<dataset>[:<config>][@<split>]`` (e.g. ``hf:glue:sst2@validation``) names a
 dataset of the ``datasets`` library instead of a file: same column rules, same checks, and the
 row index (0-based, in the split) in place of the line. SQuAD stays file-only.
+
+A user's file names its columns with ``Columns``: a name, or a 0-based position (header-less
+files, ``header=False``, are read by position only: text the first column, label the last, the
+pair the middle one of three, unless named).
 """
 from __future__ import annotations
 
@@ -41,6 +45,31 @@ class DataError(ValueError):
     def __init__(self, path: Path | str, line: int | str, problem: str) -> None:
         super().__init__(f"{path}:{line}: {problem}")
         self.path, self.line, self.problem = str(path), line, problem
+
+
+@dataclass(frozen=True)
+class Columns:
+    """How a labelled file is read: the column of the text, the pair and the label (a name, or a
+    0-based position; None: detected from TEXT_COLUMNS / PAIR_COLUMNS / LABEL_COLUMNS), and
+    whether its first line is a header (TSV/CSV)."""
+
+    text: str | None = None
+    pair: str | None = None
+    label: str | None = None
+    header: bool = True
+
+    @classmethod
+    def of(cls, recipe: object) -> Columns:
+        """The columns a recipe records (``text_column``, ``pair_column``, ``label_column``, ``header``)."""
+        def name(value: object) -> str | None:
+            return None if value is None else str(value)
+
+        return cls(name(getattr(recipe, "text_column", None)), name(getattr(recipe, "pair_column", None)),
+                   name(getattr(recipe, "label_column", None)), bool(getattr(recipe, "header", True)))
+
+    def read_args(self) -> dict[str, Any]:
+        """Keyword arguments of ``load_labelled`` / ``label_values``."""
+        return {"text_col": self.text, "pair_col": self.pair, "label_col": self.label, "header": self.header}
 
 
 @dataclass
@@ -98,9 +127,12 @@ def sha256_file(path: Path | str) -> str:
     return digest.hexdigest()
 
 
-def _rows(path: Path) -> Iterator[tuple[int, dict | str]]:
-    """Yield (line number, row dict) for TSV/CSV/JSONL; a row that cannot be parsed is a str."""
+def _rows(path: Path, header: bool = True) -> Iterator[tuple[int, dict | str]]:
+    """Yield (line number, row dict) for TSV/CSV/JSONL; a row that cannot be parsed is a str.
+    Header-less TSV/CSV rows (``header=False``) are keyed by position: '0', '1', ..."""
     suffix = path.suffix.lower()
+    if not header and suffix in (".jsonl", ".json"):
+        raise DataError(path, 1, "--no-header is for TSV/CSV files; JSONL rows name their fields")
     with open(path, encoding="utf-8", newline="") as handle:
         if suffix in (".jsonl", ".json"):
             for number, line in enumerate(handle, start=1):
@@ -112,16 +144,21 @@ def _rows(path: Path) -> Iterator[tuple[int, dict | str]]:
                         continue
                     yield number, row if isinstance(row, dict) else "not a JSON object"
             return
-        yield from _delimited_rows(handle, "\t" if suffix == ".tsv" else ",", suffix == ".tsv")
+        yield from _delimited_rows(handle, "\t" if suffix == ".tsv" else ",", suffix == ".tsv", header)
 
 
-def _delimited_rows(handle, delimiter: str, tsv: bool) -> Iterator[tuple[int, dict | str]]:
-    """TSV is read without quote handling (GLUE files contain bare quotes); CSV with it."""
+def _delimited_rows(handle, delimiter: str, tsv: bool, has_header: bool = True) -> Iterator[tuple[int, dict | str]]:
+    """TSV is read without quote handling (GLUE files contain bare quotes); CSV with it. Without
+    a header the first row is data and sets the column count."""
     reader = csv.reader(handle, delimiter=delimiter, quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
-    header = next(reader, None)
-    if not header:
+    header = next(reader, None) if has_header else None
+    if has_header and not header:
         return
     for row in reader:
+        if header is None:  # header-less: columns by position
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            header = [str(i) for i in range(len(row))]
         number = reader.line_num
         if not row or not any(cell.strip() for cell in row):
             continue
@@ -132,9 +169,25 @@ def _delimited_rows(handle, delimiter: str, tsv: bool) -> Iterator[tuple[int, di
 
 
 def _pick(row_keys: Sequence[str], wanted: str | None, candidates: Sequence[str]) -> str | None:
+    """The row's column named ``wanted`` (or at that 0-based position), else the first candidate."""
     if wanted:
-        return wanted if wanted in row_keys else None
+        if wanted in row_keys:
+            return wanted
+        return row_keys[int(wanted)] if wanted.isdigit() and int(wanted) < len(row_keys) else None
     return next((c for c in candidates if c in row_keys), None)
+
+
+def _positional(keys: Sequence[str], cols: tuple[str | None, str | None, str | None]
+                ) -> tuple[str | None, str | None, str | None]:
+    """A header-less row's columns: text the first, label the last, the pair the one left of three
+    (each unless named)."""
+    text = cols[0] if cols[0] is not None else "0"
+    label = cols[2] if cols[2] is not None else (str(len(keys) - 1) if len(keys) > 1 else None)
+    pair = cols[1]
+    if pair is None and len(keys) == 3:
+        rest = [k for k in keys if k not in (text, label)]
+        pair = rest[0] if len(rest) == 1 else None
+    return text, pair, label
 
 
 def _parse_label(raw: Any, labels: Sequence[str] | None) -> int | float:
@@ -156,35 +209,66 @@ def load_labelled(
     text_col: str | None = None,
     pair_col: str | None = None,
     label_col: str | None = None,
+    header: bool = True,
     require_label: bool = True,
     skip_bad: bool = False,
     limit: int | None = None,
     split: str = "train",
 ) -> tuple[list[Example], DataRecord]:
-    """Read labelled text; ``labels=None`` means a float score (STS-B); columns are auto-detected.
+    """Read labelled text; ``labels=None`` means a float score (STS-B); columns are auto-detected
+    unless named (a name or a 0-based position; ``header=False``: by position, see ``_positional``).
     ``path`` may be a hub spec (``hf:...``), read through the ``datasets`` library."""
-    rows: Iterator[tuple[int, dict | str]]
-    if is_hub_spec(path):
-        rows, digest = _hub_rows(str(path), labels)
-    else:
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(path, 0, "file not found")
-        rows, digest = _rows(path), partial(sha256_file, path)
+    rows, digest = _source_rows(path, labels, header)
     skipper = Skipper(path, skip_bad)
-    examples = _collect(rows, skipper, labels, (text_col, pair_col, label_col), require_label, limit)
+    examples = _collect(rows, skipper, labels, (text_col, pair_col, label_col), require_label, limit, header)
     if not examples:
         raise DataError(path, 1, "no usable rows (empty file or every row bad)")
     skipper.report()
     return examples, DataRecord(str(path), digest(), len(examples), split, skipper.skipped)
 
 
+def _source_rows(path: Path | str, labels: Sequence[str] | None, header: bool
+                 ) -> tuple[Iterator[tuple[int, dict | str]], Callable[[], str]]:
+    """(line or row index, row) of a file or hub split, and its content hash (computed when asked)."""
+    if is_hub_spec(path):
+        if not header:
+            raise DataError(path, 0, "--no-header is for TSV/CSV files; hub datasets name their columns")
+        hub_rows, digest = _hub_rows(str(path), labels)
+        return iter(hub_rows), digest
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, 0, "file not found")
+    return _rows(path, header), partial(sha256_file, path)
+
+
+def label_values(path: Path | str, *, text_col: str | None = None, pair_col: str | None = None,
+                 label_col: str | None = None, header: bool = True) -> list[str]:
+    """The distinct values of a file's label column, sorted (by value when all are integers): the
+    class names of a task whose labels were not given. Rows without a label are passed over here
+    (reading the file for training reports them)."""
+    rows, _ = _source_rows(path, None, header)
+    found: set[str] = set()
+    for _, row in rows:
+        if isinstance(row, str):
+            continue
+        keys = list(row)
+        wanted = _positional(keys, (text_col, pair_col, label_col))[2] if not header else label_col
+        key = _pick(keys, wanted, LABEL_COLUMNS)
+        if key is not None and row.get(key) not in (None, ""):
+            found.add(str(row[key]).strip())
+    numeric = all(v.lstrip("-").isdigit() for v in found)
+    return sorted(found, key=lambda v: (int(v), v) if numeric else (0, v))
+
+
 def _collect(rows: Iterator[tuple[int, dict | str]], skipper: Skipper, labels: Sequence[str] | None, cols,
-             require_label: bool, limit: int | None) -> list[Example]:
+             require_label: bool, limit: int | None, header: bool = True) -> list[Example]:
     """Valid examples of ``rows`` (file lines or hub rows); bad ones go to ``skipper``."""
     examples: list[Example] = []
     for number, row in rows:
-        example = row if isinstance(row, str) else _example(row, number, labels, cols, require_label)
+        if isinstance(row, str):
+            example: Example | str = row
+        else:
+            example = _example(row, number, labels, cols if header else _positional(list(row), cols), require_label)
         if isinstance(example, str):
             skipper.bad(number, example)
             continue
@@ -204,8 +288,12 @@ def _example(row: dict, number: int, labels, cols, require_label: bool) -> Examp
     if not text:
         return f"empty text in column {text_key!r}"
     pair_key = _pick(keys, cols[1], PAIR_COLUMNS)
+    if pair_key is None and cols[1] is not None:
+        return f"no pair column {cols[1]!r} (have {keys})"
     pair = str(row[pair_key]).strip() if pair_key and row.get(pair_key) is not None else None
     label_key = _pick(keys, cols[2], LABEL_COLUMNS)
+    if label_key is None and cols[2] is not None and require_label:
+        return f"no label column {cols[2]!r} (have {keys})"
     if label_key is None or row.get(label_key) in (None, ""):
         return "missing label" if require_label else Example(text, pair, None)
     try:

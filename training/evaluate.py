@@ -21,7 +21,7 @@ from inference.backends import load_backend
 from inference.evaluation import Served, serve
 from inference.modelfolder import read_spec
 from inference.pipelines import make_pipeline
-from training.data import DataError, data_sha256, is_hub_spec, parse_hub_spec
+from training.data import Columns, data_sha256, is_hub_spec, parse_hub_spec
 from training.scoring import score_classification, score_squad, score_stsb
 
 log = logging.getLogger(__name__)
@@ -75,10 +75,12 @@ def set_name_for(path: Path | str, dataset: str, articles: Sequence[int] | None)
 
 def evaluate_model(model_dir: Path, backend: str, data_path: Path | str, *, dataset: str | None = None,
                    limit: int | None = None, articles: Sequence[int] | None = None, set_name: str | None = None,
-                   batch_size: int = 32, threads: int | None = None, write: bool = True) -> dict:
+                   batch_size: int = 32, threads: int | None = None, write: bool = True,
+                   columns: Columns | None = None) -> dict:
     """Evaluate `model_dir` on `data_path` with `backend`; return the figures and (if the folder
     has a manifest and `write`) store them as manifest["quality"][set_name][backend], with the
-    per-item records in `evaluations/<set>@<backend>.jsonl` beside it."""
+    per-item records in `evaluations/<set>@<backend>.jsonl` beside it. `columns`: how a labelled
+    file is read (default: its header names the columns)."""
     model_dir, data_path = Path(model_dir), data_source(str(data_path))
     spec = read_spec(model_dir)
     dataset = dataset or detect_dataset(data_path, spec.task)
@@ -94,7 +96,7 @@ def evaluate_model(model_dir: Path, backend: str, data_path: Path | str, *, data
     if dataset == "squad":
         scored = score_squad(spec, run, data_path, limit, articles)
     else:
-        scored = (score_stsb if dataset == "stsb" else score_classification)(spec, run, data_path, limit)
+        scored = (score_stsb if dataset == "stsb" else score_classification)(spec, run, data_path, limit, columns)
     name = set_name or set_name_for(data_path, dataset, articles)
     entry = {**scored.figures, "interval": {scored.headline: scored.interval().as_dict()},
              **_throughput(scored.served), "backend": backend, "rows": len(scored.records), "dataset": dataset,
@@ -142,7 +144,7 @@ def _record(model_dir: Path, name: str, entry: dict, records: list[dict[str, Any
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """`python -m training evaluate`."""
-    from training.cli import add_command
+    from training.cli import add_command, add_data_options
 
     parser = add_command(subparsers, "evaluate", "Evaluate a model on a data file through the serving code; "
                          "figures go into its manifest.",
@@ -161,17 +163,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--name", help="evaluation set name in the manifest (default e.g. sst2-dev)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, help="intra-op threads (default: runtime's)")
+    add_data_options(parser)
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    """Bad data or a model/dataset mismatch: one clear error line and exit status 2."""
-    try:
-        result = evaluate_model(args.model_dir, args.backend, args.data, dataset=args.dataset, limit=args.limit,
-                                articles=parse_articles(args.articles), set_name=args.name,
-                                batch_size=args.batch_size, threads=args.threads)
-    except (DataError, ValueError, FileNotFoundError) as exc:
-        log.error("evaluate failed: %s", exc)
-        return 2
+    """Bad data (an unknown label: file, line and label) or a model/dataset mismatch: one
+    `error: ...` line and exit status 2 (training.cli.main)."""
+    from training.cli import columns_from_args
+
+    result = evaluate_model(args.model_dir, args.backend, args.data, dataset=args.dataset, limit=args.limit,
+                            articles=parse_articles(args.articles), set_name=args.name,
+                            batch_size=args.batch_size, threads=args.threads, columns=columns_from_args(args))
     print(json.dumps({k: v for k, v in result.items() if k != "records"}, indent=2))
     return 0

