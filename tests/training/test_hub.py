@@ -86,7 +86,8 @@ def test_train_from_a_hub_base_id(tmp_path: Path, tiny_bases: dict, tiny_data: d
     m = manifest(out)
     assert m["recipe"]["base"] == HUB_BASE
     assert m["layers"] == 4
-    assert m["data"][0]["rows"] == 96
+    assert m["data"][0]["rows"] == 96 - 9  # a tenth (9 rows) is the validation split, never trained on
+    assert m["validation"]["rows"] == 9
     assert m["trained_layers"] == [2, 3]
     assert m["training"]["steps"] > 0
     base = load_file(tiny_bases["bert"] / "model.safetensors")  # frozen lower layers: the hub weights as is
@@ -112,14 +113,14 @@ def test_hub_dataset_trains_and_evaluates(tmp_path: Path, tiny_bases: dict) -> N
     assert f"{spec}:5: missing label" in bad.stderr
     cli(*args, "--skip-bad", *sets(f"train_data={spec}"), root=tmp_path)
     record = manifest(out)["data"][0]
-    assert (record["path"], record["rows"], record["skipped"], record["split"]) == (spec, 48, 1, "train")
+    assert (record["path"], record["rows"], record["skipped"], record["split"]) == (spec, 48 - 4, 1, "train")  # 4: validation
     assert len(record["sha256"]) == 64
 
     cli("evaluate", str(out), "--backend", "torch", "--data", f"{spec}@validation", root=tmp_path)
     cli("evaluate", str(out), "--backend", "torch", "--data", str(write_tsv(tmp_path / "tsv" / "dev.tsv", dev)),
         root=tmp_path)
     quality = manifest(out)["quality"]
-    hub, tsv = quality["reviews-validation"], quality["tsv-dev"]
+    hub, tsv = quality["reviews-validation"]["torch"], quality["tsv-dev"]["torch"]
     assert hub["data"]["path"] == f"{spec}@validation"
     assert len(hub["data"]["sha256"]) == 64
     assert hub["rows"] == tsv["rows"] == 24
@@ -144,5 +145,6 @@ def test_hub_sts_data_evaluates_an_embedding_model(tmp_path: Path) -> None:
     for data in (f"hf:{folder}@validation", str(tsv)):
         cli("evaluate", str(model), "--backend", "torch", "--data", data, root=tmp_path)
     quality = manifest(model)["quality"]
-    assert quality["sts-validation"]["rows"] == quality["stsb-dev"]["rows"] == 16
-    assert quality["sts-validation"]["spearman"] == pytest.approx(quality["stsb-dev"]["spearman"], abs=1e-9)
+    hub, file = quality["sts-validation"]["torch"], quality["stsb-dev"]["torch"]
+    assert hub["rows"] == file["rows"] == 16
+    assert hub["spearman"] == pytest.approx(file["spearman"], abs=1e-9)
