@@ -113,7 +113,8 @@ def test_hub_dataset_trains_and_evaluates(tmp_path: Path, tiny_bases: dict) -> N
     assert f"{spec}:5: missing label" in bad.stderr
     cli(*args, "--skip-bad", *sets(f"train_data={spec}"), root=tmp_path)
     record = manifest(out)["data"][0]
-    assert (record["path"], record["rows"], record["skipped"], record["split"]) == (spec, 48 - 4, 1, "train")  # 4: validation
+    # 4 of the 48 good rows are the validation split
+    assert (record["path"], record["rows"], record["skipped"], record["split"]) == (spec, 48 - 4, 1, "train")
     assert len(record["sha256"]) == 64
 
     cli("evaluate", str(out), "--backend", "torch", "--data", f"{spec}@validation", root=tmp_path)
