@@ -248,13 +248,16 @@ def run(recipe_name: str, models: Path, tasks: list[str], overrides: list[str], 
     for task, prefix in SETS:
         if task in tasks:
             build_task(build, task, prefix)
-    report = summary(build)
-    report["wall_s"] = round(time.monotonic() - started, 1)
-    report["cpu_s"] = round(time.process_time() - cpu_started, 1)
-    path = cache_dir() / f"build-defaults-{recipe_name}.json"
+    return finished(summary(build), f"build-defaults-{recipe_name}", started, cpu_started)
+
+
+def finished(report: dict[str, Any], name: str, started: float, cpu_started: float) -> dict[str, Any]:
+    """A build's summary with its wall and CPU time, written to ``<cache>/<name>.json``."""
+    report.update(wall_s=round(time.monotonic() - started, 1), cpu_s=round(time.process_time() - cpu_started, 1))
+    path = cache_dir() / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
-    log.info("build-defaults: done in %.0fs; summary in %s", report["wall_s"], path)
+    log.info("%s: done in %.0fs; summary in %s", name, report["wall_s"], path)
     return report
 
 
@@ -330,13 +333,8 @@ def run_user(args: argparse.Namespace) -> dict[str, Any]:
     report = summary(build)
     student = read_manifest(args.models / f"{args.name}-student")
     report.update(pair=args.name, labels=list(recipe.labels), cascade=student.get("cascade"),
-                  eval={"set": recipe.eval_name, "path": recipe.eval_data},
-                  wall_s=round(time.monotonic() - started, 1), cpu_s=round(time.process_time() - cpu_started, 1))
-    path = cache_dir() / f"build-{args.name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
-    log.info("build: done in %.0fs; summary in %s", report["wall_s"], path)
-    return report
+                  eval={"set": recipe.eval_name, "path": recipe.eval_data})
+    return finished(report, f"build-{args.name}", started, cpu_started)
 
 
 def _run_user(args: argparse.Namespace) -> int:
