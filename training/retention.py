@@ -4,6 +4,7 @@ ratio, from the per-item records `evaluate` stored (the paired bootstrap of infe
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from training.evaluate import read_predictions
 from training.manifest import read_manifest
 from training.scoring import headline_statistic
 
+log = logging.getLogger(__name__)
 HEADLINES = ("accuracy", "f1", "spearman")  # the figure a retention is quoted on, per kind of set
 
 
@@ -25,7 +27,10 @@ def retention(teacher_dir: Path, student_dir: Path) -> list[dict[str, Any]]:
         headline = next((h for h in HEADLINES if h in figures), None)
         if headline is None or (set_name, backend) not in theirs:
             continue
-        rows.append(_row(teacher_dir, student_dir, set_name, backend, headline))
+        try:
+            rows.append(_row(teacher_dir, student_dir, set_name, backend, headline))
+        except FileNotFoundError as exc:  # evaluated before per-item records were kept
+            log.warning("retention of %s on %s skipped: %s", set_name, backend, exc)
     return rows
 
 
