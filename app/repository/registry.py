@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("distilserve")
 
+
 def discover(models_dir: Path, skip: Collection[str] = ()) -> list[ModelSpec]:
     """Every sub-folder with a tokenizer and something to run; others are skipped with a log line
     (as are the `skip` names: folders that failed the start-up checks of app.faults)."""
