@@ -53,6 +53,11 @@ class Settings(BaseSettings):
         "the 12-layer fp32 teacher 8% slower; two torch calls on CPU oversubscribe its OpenMP threads",
     )
     ort_spinning: bool = Field(default=False, description="let ONNX Runtime pool threads spin-wait between batches")
+    model_workers_memory: Path | None = Field(
+        default=None,
+        description="a JSON file where the measured model-worker choice is remembered per machine and model file, so "
+        "every start makes the same choice without measuring; unset: measured at every start",
+    )
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     max_batch_tokens: int = Field(default=16384, ge=1)
     max_wait_ms: float = Field(

@@ -14,7 +14,7 @@ threads and synchronises them after every operator, which costs most at the smal
 service sees. Two calls in flight on one session keep the cores busy instead (int8 MiniLM,
 2 cores, batch 16: 1,012-1,117 items/s against 700-844 for one call at a time). Big fp32
 models parallelise well within a call, so the number is measured per model at warm-up
-(`app.repository.loading.pick_workers`).
+(`app.repository.workers`).
 """
 
 from __future__ import annotations

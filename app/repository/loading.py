@@ -12,6 +12,7 @@ from typing import Protocol
 
 from app.engine.batcher import BatchConfig, Batcher
 from app.observability.metrics import register_model
+from app.repository import workers
 from app.repository.faults import ModelFault, load_fault
 from app.repository.registry import (
     HubModelUnavailable,
@@ -29,7 +30,6 @@ from inference.pipelines import (
     EmbedItem,
     Pipeline,
     QAItem,
-    concurrent_throughput,
     make_pipeline,
     run_once,
 )
@@ -75,25 +75,6 @@ def warm_up(pipeline: Pipeline, backend: Backend, pad: int, task: str) -> None:
     """One short item through every stage, so lazy initialisation (ORT arenas, torch kernels)
     happens before /ready turns green rather than in the first user's latency."""
     run_once(pipeline, backend, pad, [_WARMUP[task]])
-
-
-_PAIR_GAIN = 1.15  # two calls in flight must beat one by this much to be kept
-
-
-def pick_workers(pipeline: Pipeline, backend: Backend, pad: int, task: str) -> int:
-    """Two model calls in flight, or one, as measured here at warm-up (batches of 8, the size a
-    loaded service runs, one call against two concurrent ones, twice, interleaved).
-
-    Which wins depends on the model and the machine: on 2 cores the int8 MiniLM runs 1.2-1.4x
-    faster with two (one call at a time spends much of a small batch synchronising ONNX
-    Runtime's intra-op threads), while the 12-layer fp32 teacher runs 8% slower (its big
-    matrix products parallelise well, and two calls fight over the caches)."""
-    payloads = [_WARMUP[task]] * 8
-    one = two = 0.0
-    for _ in range(2):
-        one += concurrent_throughput(pipeline, backend, pad, payloads, 1, calls=3)[0]
-        two += concurrent_throughput(pipeline, backend, pad, payloads, 2, calls=3)[0]
-    return 2 if two >= _PAIR_GAIN * one else 1
 
 
 def batch_config(settings: Settings, workers: int) -> BatchConfig:
@@ -153,8 +134,8 @@ def build(
     pipeline, pad = make_pipeline(spec)
     if settings.warmup:
         warm_up(pipeline, backend, pad, spec.task)
-    workers = choose_workers(pipeline, backend, pad, spec.task, kind, settings)
-    batcher = Batcher(pipeline, backend, batch_config(settings, workers), metric_labels(name, spec, kind), pad)
+    calls = choose_workers(pipeline, backend, pad, spec, name, kind, settings)
+    batcher = Batcher(pipeline, backend, batch_config(settings, calls), metric_labels(name, spec, kind), pad)
     if settings.warmup:
         batcher.calibrate(_WARMUP[spec.task])  # seeds the service-time estimate for admission
     batcher.start(loop)
@@ -174,15 +155,27 @@ def build(
     return model
 
 
-def choose_workers(pipeline: Pipeline, backend: Backend, pad: int, task: str, kind: str, settings: Settings) -> int:
+def choose_workers(pipeline: Pipeline, backend: Backend, pad: int, spec: ModelSpec, name: str, kind: str,
+                   settings: Settings) -> int:
     """`model_workers` when set; else one on torch (two CPU calls oversubscribe its OpenMP
-    threads; a GPU runs one call at a time anyway) and, on ONNX Runtime, what `pick_workers`
-    measures (one without warm-up, which is what the measurement needs)."""
+    threads; a GPU runs one call at a time anyway) and, on ONNX Runtime, the choice remembered
+    for this machine and model file, or else what `app.repository.workers` measures (one
+    without warm-up, which is what the measurement needs)."""
     if settings.model_workers:
         return settings.model_workers
     if not kind.startswith("onnx") or not settings.warmup:
         return 1
-    return pick_workers(pipeline, backend, pad, task)
+    memory, key = workers.Memory(settings.model_workers_memory), workers.machine_key(spec.path, kind, settings.threads)
+    if (remembered := memory.get(key)) is not None:
+        log.info("model workers for %s: %d (remembered in %s)", name, remembered, memory.path)
+        return remembered
+    figures = workers.measure(pipeline, backend, pad, [_WARMUP[spec.task]] * 8)
+    chosen = workers.decide(figures)
+    log.info("model workers for %s: %d (batch 8: %.0f items/s with one call, %.0f with two; median paired ratio "
+             "%.2f, two kept from %.2f)", name, chosen, figures["one_items_s"], figures["two_items_s"],
+             figures["ratio"], workers.PAIR_GAIN)
+    memory.put(key, chosen, figures)
+    return chosen
 
 
 async def load_all(settings: Settings, state: LoadState, source: BackendSource | None = None) -> list[ServedModel]:
