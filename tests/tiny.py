@@ -128,6 +128,8 @@ def build_model_dir(root: Path, task: str, role: str, seed: int = 0, int8: bool 
     if int8:
         quantize(folder / "model.onnx", folder / "model.int8.onnx")
     (folder / "manifest.json").write_text(json.dumps(manifest(task, role, name, layers, model), indent=2))
+    for path in folder.iterdir():  # safetensors writes 0600; the service's container runs as another user
+        path.chmod(0o644)
     return folder
 
 

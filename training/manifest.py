@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 import shutil
 from importlib import metadata
@@ -97,7 +98,19 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: 
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     write_manifest(out, manifest)
+    readable_by_all(out)
     return out
+
+
+def readable_by_all(folder: Path) -> None:
+    """safetensors writes its file owner-only (0600): a folder built here and mounted into the
+    service's container, which runs as another user (uid 10001), would be refused as unreadable.
+    Model files are not secrets: every file gets the permissions of the umask, as a plain write."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
 
 
 def is_complete(model_dir: Path, need_quality: bool = True, need_onnx: bool = True,

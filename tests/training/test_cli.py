@@ -117,6 +117,8 @@ def test_build_defaults_builds_skips_and_resumes(tmp_path: Path, tiny_bases: dic
         assert m["onnx"]["model.onnx"]["parity"]["ok"]
         assert (models / name / "model.onnx").is_file()
         assert m["build"]["steps"]
+        unreadable = [p.name for p in (models / name).iterdir() if p.is_file() and p.stat().st_mode & 0o044 != 0o044]
+        assert not unreadable, f"{name}: not readable by the container's user: {unreadable}"
     squad = manifest(models / "squad-quick-student")["quality"]
     assert set(squad) == {"squad-heldout"}
     assert squad["squad-heldout"]["onnx"]["rows"] == 6  # one held-out article
