@@ -85,4 +85,5 @@ def test_bad_input_is_a_4xx_naming_the_field() -> None:
 
 def test_metrics_carry_the_roles() -> None:
     text = httpx.get(f"{URL}/metrics", timeout=10).text
-    assert 'role="student"' in text and 'role="teacher"' in text
+    assert 'role="student"' in text
+    assert 'role="teacher"' in text
