@@ -46,12 +46,12 @@ test: $(VENV)/.dev $(VENV)/.minilm
 	$(BIN)/python -m pytest -q
 
 # ruff (E, F, I, B, UP, SIM, PT, BLE at 120 columns) on the whole tree; mypy --strict on app/ and
-# inference/, default on training/ and benchmarks/; no block of 6+ lines repeated in the code.
+# inference/, default on training/, benchmarks/ and deploy/; no block of 6+ lines repeated in the code.
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/mypy --strict app inference
-	$(BIN)/mypy training benchmarks
-	$(BIN)/pylint --disable=all --enable=duplicate-code --min-similarity-lines=6 --score=n app inference training benchmarks
+	$(BIN)/mypy training benchmarks deploy
+	$(BIN)/pylint --disable=all --enable=duplicate-code --min-similarity-lines=6 --score=n app inference training benchmarks deploy
 
 MODEL ?= models/embed-quick-student
 BACKEND ?= onnx

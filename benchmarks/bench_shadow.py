@@ -29,7 +29,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file, too
 
 from app.repository.registry import discover
-from benchmarks.harness import ENDPOINT, ROOT, SENTENCES, Server, body, metrics_text, request_bytes, run_load
+from benchmarks.harness import (
+    ENDPOINT,
+    SENTENCES,
+    Server,
+    add_pair_options,
+    body,
+    metrics_text,
+    request_bytes,
+    run_load,
+)
 
 
 def pick_pair(models_dir: Path, task: str) -> tuple[Path, Path]:
@@ -135,13 +144,7 @@ def folders(args: argparse.Namespace, stack: ExitStack) -> tuple[Path, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="classification", choices=sorted(ENDPOINT))
-    parser.add_argument("--models-dir", default=str(ROOT / "models"), help="model repository to take the pair from")
-    parser.add_argument("--tiny", action="store_true", help="build the test suite's tiny models and use those")
-    parser.add_argument("--teacher", help="teacher folder (with --student: overrides --models-dir)")
-    parser.add_argument("--student", help="student folder")
-    parser.add_argument("--backend", default="onnx", choices=["onnx", "onnx-int8", "torch"])
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads per model (default: runtime's)")
+    add_pair_options(parser)
     parser.add_argument("--rate", type=float, default=0.2, help="shadow_rate of the shadowed server")
     parser.add_argument("--concurrency", type=int, default=4, help="closed-loop clients")
     parser.add_argument("--requests", type=int, default=100, help="requests per round")

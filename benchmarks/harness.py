@@ -218,3 +218,14 @@ def run_load(port: int, per_client: list[list[bytes]], seconds: float | None) ->
 def rotations(reqs: list[bytes], clients: int) -> list[list[bytes]]:
     """Per client, the same requests starting at a different one."""
     return [reqs[i % len(reqs):] + reqs[: i % len(reqs)] for i in range(clients)]
+
+
+def add_pair_options(parser: Any) -> None:
+    """The options that pick a teacher/student pair and how it is served (bench_shadow, bench_ray)."""
+    parser.add_argument("--task", default="classification", choices=sorted(ENDPOINT))
+    parser.add_argument("--models-dir", default=str(ROOT / "models"), help="model repository to take the pair from")
+    parser.add_argument("--tiny", action="store_true", help="build the test suite's tiny models and use those")
+    parser.add_argument("--teacher", help="teacher folder (with --student: overrides --models-dir)")
+    parser.add_argument("--student", help="student folder")
+    parser.add_argument("--backend", default="onnx", choices=["onnx", "onnx-int8", "torch"])
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads per model (default: runtime's)")
