@@ -31,7 +31,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 log() { echo "[containers-check] $*" >&2; }
-free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# shellcheck source=.ci/lib.sh
+source "$ROOT/.ci/lib.sh"
 size_mb() { podman image inspect --format '{{.Size}}' "$1" | awk '{printf "%d", $1 / 1000000}'; }
 
 # step NAME COMMAND...: run it, timed, into the summary
@@ -41,17 +42,6 @@ step() {
     log "$name"
     "$@"
     SUMMARY+=("$(printf '%-34s %4d s' "$name" "$(( $(date +%s) - start ))")")
-}
-
-# wait_for URL SECONDS WHAT: poll until the URL answers 200, else show WHAT's log and fail
-wait_for() {
-    local url="$1" seconds="$2" what="$3"
-    for _ in $(seq "$((seconds * 4))"); do
-        "$PY" -c "import sys, urllib.request as u; sys.exit(u.urlopen(sys.argv[1], timeout=2).status != 200)" \
-            "$url" 2>/dev/null && return 0
-        sleep 0.25
-    done
-    log "$url not ready after ${seconds}s"; eval "$what" >&2 || true; return 1
 }
 
 need_apt=()

@@ -22,21 +22,8 @@ trap 'exit 130' INT TERM
 
 log() { echo "[prometheus-check] $*" >&2; }
 
-free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
-# wait_for URL SECONDS LOGFILE [TEXT]: poll until the URL answers 200 (with TEXT in the body,
-# when given), else show the log and fail.
-wait_for() {
-    local url="$1" seconds="$2" logfile="$3" text="${4:-}"
-    for _ in $(seq "$((seconds * 4))"); do
-        if "$PY" -c "import sys, urllib.request as u; r = u.urlopen(sys.argv[1], timeout=2); sys.exit(r.status != 200 or sys.argv[2].encode() not in r.read())" \
-            "$url" "$text" 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.25
-    done
-    log "$url not ready after ${seconds}s; log follows"; tail -n 40 "$logfile" >&2; return 1
-}
+# shellcheck source=.ci/lib.sh
+source "$ROOT/.ci/lib.sh"
 
 if ! command -v prometheus >/dev/null; then
     log "installing Debian's prometheus"
@@ -51,7 +38,7 @@ log "service on 127.0.0.1:$API_PORT"
 (cd "$ROOT" && DISTILSERVE_MODELS_DIR="$WORK/models" DISTILSERVE_BACKENDS='["onnx"]' DISTILSERVE_THREADS=1 \
     exec "$PY" -m uvicorn app.main:app --host 127.0.0.1 --port "$API_PORT" --log-level warning) >"$WORK/api.log" 2>&1 &
 PIDS+=("$!")
-wait_for "http://127.0.0.1:$API_PORT/ready" 60 "$WORK/api.log"
+wait_for "http://127.0.0.1:$API_PORT/ready" 60 "tail -n 40 $WORK/api.log"
 
 # The shipped scrape config, with only the target and the intervals changed.
 sed -e "s/\"api:8000\"/\"127.0.0.1:$API_PORT\"/" -e 's/_interval: .*/_interval: 1s/' \
@@ -63,10 +50,10 @@ log "prometheus on 127.0.0.1:$PROM_PORT"
 prometheus --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/tsdb" \
     --web.listen-address="127.0.0.1:$PROM_PORT" --log.level=warn >"$WORK/prometheus.log" 2>&1 &
 PIDS+=("$!")
-wait_for "http://127.0.0.1:$PROM_PORT/-/ready" 30 "$WORK/prometheus.log"
+wait_for "http://127.0.0.1:$PROM_PORT/-/ready" 30 "tail -n 40 $WORK/prometheus.log"
 # Prometheus hands new targets to the scraper up to 5 s after start: wait for the first scrape,
 # or the first seconds of traffic would never be seen.
-wait_for "http://127.0.0.1:$PROM_PORT/api/v1/query?query=up%3D%3D1" 30 "$WORK/prometheus.log" '"value"'
+wait_for "http://127.0.0.1:$PROM_PORT/api/v1/query?query=up%3D%3D1" 30 "tail -n 40 $WORK/prometheus.log" '"value"'
 
 log "bounded traffic to teacher and student of every task (python -m benchmarks.report)"
 (cd "$ROOT" && timeout 90 "$PY" -m benchmarks.report --url "http://127.0.0.1:$API_PORT" --out "$WORK/report" \

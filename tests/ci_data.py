@@ -8,12 +8,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tests.training.conftest import save_base, write_sentiment, write_squad, write_stsb
+from tests.training.conftest import TINY, TINY_QA, save_base, write_sentiment, write_squad, write_stsb
 
 # build-defaults overrides that make the recipes fit the tiny data (as tests/training/test_cli.py)
-BUILD_SETS = ["batch_size=8", "teacher_epochs=2", "student_epochs=2", "threads=1", "min_words=0",
-              "teacher_train_top=2", "student_train_top=1", "qa.heldout_articles=1", "qa.max_length=40",
-              "qa.doc_stride=16", "qa.serve_max_length=64", "base=/data/base"]
+BUILD_SETS = [*TINY, *TINY_QA, "base=/data/base"]
 
 
 def write(out: Path) -> Path:

@@ -16,6 +16,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedModel
 
+from training.manifest import readable_by_all
+
 WORDS = ["the", "a", "an", "of", "to", "and", "in", "is", "was", "it", "that", "for", "on", "with", "as", "by", "at",
          "from", "film", "movie", "good", "bad", "great", "boring", "funny", "dull", "fun", "story", "actor", "plot",
          "best", "worst", "love", "hate", "who", "what", "where", "when", "why", "how", "penguins", "live", "southern",
@@ -128,8 +130,7 @@ def build_model_dir(root: Path, task: str, role: str, seed: int = 0, int8: bool 
     if int8:
         quantize(folder / "model.onnx", folder / "model.int8.onnx")
     (folder / "manifest.json").write_text(json.dumps(manifest(task, role, name, layers, model), indent=2))
-    for path in folder.iterdir():  # safetensors writes 0600; the service's container runs as another user
-        path.chmod(0o644)
+    readable_by_all(folder)  # safetensors writes 0600; the service's container runs as another user
     return folder
 
 

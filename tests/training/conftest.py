@@ -17,6 +17,11 @@ from tests.tiny import build_tokenizer, vocabulary
 POSITIVE = ["good", "great", "fun", "funny", "best", "love"]
 NEGATIVE = ["bad", "boring", "dull", "worst", "hate"]
 FILLER = ["the", "film", "movie", "story", "actor", "plot", "was", "a", "very", "really"]
+# Recipe overrides that make training on the tiny data take seconds, and the QA ones that fit its
+# short contexts (build-defaults in tests/training/test_cli.py and in CI's tests/ci_data.py).
+TINY = ["batch_size=8", "teacher_epochs=2", "student_epochs=2", "threads=1", "min_words=0",
+        "teacher_train_top=2", "student_train_top=1", "eval_backend=onnx"]
+TINY_QA = ["qa.heldout_articles=1", "qa.max_length=40", "qa.doc_stride=16", "qa.serve_max_length=64"]
 
 
 def tiny_encoder(arch: str, layers: int = 4, seed: int = 0) -> torch.nn.Module:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.training.conftest import TINY, TINY_QA
+
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["batch_size=8", "teacher_epochs=2", "student_epochs=2", "threads=1", "min_words=0",
-        "teacher_train_top=2", "student_train_top=1", "eval_backend=onnx"]
 
 
 def cli(*args: str, cache: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -96,9 +96,8 @@ def test_bad_data_fails_with_file_and_line(tmp_path: Path, tiny_bases: dict) -> 
 def build_args(models: Path, base: Path, data: dict) -> list[str]:
     sets = TINY + [
         f"base={base}", f"classification.train_data={data['sst2_train']}",
-        f"classification.eval_data={data['sst2_dev']}", f"qa.train_data={data['squad']}", "qa.heldout_articles=1",
-        "qa.max_length=40", "qa.doc_stride=16", "qa.serve_max_length=64", f"embedding.train_data={data['stsb_train']}",
-        f"embedding.eval_data={data['stsb_dev']}",
+        f"classification.eval_data={data['sst2_dev']}", f"qa.train_data={data['squad']}", *TINY_QA,
+        f"embedding.train_data={data['stsb_train']}", f"embedding.eval_data={data['stsb_dev']}",
     ]
     return ["build-defaults", "--models", str(models), "--no-int8", *[a for s in sets for a in ("--set", s)]]
 
