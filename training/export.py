@@ -1,7 +1,8 @@
 """Export a model folder to ONNX (fp32 `model.onnx`, int8 `model.int8.onnx`) with parity checks.
 
-The int8 schemes (and why the default is block-wise) are in `training.int8`; with the default
-`auto`, the first scheme of `AUTO_CHAIN` whose file passes parity is kept.
+The int8 schemes are in `training.int8`; with the default `auto`, every scheme of `AUTO_CHAIN`
+is built and timed against fp32 on this machine (`training.int8_speed`), and the fastest whose
+file passes parity is kept.
 `python -m training export MODEL --compare-schemes` (training/int8_compare.py, which adds that
 flag to this command) measures every scheme on a model instead of exporting it.
 
@@ -14,6 +15,7 @@ import argparse
 import json
 import logging
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -169,26 +171,46 @@ def export_model(model_dir: Path, *, int8: bool = True, parity_texts: list[str] 
 
 def _export_int8_checked(out_dir: Path, config: Any, spec: Any, reference: Outputs, texts: list[str] | None,
                          manifest: dict, scheme: str, tolerances: dict | None) -> None:
-    """Quantise and check with `scheme`, or with each scheme of `AUTO_CHAIN` until one passes
-    (the failed attempts' figures stay in the manifest entry). Raises the last breach."""
-    chain = AUTO_CHAIN if scheme == "auto" else (scheme,)
-    tried: list[dict] = []
-    for i, name in enumerate(chain):
-        export_int8(out_dir / FP32_FILE, out_dir / INT8_FILE, config, name)
-        try:
-            _check_and_record(out_dir, INT8_FILE, spec, reference, texts, manifest, name, tolerances, tried)
-            return
-        except ExportParityError as exc:
-            if i + 1 == len(chain):
-                raise  # its entry, with the earlier attempts in it, is written already
-            entry = manifest["onnx"].pop(INT8_FILE)
-            tried.append({"scheme_name": name, "parity": entry["parity"]})
-            log.warning("%s; trying int8 scheme %s", exc, chain[i + 1])
+    """Quantise with `scheme`; with `auto`, build every scheme of `AUTO_CHAIN`, time each against
+    fp32 and check them fastest first, keeping the first that passes. The failed attempts and every
+    candidate's speed stay in the manifest entry. Raises the last breach."""
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".int8-") as tmp:
+        files = {name: Path(tmp) / f"{name}.onnx" for name in (AUTO_CHAIN if scheme == "auto" else (scheme,))}
+        for name, path in files.items():
+            export_int8(out_dir / FP32_FILE, path, config, name)
+        speeds = _speeds(out_dir, spec, files, texts)
+        order = sorted(files, key=lambda name: speeds[name]["int8_ms"])
+        log.info("int8 candidates, fastest first: %s", ", ".join(f"{n} {speeds[n]['speedup']:.2f}x" for n in order))
+        tried: list[dict] = []
+        for i, name in enumerate(order):
+            shutil.move(files[name], out_dir / INT8_FILE)
+            record = {"speed": speeds[name], "candidates": [{"scheme_name": n, **speeds[n]} for n in order]}
+            try:
+                _check_and_record(out_dir, INT8_FILE, spec, reference, texts, manifest, name, tolerances, tried,
+                                  record)
+                return
+            except ExportParityError as exc:
+                if i + 1 == len(order):
+                    raise  # its entry, with the earlier attempts in it, is written already
+                entry = manifest["onnx"].pop(INT8_FILE)
+                tried.append({"scheme_name": name, "parity": entry["parity"], "speed": speeds[name]})
+                log.warning("%s; trying int8 scheme %s", exc, order[i + 1])
+
+
+def _speeds(out_dir: Path, spec: Any, files: dict[str, Path], texts: list[str] | None) -> dict[str, dict]:
+    """Each candidate's ms against fp32 on one batch of the parity texts, measured in turns."""
+    from training.int8_speed import bench_inputs, speed_figures
+    from training.parity import PARITY_TEXTS
+
+    inputs = bench_inputs(out_dir, spec.task, texts or list(PARITY_TEXTS), spec.max_length)
+    return speed_figures(out_dir / FP32_FILE, files, spec.task, inputs)
 
 
 def _check_and_record(out_dir: Path, file: str, spec: Any, reference: Outputs, texts: list[str] | None,
-                      manifest: dict, scheme: str, tolerances: dict | None, tried: list[dict] | None = None) -> None:
-    """Check one file, write its manifest entry; on a breach remove the file and raise."""
+                      manifest: dict, scheme: str, tolerances: dict | None, tried: list[dict] | None = None,
+                      extra: dict | None = None) -> None:
+    """Check one file, write its manifest entry (with `extra` figures); on a breach remove the file
+    and raise."""
     precision = "int8" if file == INT8_FILE else "fp32"
     tolerance = (tolerances or {}).get(precision) or TOLERANCES[precision][spec.task]
     entry = check_file(out_dir, file, spec, reference, texts, tolerance)
@@ -196,7 +218,8 @@ def _check_and_record(out_dir: Path, file: str, spec: Any, reference: Outputs, t
     if entry["precision"] == "int8":
         entry["scheme_name"] = scheme
         if tried:
-            entry["schemes_tried"] = list(tried)  # earlier schemes of the chain that failed parity
+            entry["schemes_tried"] = list(tried)  # faster candidates that failed parity
+        entry.update(extra or {})
     manifest.setdefault("onnx", {})[file] = entry
     manifest["versions"] = {**manifest.get("versions", {}), **versions()}
     write_manifest(out_dir, manifest)
@@ -232,8 +255,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, help="write the export here (default: in the model folder)")
     parser.add_argument("--no-int8", action="store_true", help="fp32 model.onnx only")
     parser.add_argument("--int8-scheme", default=DEFAULT_SCHEME, choices=["auto", *sorted(SCHEMES)],
-                        help=f"int8 quantisation scheme (default {DEFAULT_SCHEME}: the first of "
-                             f"{', '.join(AUTO_CHAIN)} that passes parity)")
+                        help=f"int8 quantisation scheme (default {DEFAULT_SCHEME}: the fastest of "
+                             f"{', '.join(AUTO_CHAIN)}, timed here, that passes parity)")
     parser.add_argument("--tolerance", action="append", default=[], metavar="PRECISION.METRIC=VALUE",
                         help="override a parity tolerance, e.g. int8.mean_cosine=0.995 (repeatable)")
     parser.set_defaults(func=_run)

@@ -1,13 +1,16 @@
 """int8 quantisation of an exported fp32 ONNX graph: the schemes, and the MatMuls each one quantises.
 
-Why the default scheme is block-wise: dynamic int8 quantises each MatMul input with ONE scale per
-tensor, and the input of the feed-forward down-projection (after GELU) carries outlier tokens
-that wreck that scale - on the MPNet teacher per-channel dynamic int8 fell to 0.92 mean cosine.
-`MatMulNBits` with 8-bit weights in blocks of 256 and `accuracy_level=4` quantises activations
-per token and per block at run time (int8 kernels), which keeps 0.999 cosine at ~1.9x the fp32
-speed. Where a model's activations need finer blocks (the SST-2 student: max probability shift
-0.15 with blocks of 256), the default `auto` falls back along `AUTO_CHAIN` to 32-channel blocks
-(1.8x fp32 there), keeping the first file that passes parity (`training.export` checks it).
+Two families, because which is faster depends on the CPU (`training.int8_speed` measures it):
+- Block-wise `MatMulNBits` with 8-bit weights and `accuracy_level=4` quantises activations per
+  token and per block at run time. Dynamic int8 with ONE scale per tensor lost too much on the
+  MPNet teacher (0.92 mean cosine: the FFN down-projection's input carries outlier tokens), the
+  blocks keep 0.999. With AVX512-VNNI they ran at 1.8-2.4x fp32; on AVX2 without VNNI at 0.60x.
+- ONNX Runtime's dynamic `MatMulInteger` with per-channel weights in 7 bits (`reduce_range`):
+  1.5-1.8x fp32 on that AVX2 machine. Without VNNI the u8 x s8 products are summed in pairs into
+  saturating int16 (VPMADDUBSW); full 8-bit weights overflow there (label agreement 0.54 on the
+  SST-2 student), 7-bit ones cannot.
+The default `auto` (in `training.export`) builds every scheme of `AUTO_CHAIN`, times each on the
+model itself and keeps the fastest that passes parity; each candidate's figures go in the manifest.
 `python -m training export MODEL --compare-schemes` (training/int8_compare.py) measures every
 scheme in `SCHEMES` on a model; each stays selectable with --int8-scheme.
 """
@@ -56,12 +59,12 @@ def _quiet_root() -> Iterator[None]:
         root.setLevel(level)
 
 
-def _dynamic(src: Path, dst: Path, nodes: list[str]) -> None:
+def _dynamic(src: Path, dst: Path, nodes: list[str], reduce_range: bool = False) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet_root():
-        quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes)
+        quantize_dynamic(str(src), str(dst), per_channel=True, reduce_range=reduce_range,
+                         weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes)
 
 
 def _blockwise(src: Path, dst: Path, exclude: list[str], block: int = 256, accuracy_level: int = 4) -> None:
@@ -111,6 +114,15 @@ def _scheme_dynamic_all(src: Path, dst: Path, roles: dict[str, list[str]], heads
     _dynamic(src, dst, roles["attention"] + roles["ffn_up"] + roles["ffn_down"])
 
 
+def _scheme_reduce_range(src: Path, dst: Path, roles: dict[str, list[str]], heads: list[str], block: int) -> None:
+    _dynamic(src, dst, roles["attention"] + roles["ffn_up"] + roles["ffn_down"], reduce_range=True)
+
+
+def _scheme_reduce_range_no_down(src: Path, dst: Path, roles: dict[str, list[str]], heads: list[str],
+                                 block: int) -> None:
+    _dynamic(src, dst, roles["attention"] + roles["ffn_up"], reduce_range=True)
+
+
 Scheme = Callable[[Path, Path, dict[str, list[str]], list[str], int], None]
 SCHEMES: dict[str, tuple[Scheme, str]] = {
     "blockwise8": (_scheme_blockwise, "MatMulNBits 8-bit weights, block 256, int8 compute "
@@ -127,14 +139,18 @@ SCHEMES: dict[str, tuple[Scheme, str]] = {
                             "FFN-up MatMuls; FFN-down and heads fp32"),
     "dynamic-per-channel": (_scheme_dynamic_all, "dynamic per-channel int8 on every encoder "
                             "MatMul; heads fp32 (fails parity on MPNet)"),
+    "dynamic-reduce-range": (_scheme_reduce_range, "dynamic int8 (MatMulInteger), per-channel 7-bit weights "
+                             "(reduce_range: no int16 saturation without VNNI) on every encoder MatMul; heads fp32"),
+    "dynamic-reduce-range-no-ffn-down": (_scheme_reduce_range_no_down, "dynamic int8 (MatMulInteger), "
+                                         "per-channel 7-bit weights on attention + FFN-up; FFN-down and heads fp32"),
 }
 DEFAULT_SCHEME = "auto"
-# "auto" tries these in order and keeps the first that passes parity: the fastest first, then
-# finer activation blocks, so a model whose activations the coarse blocks hurt still gets an int8
-# file. Measured on the SST-2 student (batch 16, vs fp32): blocks of 256 2.43x but parity fails;
-# blocks of 32 1.81x and passes. "weight-only8" (fp32 compute) passes too but runs at 0.82x of
-# fp32, so it is not in the chain: no int8 file beats a slower one.
-AUTO_CHAIN = ("blockwise8", "blockwise8-b32")
+# "auto" builds each of these, times it against fp32 on the model itself, and keeps the fastest
+# that passes parity (training.export). The block-wise pair wins where the CPU has VNNI, the
+# dynamic pair where it has not; the finer variant of each is there for models whose
+# activations the coarser one hurts (the SST-2 student needed blocks of 32). "weight-only8"
+# (fp32 compute) ran at 0.82x fp32 and is never the fastest, so it is not a candidate.
+AUTO_CHAIN = ("blockwise8", "blockwise8-b32", "dynamic-reduce-range", "dynamic-reduce-range-no-ffn-down")
 
 
 def head_matmuls(path: Path) -> list[str]:

@@ -11,23 +11,20 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from transformers import AutoConfig
 
 from inference.backends import Backend, load_backend
 from inference.modelfolder import read_spec
-from inference.tasks import classify, embed, load_tokenizer, pad_batch, pad_id
 from training.export import FP32_FILE, export_model
 from training.int8 import SCHEMES, export_int8
+from training.int8_speed import bench_inputs, round_robin_ms
 from training.parity import compare, run_parity_set
 
 log = logging.getLogger(__name__)
-BENCH_ITEMS = 16
 
 
 def load_texts(path: Path | None, limit: int) -> list[str] | None:
@@ -39,29 +36,6 @@ def load_texts(path: Path | None, limit: int) -> list[str] | None:
     examples, _ = load_labelled(path, labels=None, require_label=False, limit=limit, split="parity")
     texts = [e.text for e in examples] + [e.text_pair for e in examples if e.text_pair]
     return texts[:limit]
-
-
-def bench_inputs(model_dir: Path, task: str, texts: Sequence[str], max_length: int) -> dict[str, np.ndarray]:
-    """One padded batch of the first texts (QA: each text as question and context)."""
-    tokenizer = load_tokenizer(model_dir, max_length)
-    module = embed if task == "embedding" else classify
-    pairs = [(t, t) for t in texts[:BENCH_ITEMS]] if task == "qa" else list(texts[:BENCH_ITEMS])
-    return pad_batch(module.encode(tokenizer, pairs, max_length), pad_id(tokenizer))
-
-
-def round_robin_ms(backends: dict[str, Backend], inputs: dict[str, np.ndarray], rounds: int) -> dict[str, float]:
-    """Fastest of `rounds` timed calls per backend, the backends taking turns within each round:
-    on a shared machine interference then hits every backend alike, and the minimum is the
-    estimate least moved by it."""
-    for backend in backends.values():
-        backend.forward(inputs)
-    times: dict[str, list[float]] = {name: [] for name in backends}
-    for _ in range(rounds):
-        for name, backend in backends.items():
-            start = time.perf_counter()
-            backend.forward(inputs)
-            times[name].append(time.perf_counter() - start)
-    return {name: 1000 * min(t) for name, t in times.items()}
 
 
 def compare_schemes(model_dir: Path, task: str | None = None, schemes: Sequence[str] | None = None,

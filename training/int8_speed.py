@@ -1,0 +1,59 @@
+"""How fast each int8 file runs against the fp32 graph, on one batch, on this machine.
+
+Why measured here and not assumed: which int8 kernels win depends on the CPU. With AVX512-VNNI
+the block-wise MatMulNBits files ran at 1.8-2.4x fp32; on an AVX2 machine without VNNI the same
+file ran at 0.60x while ONNX Runtime's dynamic MatMulInteger (7-bit weights) ran at 1.5-1.8x.
+`training.export`'s `auto` scheme orders its candidates by these figures, and
+`training.int8_compare` prints them for every scheme.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from inference.backends import Backend
+from inference.tasks import classify, embed, load_tokenizer, pad_batch, pad_id
+
+BENCH_ITEMS = 16   # items per timed batch: the batcher's usual size under load
+ROUNDS = 5         # timed calls per graph; the fastest is kept
+
+
+def bench_inputs(model_dir: Path, task: str, texts: Sequence[str], max_length: int) -> dict[str, np.ndarray]:
+    """One padded batch of the first texts (QA: each text as question and context)."""
+    tokenizer = load_tokenizer(model_dir, max_length)
+    module = embed if task == "embedding" else classify
+    pairs = [(t, t) for t in texts[:BENCH_ITEMS]] if task == "qa" else list(texts[:BENCH_ITEMS])
+    return pad_batch(module.encode(tokenizer, pairs, max_length), pad_id(tokenizer))
+
+
+def round_robin_ms(backends: dict[str, Backend], inputs: dict[str, np.ndarray], rounds: int = ROUNDS
+                   ) -> dict[str, float]:
+    """Fastest of `rounds` timed calls per backend, the backends taking turns within each round:
+    on a shared machine interference then hits every backend alike, and the minimum is the
+    estimate least moved by it."""
+    for backend in backends.values():
+        backend.forward(inputs)
+    times: dict[str, list[float]] = {name: [] for name in backends}
+    for _ in range(rounds):
+        for name, backend in backends.items():
+            start = time.perf_counter()
+            backend.forward(inputs)
+            times[name].append(time.perf_counter() - start)
+    return {name: 1000 * min(t) for name, t in times.items()}
+
+
+def speed_figures(fp32: Path, files: dict[str, Path], task: str, inputs: dict[str, np.ndarray],
+                  threads: int | None = None, rounds: int = ROUNDS) -> dict[str, dict]:
+    """Per int8 file: its ms and fp32's on `inputs` (measured in turns), and fp32 ms / int8 ms."""
+    from inference.backends.onnx import OnnxBackend
+
+    backends: dict[str, Backend] = {"fp32": OnnxBackend(fp32, task, "onnx", threads, "all")}
+    backends.update({name: OnnxBackend(path, task, "onnx-int8", threads, "all") for name, path in files.items()})
+    ms = round_robin_ms(backends, inputs, rounds)
+    batch = list(inputs["input_ids"].shape)
+    return {name: {"int8_ms": round(ms[name], 2), "fp32_ms": round(ms["fp32"], 2),
+                   "speedup": round(ms["fp32"] / ms[name], 3), "batch": batch, "rounds": rounds}
+            for name in files}
