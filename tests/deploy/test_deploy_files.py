@@ -133,6 +133,7 @@ def test_runtime_stage_is_torch_free_non_root_and_health_checked() -> None:
     assert "curl" not in runtime["HEALTHCHECK"]
     assert json.loads(runtime["CMD"])[:2] == ["uvicorn", "app.main:app"]
     assert "0.0.0.0" in json.loads(runtime["CMD"])
+    assert "--no-access-log" in json.loads(runtime["CMD"])  # the service's JSON line, not uvicorn's too
     serving = " ".join(a for op, a in stages()["serving-deps"] if op == "RUN")
     assert "pip install ." in serving
     assert "torch==" not in serving
