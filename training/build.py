@@ -96,6 +96,11 @@ def finish(build: Build, recipe: Recipe, tmp: Path, name: str) -> Path:
     timed(build, name, f"evaluate ({recipe.eval_backend})", evaluate_model, tmp, recipe.eval_backend, path,
           limit=recipe.eval_limit, articles=articles, set_name=recipe.eval_name, threads=recipe.threads,
           columns=build.eval_columns)
+    if (tmp / "model.int8.onnx").is_file():  # the int8 file against fp32 on the same set, item by item
+        from training.int8_agreement import measure
+
+        timed(build, name, "int8 agreement", measure, tmp, path, set_name=recipe.eval_name, limit=recipe.eval_limit,
+              articles=articles, threads=recipe.threads, columns=build.eval_columns)
     manifest = read_manifest(tmp)
     manifest["build"] = {"recipe": build.recipe_name, "steps": [s for s in build.steps if s["model"] == name]}
     write_manifest(tmp, manifest)
@@ -235,6 +240,7 @@ def summary(build: Build) -> dict:
             if (path / "manifest.json").is_file():
                 manifest = read_manifest(path)
                 out["models"][path.name] = {"quality": manifest.get("quality"),
+                                            "int8_agreement": manifest.get("int8_agreement"),
                                             "training_time_s": manifest.get("training_time_s")}
         if all(path.name in out["models"] for path in paths.values()):
             out["retention"][pair] = retention(paths["teacher"], paths["student"])

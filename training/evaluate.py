@@ -80,7 +80,8 @@ def evaluate_model(model_dir: Path, backend: str, data_path: Path | str, *, data
     """Evaluate `model_dir` on `data_path` with `backend`; return the figures and (if the folder
     has a manifest and `write`) store them as manifest["quality"][set_name][backend], with the
     per-item records in `evaluations/<set>@<backend>.jsonl` beside it. `columns`: how a labelled
-    file is read (default: its header names the columns)."""
+    file is read (default: its header names the columns). The result also carries each served
+    item's raw output (`outputs`: vectors for embeddings), which is not stored."""
     model_dir, data_path = Path(model_dir), data_source(str(data_path))
     spec = read_spec(model_dir)
     dataset = dataset or detect_dataset(data_path, spec.task)
@@ -106,7 +107,7 @@ def evaluate_model(model_dir: Path, backend: str, data_path: Path | str, *, data
              "evaluated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
     if write:
         _record(model_dir, name, entry, scored.records)
-    return {"set": name, **entry, "records": scored.records}
+    return {"set": name, **entry, "records": scored.records, "outputs": [r["result"] for r in scored.served.results]}
 
 
 def predictions_file(set_name: str, backend: str) -> str:
@@ -175,5 +176,5 @@ def _run(args: argparse.Namespace) -> int:
     result = evaluate_model(args.model_dir, args.backend, args.data, dataset=args.dataset, limit=args.limit,
                             articles=parse_articles(args.articles), set_name=args.name,
                             batch_size=args.batch_size, threads=args.threads, columns=columns_from_args(args))
-    print(json.dumps({k: v for k, v in result.items() if k != "records"}, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("records", "outputs")}, indent=2))
     return 0
