@@ -26,6 +26,7 @@ from transformers import PreTrainedModel
 
 from inference.backends import OUTPUT_NAMES, load_backend
 from inference.modelfolder import read_spec
+from training.graph_opt import AT_LOAD
 from training.int8 import AUTO_CHAIN, DEFAULT_SCHEME, SCHEMES, export_int8
 from training.manifest import describe, read_manifest, versions, write_manifest
 from training.modeling import position_limit
@@ -146,11 +147,12 @@ def check_max_length(spec: Any, config: Any) -> None:
 
 def export_model(model_dir: Path, *, int8: bool = True, parity_texts: list[str] | None = None,
                  task: str | None = None, out_dir: Path | None = None, scheme: str = DEFAULT_SCHEME,
-                 tolerances: dict[str, dict[str, float]] | None = None) -> dict:
+                 tolerances: dict[str, dict[str, float]] | None = None, fuse: bool = True) -> dict:
     """Export `model_dir` to ONNX in `out_dir` (default: in place) and return the manifest.
 
     `task` is only needed for a plain HF folder whose config does not say it; `tolerances`
-    overrides `TOLERANCES[precision][task]` per precision (used by tests and strict builds).
+    overrides `TOLERANCES[precision][task]` per precision (used by tests and strict builds);
+    `fuse` tries offline graph fusion (kept only where it is faster here, `training.graph_opt`).
     Raises `ExportParityError` (after recording the figures and removing the file) on a breach.
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir or model_dir)
@@ -163,14 +165,32 @@ def export_model(model_dir: Path, *, int8: bool = True, parity_texts: list[str] 
     reference = run_parity_set(load_backend(model_dir, task, "torch"), spec, parity_texts)
     _drop_stale_int8(out_dir, manifest)
     export_fp32(model, task, out_dir / FP32_FILE)
-    _check_and_record(out_dir, FP32_FILE, spec, reference, parity_texts, manifest, scheme, tolerances)
+    graph = _fuse(out_dir, model.config, spec, parity_texts) if fuse else {"offline": None, "at_load": AT_LOAD}
+    _check_and_record(out_dir, FP32_FILE, spec, reference, parity_texts, manifest, scheme, tolerances,
+                      extra={"graph": graph})
     if int8:  # only from an fp32 graph that passed
-        _export_int8_checked(out_dir, model.config, spec, reference, parity_texts, manifest, scheme, tolerances)
+        _export_int8_checked(out_dir, model.config, spec, reference, parity_texts, manifest, scheme, tolerances,
+                             graph)
     return manifest
 
 
+def _fuse(out_dir: Path, config: Any, spec: Any, texts: list[str] | None) -> dict[str, Any]:
+    """Offline fusion of model.onnx, kept where it is faster here (training.graph_opt)."""
+    from training.graph_opt import optimize_fp32
+
+    return optimize_fp32(out_dir / FP32_FILE, config, spec.task, _bench_batch(out_dir, spec, texts))
+
+
+def _bench_batch(out_dir: Path, spec: Any, texts: list[str] | None) -> dict[str, Any]:
+    """The batch every speed decision of the export is measured on: 16 of the parity texts."""
+    from training.int8_speed import bench_inputs
+    from training.parity import PARITY_TEXTS
+
+    return bench_inputs(out_dir, spec.task, texts or list(PARITY_TEXTS), spec.max_length)
+
+
 def _export_int8_checked(out_dir: Path, config: Any, spec: Any, reference: Outputs, texts: list[str] | None,
-                         manifest: dict, scheme: str, tolerances: dict | None) -> None:
+                         manifest: dict, scheme: str, tolerances: dict | None, graph: dict) -> None:
     """Quantise with `scheme`; with `auto`, build every scheme of `AUTO_CHAIN`, time each against
     fp32 and check them fastest first, keeping the first that passes. The failed attempts and every
     candidate's speed stay in the manifest entry. Raises the last breach."""
@@ -184,7 +204,8 @@ def _export_int8_checked(out_dir: Path, config: Any, spec: Any, reference: Outpu
         tried: list[dict] = []
         for i, name in enumerate(order):
             shutil.move(files[name], out_dir / INT8_FILE)
-            record = {"speed": speeds[name], "candidates": [{"scheme_name": n, **speeds[n]} for n in order]}
+            record = {"speed": speeds[name], "candidates": [{"scheme_name": n, **speeds[n]} for n in order],
+                      "graph": {**graph, "quantised_from": FP32_FILE}}
             try:
                 _check_and_record(out_dir, INT8_FILE, spec, reference, texts, manifest, name, tolerances, tried,
                                   record)
@@ -199,11 +220,9 @@ def _export_int8_checked(out_dir: Path, config: Any, spec: Any, reference: Outpu
 
 def _speeds(out_dir: Path, spec: Any, files: dict[str, Path], texts: list[str] | None) -> dict[str, dict]:
     """Each candidate's ms against fp32 on one batch of the parity texts, measured in turns."""
-    from training.int8_speed import bench_inputs, speed_figures
-    from training.parity import PARITY_TEXTS
+    from training.int8_speed import speed_figures
 
-    inputs = bench_inputs(out_dir, spec.task, texts or list(PARITY_TEXTS), spec.max_length)
-    return speed_figures(out_dir / FP32_FILE, files, spec.task, inputs)
+    return speed_figures(out_dir / FP32_FILE, files, spec.task, _bench_batch(out_dir, spec, texts))
 
 
 def _check_and_record(out_dir: Path, file: str, spec: Any, reference: Outputs, texts: list[str] | None,
@@ -219,7 +238,7 @@ def _check_and_record(out_dir: Path, file: str, spec: Any, reference: Outputs, t
         entry["scheme_name"] = scheme
         if tried:
             entry["schemes_tried"] = list(tried)  # faster candidates that failed parity
-        entry.update(extra or {})
+    entry.update(extra or {})
     manifest.setdefault("onnx", {})[file] = entry
     manifest["versions"] = {**manifest.get("versions", {}), **versions()}
     write_manifest(out_dir, manifest)
@@ -254,6 +273,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--task", choices=tuple(OUTPUT_NAMES), help="task of a plain HF folder")
     parser.add_argument("--out", type=Path, help="write the export here (default: in the model folder)")
     parser.add_argument("--no-int8", action="store_true", help="fp32 model.onnx only")
+    parser.add_argument("--no-fuse", action="store_true", help="no offline graph fusion (by default it is tried "
+                        "and kept where it is faster on this machine)")
     parser.add_argument("--int8-scheme", default=DEFAULT_SCHEME, choices=["auto", *sorted(SCHEMES)],
                         help=f"int8 quantisation scheme (default {DEFAULT_SCHEME}: the fastest of "
                              f"{', '.join(AUTO_CHAIN)}, timed here, that passes parity)")
@@ -278,7 +299,8 @@ def _run(args: argparse.Namespace) -> int:
     task = read_manifest(args.model_dir).get("task") or args.task or read_spec(args.model_dir).task
     try:
         manifest = export_model(args.model_dir, int8=not args.no_int8, task=args.task, out_dir=args.out,
-                                scheme=args.int8_scheme, tolerances=parse_tolerances(args.tolerance, task))
+                                scheme=args.int8_scheme, tolerances=parse_tolerances(args.tolerance, task),
+                                fuse=not args.no_fuse)
     except ExportParityError as exc:
         log.error("export failed: %s", exc)
         return 1

@@ -48,8 +48,9 @@ def weight_matmuls(path: Path, hidden: int, intermediate: int) -> dict[str, list
 
 
 @contextlib.contextmanager
-def _quiet_root() -> Iterator[None]:
-    """onnxruntime.quantization logs one INFO line per tensor on the root logger."""
+def quiet_root() -> Iterator[None]:
+    """onnxruntime.quantization logs one INFO line per tensor on the root logger (and the
+    transformer optimiser one per fusion, on loggers that inherit the root's level)."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(max(level, logging.ERROR))
@@ -62,7 +63,7 @@ def _quiet_root() -> Iterator[None]:
 def _dynamic(src: Path, dst: Path, nodes: list[str], reduce_range: bool = False) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _quiet_root():
+    with quiet_root():
         quantize_dynamic(str(src), str(dst), per_channel=True, reduce_range=reduce_range,
                          weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes)
 

@@ -48,6 +48,8 @@ def test_export_writes_contract_graphs_with_parity(tmp_path: Path, arch: str, ta
     assert int8["precision"] == "int8"
     assert int8["parity"]["ok"]
     _assert_fastest_passing_kept(int8)
+    _assert_fusion_recorded(folder, fp32["graph"])
+    assert int8["graph"] == {**fp32["graph"], "quantised_from": "model.onnx"}
     assert set(int8["tolerance"])
     assert manifest["versions"]["onnxruntime"] == ort.__version__
     assert "model.int8.onnx: int8 parity" in capsys.readouterr().out
@@ -82,6 +84,32 @@ def _assert_fastest_passing_kept(entry: dict) -> None:
     faster = [c["scheme_name"] for c in candidates[:kept]]
     assert [t["scheme_name"] for t in entry.get("schemes_tried", [])] == faster
     assert all(t["parity"]["ok"] is False for t in entry.get("schemes_tried", []))
+
+
+def _assert_fusion_recorded(folder: Path, graph: dict) -> None:
+    """The offline fusion was measured; the file holds the fused graph exactly when it was kept."""
+    import onnx
+
+    from training.graph_opt import MIN_GAIN
+
+    assert graph["at_load"].startswith("ORT_ENABLE_ALL")
+    offline = graph["offline"]
+    assert offline["fused"].get("SkipLayerNormalization", 0) > 0
+    assert offline["speedup"] == pytest.approx(offline["plain_ms"] / offline["fused_ms"], rel=0.01)
+    assert offline["kept"] == (offline["speedup"] >= MIN_GAIN)
+    ops = {n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node}
+    assert ("SkipLayerNormalization" in ops) == offline["kept"]
+    assert not list(folder.glob(".fused-*"))
+
+
+def test_no_fuse_leaves_the_exported_graph(tmp_path: Path) -> None:
+    folder = save_tiny(tmp_path, "bert", "classification")
+    assert main(["export", str(folder), "--no-int8", "--no-fuse"]) == 0
+    graph = json.loads((folder / "manifest.json").read_text())["onnx"]["model.onnx"]["graph"]
+    assert graph["offline"] is None
+    import onnx
+
+    assert "SkipLayerNormalization" not in {n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node}
 
 
 def test_int8_graph_is_quantised(tmp_path: Path) -> None:
