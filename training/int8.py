@@ -65,7 +65,9 @@ def _dynamic(src: Path, dst: Path, nodes: list[str], reduce_range: bool = False)
 
     with quiet_root():
         quantize_dynamic(str(src), str(dst), per_channel=True, reduce_range=reduce_range,
-                         weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes)
+                         weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
+                         # a fused graph's com.microsoft ops (BiasGelu) stop ONNX shape inference: fp32
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
 def _blockwise(src: Path, dst: Path, exclude: list[str], block: int = 256, accuracy_level: int = 4) -> None:

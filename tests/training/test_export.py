@@ -102,6 +102,22 @@ def _assert_fusion_recorded(folder: Path, graph: dict) -> None:
     assert not list(folder.glob(".fused-*"))
 
 
+@pytest.mark.parametrize(("arch", "task"), [("bert", "qa"), ("mpnet", "classification")])
+def test_a_kept_fused_graph_passes_parity_and_every_int8_scheme_quantises_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arch: str, task: str) -> None:
+    import training.graph_opt
+
+    monkeypatch.setattr(training.graph_opt, "MIN_GAIN", 0.0)  # keep the fused graph whatever it measures
+    folder = save_tiny(tmp_path, arch, task)
+    onnx_entries = export_model(folder)["onnx"]
+    assert onnx_entries["model.onnx"]["graph"]["offline"]["kept"] is True
+    _assert_fusion_recorded(folder, onnx_entries["model.onnx"]["graph"])
+    assert onnx_entries["model.onnx"]["parity"]["ok"]
+    int8 = onnx_entries["model.int8.onnx"]
+    assert len(int8["candidates"]) == len(AUTO_CHAIN)  # each scheme quantised the fused graph
+    assert int8["parity"]["ok"]
+
+
 def test_no_fuse_leaves_the_exported_graph(tmp_path: Path) -> None:
     folder = save_tiny(tmp_path, "bert", "classification")
     assert main(["export", str(folder), "--no-int8", "--no-fuse"]) == 0
