@@ -50,7 +50,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, tiny_bases: dict[str, Path])
         csv.writer(handle).writerows(rows(ROWS, 0))
     models = root / "models"
     done = cli("build", "--task", "classification", "--data", str(data), "--no-header", "--name", "tickets",
-               "--models", str(models), "--base", str(tiny_bases["bert"]), "--no-int8", *SETS, cache=root)
+               "--models", str(models), "--base", str(tiny_bases["bert"]), *SETS, cache=root)
     return {"root": root, "data": data, "models": models, "done": done}
 
 
@@ -70,6 +70,11 @@ def test_build_from_a_headerless_csv_records_how_the_file_was_read(built: dict) 
         assert m["validation"]["rows"] == 21
         quality = m["quality"]["tickets-test"]["onnx"]
         assert quality["rows"] == 24
+        agreement = m["int8_agreement"]["tickets-test"]  # the int8 file against fp32 on the same 24 rows
+        assert agreement["items"] == 24
+        assert agreement["label_agreement"] == pytest.approx(1 - agreement["differ"] / 24, abs=1e-6)
+        assert m["quality"]["tickets-test"]["onnx-int8"]["rows"] == 24
+        assert "int8 agreement" in [step["step"] for step in m["build"]["steps"]]
         assert quality["data"]["path"] == m["test"]["path"] == recipe["eval_data"]
     assert teacher["student"] == "tickets-student"
     # the test split is never trained on: training rows + validation + test = the file
