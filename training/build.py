@@ -48,6 +48,7 @@ class Build:
     command: str = "build-defaults"  # in the log lines
     exact: bool = False  # keep a built folder only when this very recipe built it from the same data (build)
     eval_columns: Columns | None = None  # how the evaluation file is read (build --eval); None: its header
+    measured: dict = field(default_factory=dict)  # export speed decisions per model shape, reused by later exports
 
     def step(self, model: str, what: str, seconds: float, cpu: float) -> None:
         self.steps.append({"model": model, "step": what, "seconds": round(seconds, 1), "cpu_s": round(cpu, 1)})
@@ -86,7 +87,7 @@ def finish(build: Build, recipe: Recipe, tmp: Path, name: str) -> Path:
     from training.parity import ExportParityError
 
     try:
-        timed(build, name, "export", export_model, tmp, int8=build.int8)
+        timed(build, name, "export", export_model, tmp, int8=build.int8, measured=build.measured)
     except ExportParityError as exc:
         if not exc.file.endswith(".int8.onnx"):
             raise

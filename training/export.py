@@ -28,6 +28,7 @@ from inference.backends import OUTPUT_NAMES, load_backend
 from inference.modelfolder import read_spec
 from training.graph_opt import AT_LOAD
 from training.int8 import AUTO_CHAIN, DEFAULT_SCHEME, SCHEMES, export_int8
+from training.int8_speed import shape_key
 from training.manifest import describe, read_manifest, versions, write_manifest
 from training.modeling import position_limit
 from training.parity import TOLERANCES, ExportParityError, Outputs, breaches, compare, run_parity_set
@@ -147,13 +148,17 @@ def check_max_length(spec: Any, config: Any) -> None:
 
 def export_model(model_dir: Path, *, int8: bool = True, parity_texts: list[str] | None = None,
                  task: str | None = None, out_dir: Path | None = None, scheme: str = DEFAULT_SCHEME,
-                 tolerances: dict[str, dict[str, float]] | None = None, fuse: bool = True) -> dict:
+                 tolerances: dict[str, dict[str, float]] | None = None, fuse: bool = True,
+                 measured: dict[str, Any] | None = None) -> dict:
     """Export `model_dir` to ONNX in `out_dir` (default: in place) and return the manifest.
 
     `task` is only needed for a plain HF folder whose config does not say it; `tolerances`
     overrides `TOLERANCES[precision][task]` per precision (used by tests and strict builds);
     `fuse` tries offline graph fusion (kept only where it is faster here, `training.graph_opt`).
-    Raises `ExportParityError` (after recording the figures and removing the file) on a breach.
+    `measured`: a build's memo of speed decisions per model shape - what an earlier model of the
+    same shape measured in this process (fusion kept or not, the int8 candidates' order) is reused
+    instead of timed again (`None`: always measure). Raises `ExportParityError` (after recording
+    the figures and removing the file) on a breach.
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir or model_dir)
     manifest, task = _prepare(model_dir, out_dir, task)
@@ -165,20 +170,26 @@ def export_model(model_dir: Path, *, int8: bool = True, parity_texts: list[str] 
     reference = run_parity_set(load_backend(model_dir, task, "torch"), spec, parity_texts)
     _drop_stale_int8(out_dir, manifest)
     export_fp32(model, task, out_dir / FP32_FILE)
-    graph = _fuse(out_dir, model.config, spec, parity_texts) if fuse else {"offline": None, "at_load": AT_LOAD}
+    memo = {"model": out_dir.name} if measured is None else measured.setdefault(shape_key(model.config),
+                                                                                {"model": out_dir.name})
+    graph = _fuse(out_dir, model.config, spec, parity_texts, memo) if fuse else {"offline": None, "at_load": AT_LOAD}
     _check_and_record(out_dir, FP32_FILE, spec, reference, parity_texts, manifest, scheme, tolerances,
                       extra={"graph": graph})
     if int8:  # only from an fp32 graph that passed
         _export_int8_checked(out_dir, model.config, spec, reference, parity_texts, manifest, scheme, tolerances,
-                             graph)
+                             graph, memo)
     return manifest
 
 
-def _fuse(out_dir: Path, config: Any, spec: Any, texts: list[str] | None) -> dict[str, Any]:
-    """Offline fusion of model.onnx, kept where it is faster here (training.graph_opt)."""
-    from training.graph_opt import optimize_fp32
+def _fuse(out_dir: Path, config: Any, spec: Any, texts: list[str] | None, memo: dict[str, Any]) -> dict[str, Any]:
+    """Offline fusion of model.onnx, kept where it is faster here (training.graph_opt); a decision
+    in `memo` is applied without timing again."""
+    from training.graph_opt import apply_decision, optimize_fp32
 
-    return optimize_fp32(out_dir / FP32_FILE, config, spec.task, _bench_batch(out_dir, spec, texts))
+    if "fusion" in memo:
+        return apply_decision(out_dir / FP32_FILE, config, memo["fusion"], memo["model"])
+    memo["fusion"] = optimize_fp32(out_dir / FP32_FILE, config, spec.task, _bench_batch(out_dir, spec, texts))
+    return memo["fusion"]
 
 
 def _bench_batch(out_dir: Path, spec: Any, texts: list[str] | None) -> dict[str, Any]:
@@ -190,20 +201,28 @@ def _bench_batch(out_dir: Path, spec: Any, texts: list[str] | None) -> dict[str,
 
 
 def _export_int8_checked(out_dir: Path, config: Any, spec: Any, reference: Outputs, texts: list[str] | None,
-                         manifest: dict, scheme: str, tolerances: dict | None, graph: dict) -> None:
+                         manifest: dict, scheme: str, tolerances: dict | None, graph: dict, memo: dict) -> None:
     """Quantise with `scheme`; with `auto`, build every scheme of `AUTO_CHAIN`, time each against
-    fp32 and check them fastest first, keeping the first that passes. The failed attempts and every
-    candidate's speed stay in the manifest entry. Raises the last breach."""
+    fp32 and check them fastest first, keeping the first that passes (with an order in `memo`,
+    build them one by one in that order instead). The failed attempts and every candidate's speed
+    stay in the manifest entry. Raises the last breach."""
+    names = AUTO_CHAIN if scheme == "auto" else (scheme,)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".int8-") as tmp:
-        files = {name: Path(tmp) / f"{name}.onnx" for name in (AUTO_CHAIN if scheme == "auto" else (scheme,))}
-        for name, path in files.items():
-            export_int8(out_dir / FP32_FILE, path, config, name)
-        speeds = _speeds(out_dir, spec, files, texts)
-        order = sorted(files, key=lambda name: speeds[name]["int8_ms"])
+        files: dict[str, Path] = {}
+        if "int8" not in memo or set(memo["int8"]) != set(names):
+            files = {name: Path(tmp) / f"{name}.onnx" for name in names}
+            for name, path in files.items():
+                export_int8(out_dir / FP32_FILE, path, config, name)
+            memo["int8"] = _speeds(out_dir, spec, files, texts)
+        speeds = memo["int8"] if files else {n: {**f, "measured_on": memo["model"]} for n, f in memo["int8"].items()}
+        order = sorted(names, key=lambda name: speeds[name]["int8_ms"])
         log.info("int8 candidates, fastest first: %s", ", ".join(f"{n} {speeds[n]['speedup']:.2f}x" for n in order))
         tried: list[dict] = []
         for i, name in enumerate(order):
-            shutil.move(files[name], out_dir / INT8_FILE)
+            if name in files:
+                shutil.move(files[name], out_dir / INT8_FILE)
+            else:  # measured on an earlier model of this shape: built only when its turn comes
+                export_int8(out_dir / FP32_FILE, out_dir / INT8_FILE, config, name)
             record = {"speed": speeds[name], "candidates": [{"scheme_name": n, **speeds[n]} for n in order],
                       "graph": {**graph, "quantised_from": FP32_FILE}}
             try:

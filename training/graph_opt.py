@@ -69,3 +69,15 @@ def optimize_fp32(path: Path, config: Any, task: str, inputs: dict[str, Any]) ->
                          "speedup": round(speedup, 3), "kept": kept, "batch": list(inputs["input_ids"].shape)}
     log.info("graph fusion %s: %.2fx on this machine, %s", fused, speedup, "kept" if kept else "not kept")
     return record
+
+
+def apply_decision(path: Path, config: Any, record: dict[str, Any], measured_on: str) -> dict[str, Any]:
+    """What an earlier model of the same shape measured (`optimize_fp32`'s record), applied to
+    this one without timing again: fused when it was kept there."""
+    offline = record.get("offline")
+    if offline is None:
+        return record
+    if offline["kept"]:
+        with quiet_root():
+            fuse(path, config).save_model_to_file(str(path))
+    return {**record, "offline": {**offline, "measured_on": measured_on}}

@@ -21,6 +21,13 @@ BENCH_ITEMS = 16   # items per timed batch: the batcher's usual size under load
 ROUNDS = 5         # timed calls per graph; the fastest is kept
 
 
+def shape_key(config: object) -> str:
+    """Models of one architecture and size run the same kernels whatever their task head, so a
+    build measures speed once per shape (`training.export`'s `measured` memo)."""
+    names = ("model_type", "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads")
+    return "-".join(str(getattr(config, name, None)) for name in names)
+
+
 def bench_inputs(model_dir: Path, task: str, texts: Sequence[str], max_length: int) -> dict[str, np.ndarray]:
     """One padded batch of the first texts (QA: each text as question and context)."""
     tokenizer = load_tokenizer(model_dir, max_length)

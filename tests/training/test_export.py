@@ -118,6 +118,25 @@ def test_a_kept_fused_graph_passes_parity_and_every_int8_scheme_quantises_it(
     assert int8["parity"]["ok"]
 
 
+def test_a_build_measures_speed_once_per_shape(tmp_path: Path) -> None:
+    measured: dict = {}
+    first = export_model(save_tiny(tmp_path, "mpnet", "classification"), measured=measured)["onnx"]
+    second = export_model(save_tiny(tmp_path, "mpnet", "embedding"), measured=measured)["onnx"]  # same shape
+    other = export_model(save_tiny(tmp_path, "bert", "classification"), measured=measured)["onnx"]
+    assert len(measured) == 2  # one entry per shape
+    for entry in (first, other):  # measured on themselves
+        assert "measured_on" not in entry["model.onnx"]["graph"]["offline"]
+        assert all("measured_on" not in c for c in entry["model.int8.onnx"]["candidates"])
+    # the same-shape model reused the fusion decision and the candidates' order, and still passed parity
+    assert second["model.onnx"]["graph"]["offline"] == {**first["model.onnx"]["graph"]["offline"],
+                                                       "measured_on": "mpnet-classification"}
+    reused = second["model.int8.onnx"]["candidates"]
+    assert [c["scheme_name"] for c in reused] == [c["scheme_name"] for c in first["model.int8.onnx"]["candidates"]]
+    assert {c["measured_on"] for c in reused} == {"mpnet-classification"}
+    assert second["model.onnx"]["parity"]["ok"] and second["model.int8.onnx"]["parity"]["ok"]
+    _assert_fastest_passing_kept(second["model.int8.onnx"])
+
+
 def test_no_fuse_leaves_the_exported_graph(tmp_path: Path) -> None:
     folder = save_tiny(tmp_path, "bert", "classification")
     assert main(["export", str(folder), "--no-int8", "--no-fuse"]) == 0
