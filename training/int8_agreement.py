@@ -52,6 +52,9 @@ def measure(model_dir: Path, data: Path | str, *, set_name: str | None = None, l
                    int8_items_s=int8["throughput_items_s"], scheme=_scheme(model_dir))
     metric = next(k for k in TARGETS if k in figures)
     figures["target"] = {metric: TARGETS[metric], "met": figures[metric] >= TARGETS[metric]}
+    (log.info if figures["target"]["met"] else log.warning)(
+        "%s: int8 vs fp32 on %s (%d items): %s %.4f (target %.3f)", model_dir.name, name, figures["items"], metric,
+        figures[metric], TARGETS[metric])
     _record(model_dir, name, figures)
     return figures
 
