@@ -50,8 +50,12 @@ def optimize_fp32(path: Path, config: Any, task: str, inputs: dict[str, Any]) ->
     from training.int8_speed import round_robin_ms
 
     record: dict[str, Any] = {"at_load": AT_LOAD, "offline": None}
-    model = fuse(path, config)
-    fused = {op: n for op, n in model.get_fused_operator_statistics().items() if n}
+    try:
+        model = fuse(path, config)
+        fused = {op: n for op, n in model.get_fused_operator_statistics().items() if n}
+    except Exception as exc:  # noqa: BLE001 - an architecture the optimiser does not know: export unfused
+        log.warning("graph fusion skipped: %s: %s", type(exc).__name__, exc)
+        return {**record, "offline": {"error": f"{type(exc).__name__}: {exc}"[:300], "kept": False}}
     if not fused:
         return record
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".fused-") as tmp:

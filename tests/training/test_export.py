@@ -138,6 +138,19 @@ def test_a_build_measures_speed_once_per_shape(tmp_path: Path) -> None:
     _assert_fastest_passing_kept(second["model.int8.onnx"])
 
 
+def test_an_architecture_the_optimiser_rejects_exports_unfused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.graph_opt
+
+    def refuse(path: Path, config: object) -> None:
+        raise NotImplementedError("no fusion patterns for this architecture")
+
+    monkeypatch.setattr(training.graph_opt, "fuse", refuse)
+    entries = export_model(save_tiny(tmp_path, "bert", "classification"), int8=False)["onnx"]
+    assert entries["model.onnx"]["parity"]["ok"]
+    assert entries["model.onnx"]["graph"]["offline"] == {
+        "error": "NotImplementedError: no fusion patterns for this architecture", "kept": False}
+
+
 def test_no_fuse_leaves_the_exported_graph(tmp_path: Path) -> None:
     folder = save_tiny(tmp_path, "bert", "classification")
     assert main(["export", str(folder), "--no-int8", "--no-fuse"]) == 0
