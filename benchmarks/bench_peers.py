@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -37,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import ROOT, SENTENCES, request_bytes, rotations, run_load
+from benchmarks.harness import ROOT, SENTENCES, request_bytes, rotations, rss_mib, run_load, stop_process
+from inference.agreement import row_cosines
 
 PATH = "/v1/embeddings"  # ours; infinity's /embeddings under --url-prefix /v1
 CELLS = ((1, 1), (32, 1), (1, 32), (32, 32))   # (clients, sentences per request)
@@ -79,12 +81,7 @@ class Peer:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, signal.SIGTERM, 30)
             self.proc = None
 
     def embed(self, texts: list[str]) -> np.ndarray:
@@ -98,19 +95,12 @@ class Peer:
         """Resident memory of the server and its children (MB)."""
         assert self.proc is not None
         pids = [self.proc.pid] + [int(p) for p in _children(self.proc.pid)]
-        return sum(_rss_kb(pid) for pid in pids) / 1024
+        return sum(rss_mib(pid) for pid in pids)
 
 
 def _children(pid: int) -> list[str]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return path.read_text().split() if path.exists() else []
-
-
-def _rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def ours(model_dir: Path, precision: str, port: int, models: Path) -> Peer:
@@ -186,7 +176,7 @@ def _batch(i: int, n: int) -> list[str]:
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    cos = row_cosines(a, b)
     return float(cos.mean()), float(cos.min())
 
 

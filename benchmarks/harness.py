@@ -113,12 +113,7 @@ class UvicornServer:
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, signal.SIGINT, 20)
             self.proc = None
         if self.log is not None:
             self.log.close()
@@ -157,6 +152,24 @@ def metrics_text(url: str) -> str:
     with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
         text: str = r.read().decode()
     return text
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int, timeout_s: float) -> None:
+    """Ask a server process to stop with `sig`; kill it if it has not exited in `timeout_s`."""
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of one process (/proc/<pid>/status VmRSS), MiB; 0 when not listed."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def cpu_seconds(pid: int) -> float:

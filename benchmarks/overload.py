@@ -37,7 +37,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file, too
 
-from benchmarks.harness import ENDPOINT, SENTENCES, Server, body, content_length, request_bytes, served_models
+from benchmarks.harness import (
+    ENDPOINT,
+    SENTENCES,
+    Server,
+    body,
+    content_length,
+    request_bytes,
+    rss_mib,
+    served_models,
+)
 
 
 @dataclass(slots=True)
@@ -159,13 +168,6 @@ async def closed_loop(port: int, reqs: list[bytes], clients: int, seconds: float
     await asyncio.gather(*(client(k) for k in range(clients)))
     pool.close()
     return done[0] / (time.perf_counter() - start)
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 async def sample_rss(pid: int, samples: list[float], stop: asyncio.Event) -> None:

@@ -42,6 +42,13 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.dot(a, b) / norm) if norm > 0 else None
 
 
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine of each row of `a` with the same row of `b` ([items, dim] each): two runs' vectors
+    of the same inputs (int8 against fp32, one server against another)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return np.asarray((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)))
+
+
 def _top_answer(answers: Sequence[dict[str, Any]]) -> str:
     return answers[0]["answer"] if answers else ""
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from inference.agreement import row_cosines
 from inference.intervals import interval, mean_of
 from inference.modelfolder import read_spec
 from training.data import Columns
@@ -80,8 +81,7 @@ def _same_answers(task: str, fp32: list[dict[str, Any]], int8: list[dict[str, An
 
 def _cosines(fp32: list[np.ndarray], int8: list[np.ndarray]) -> dict[str, Any]:
     """Cosine between the fp32 and int8 vector of every sentence of the set."""
-    a, b = np.stack(fp32).astype(np.float64), np.stack(int8).astype(np.float64)
-    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    cos = row_cosines(np.stack(fp32), np.stack(int8))
     ci = interval(mean_of(cos.tolist()), len(cos)).as_dict()
     return {"mean_cosine": ci["value"], "min_cosine": round(float(cos.min()), 6), "interval": {"mean_cosine": ci},
             "items": len(cos)}
