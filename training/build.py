@@ -215,8 +215,13 @@ def trained(tmp: Path) -> bool:
 
 
 def fresh(path: Path) -> Path:
-    """A leftover temp folder is an interrupted build: start that model again."""
-    if path.exists():
+    """A leftover temp folder is an interrupted build: start that model again, from its training
+    checkpoint when it holds one (training/checkpoint.py checks that it fits this recipe)."""
+    from training.checkpoint import FOLDER
+
+    if (path / FOLDER).is_dir():
+        log.info("%s holds a training checkpoint; resuming from it", path)
+    elif path.exists():
         log.info("removing interrupted build %s", path)
         shutil.rmtree(path)
     return path

@@ -11,15 +11,18 @@ from __future__ import annotations
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from training.checkpoint import Checkpoint
 from training.modeling import forward_range, num_layers
 
 log = logging.getLogger(__name__)
@@ -63,9 +66,11 @@ def make_batches(encoded: list[dict[str, list[int]]], batch_size: int, pad_id: i
 
 @torch.no_grad()
 def cache_hidden(model: PreTrainedModel, batches: list[Batch], upto: int, key: str, desc: str) -> None:
-    """Store the output of layers [0, upto) in ``batch[key]`` ([batch, seq, hidden]): run once."""
+    """Store the output of layers [0, upto) in ``batch[key]`` ([batch, seq, hidden]): run once
+    (batches that hold it already, restored from a checkpoint, are left as they are)."""
     model.eval()
-    for batch in tqdm(batches, desc=desc, unit="batch", leave=False):
+    todo = [batch for batch in batches if key not in batch]
+    for batch in tqdm(todo, desc=desc, unit="batch", leave=False):
         batch[key] = forward_range(model, 0, upto, batch, head=False)
 
 
@@ -82,49 +87,144 @@ class LoopResult:
     seconds: float
     last_loss: float
     stopped_early: bool
+    resumed_at: list[int] = field(default_factory=list)  # steps at which a stopped run was resumed
+
+
+@dataclass
+class LoopState:
+    """What a stopped loop needs to take the same steps it would have taken (see checkpoint.py)."""
+
+    rng: random.Random
+    step: int = 0                      # the next step to run
+    order: list[int] = field(default_factory=list)  # batches left in this epoch's shuffle
+    elapsed: float = 0.0               # training seconds before this run
+    resumed_at: list[int] = field(default_factory=list)
+
+
+def _trained_names(model: PreTrainedModel, params: list[torch.nn.Parameter]) -> list[str]:
+    ids = {id(p) for p in params}
+    return [name for name, p in model.named_parameters() if id(p) in ids]
+
+
+def _snapshot(model: PreTrainedModel, names: list[str], optimizer: torch.optim.Optimizer,
+              schedule: torch.optim.lr_scheduler.LRScheduler, state: LoopState, total: int) -> dict[str, Any]:
+    weights = dict(model.named_parameters())
+    return {"total": total, "step": state.step, "order": list(state.order), "elapsed": state.elapsed,
+            "resumed_at": state.resumed_at, "rng": state.rng.getstate(), "torch_rng": torch.get_rng_state(),
+            "params": {n: weights[n].detach().clone() for n in names},
+            "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}
+
+
+def _restore(stored: dict[str, Any], model: PreTrainedModel, names: list[str], optimizer: torch.optim.Optimizer,
+             schedule: torch.optim.lr_scheduler.LRScheduler, state: LoopState) -> None:
+    """Put a checkpoint back: the trained weights, optimiser moments, schedule, RNGs, position."""
+    assert sorted(stored["params"]) == sorted(names), "checkpoint trains other parameters"
+    weights = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in names:
+            weights[name].copy_(stored["params"][name])
+    optimizer.load_state_dict(stored["optimizer"])
+    schedule.load_state_dict(stored["schedule"])
+    torch.set_rng_state(stored["torch_rng"])
+    state.rng.setstate(_as_rng_state(stored["rng"]))
+    state.step, state.order, state.elapsed = stored["step"], list(stored["order"]), stored["elapsed"]
+    state.resumed_at = [*stored["resumed_at"], state.step]
+
+
+def _as_rng_state(value: Any) -> Any:
+    """random.Random's state is (version, tuple of ints, gauss); a stored copy may come back with lists."""
+    version, internal, gauss = value
+    return version, tuple(internal), gauss
+
+
+class StopRequests:
+    """SIGINT/SIGTERM during training ask the loop to checkpoint and stop at the next step
+    (main thread only; elsewhere signals keep their handlers)."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._ask)
+        return self
+
+    def _ask(self, signum: int, _frame: object) -> None:
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
 
 
 def train_loop(model: PreTrainedModel, params: list[torch.nn.Parameter], batches: list[Batch],
                loss_fn: Callable[[PreTrainedModel, Batch], tuple[torch.Tensor, dict]], *,
                epochs: float, lr: float, warmup: float = 0.1, weight_decay: float = 0.01,
-               max_seconds: float | None = None, seed: int = 0, desc: str = "train") -> LoopResult:
+               max_seconds: float | None = None, seed: int = 0, desc: str = "train",
+               checkpoint: Checkpoint | None = None) -> LoopResult:
     """AdamW + linear warm-up/decay over shuffled cached batches; stops at ``max_seconds`` if set.
 
-    ``epochs`` may be fractional (a budget in passes over the data).
+    ``epochs`` may be fractional (a budget in passes over the data). With a ``checkpoint`` the
+    state is saved every ``checkpoint.every_s`` seconds and on SIGINT/SIGTERM (then the run
+    exits), and a stopped run's state is picked up where it stopped.
     """
     total = max(1, math.ceil(epochs * len(batches)))
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     warm = max(1, int(warmup * total))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
-    order: list[int] = []
-    rng, start = random.Random(seed), time.monotonic()
+    names, state = _trained_names(model, params), LoopState(random.Random(seed))
+    stored = checkpoint.loop_state() if checkpoint else None
+    if stored is not None and stored["total"] == total:
+        _restore(stored, model, names, optimizer, schedule, state)
+        log.info("%s: resumed at step %d of %d (%.0fs trained before)", desc, state.step, total, state.elapsed)
+    start = time.monotonic() - state.elapsed
+    saved, loss_value, early = time.monotonic(), float("nan"), False
     model.train()
-    loss_value, step, early = float("nan"), 0, False
-    with tqdm(total=total, desc=desc, unit="step", leave=False) as bar:
-        for step in range(total):
-            if not order:
-                order = list(range(len(batches)))
-                rng.shuffle(order)
-            loss, parts = loss_fn(model, batches[order.pop()])
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"{desc}: loss is {loss.item()} at step {step}")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_value = loss.item()
-            bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()} or {"loss": f"{loss_value:.3f}"})
-            bar.update()
-            if max_seconds and time.monotonic() - start > max_seconds:
-                early = step + 1 < total
+    with tqdm(total=total, initial=state.step, desc=desc, unit="step", leave=False) as bar, StopRequests() as stop:
+        while state.step < total:
+            if not state.order:
+                state.order = list(range(len(batches)))
+                state.rng.shuffle(state.order)
+            loss_value = _step(model, params, optimizer, schedule, loss_fn, batches[state.order.pop()], desc,
+                               state.step, bar)
+            state.step += 1
+            state.elapsed = time.monotonic() - start
+            if checkpoint and (stop.requested or time.monotonic() - saved >= checkpoint.every_s):
+                checkpoint.save_loop(_snapshot(model, names, optimizer, schedule, state, total))
+                saved = time.monotonic()
+            if stop.requested:
+                raise SystemExit(f"{desc}: stopped by {stop.requested} at step {state.step} of {total}"
+                                 + ("; checkpoint saved: run the same command again to resume" if checkpoint else ""))
+            if max_seconds and state.elapsed > max_seconds:
+                early = state.step < total
                 break
     model.eval()
-    seconds = time.monotonic() - start
-    log.info("%s: %d steps (%.2f epochs) in %.0fs, last loss %.4f%s", desc, step + 1,
-             (step + 1) / len(batches), seconds, loss_value, " (time budget reached)" if early else "")
-    return LoopResult(step + 1, round((step + 1) / len(batches), 3), round(seconds, 1), loss_value, early)
+    seconds, steps = time.monotonic() - start, state.step
+    log.info("%s: %d steps (%.2f epochs) in %.0fs, last loss %.4f%s", desc, steps,
+             steps / len(batches), seconds, loss_value, " (time budget reached)" if early else "")
+    return LoopResult(steps, round(steps / len(batches), 3), round(seconds, 1), loss_value, early, state.resumed_at)
+
+
+def _step(model: PreTrainedModel, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+          schedule: torch.optim.lr_scheduler.LRScheduler,
+          loss_fn: Callable[[PreTrainedModel, Batch], tuple[torch.Tensor, dict]], batch: Batch, desc: str,
+          step: int, bar: tqdm) -> float:
+    """One optimiser step; a non-finite loss stops training with the step that produced it."""
+    loss, parts = loss_fn(model, batch)
+    if not torch.isfinite(loss):
+        raise RuntimeError(f"{desc}: loss is {loss.item()} at step {step}")
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+    value = loss.item()
+    bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()} or {"loss": f"{value:.3f}"})
+    bar.update()
+    return value
 
 
 def drop_keys(batches: list[Batch], *keys: str) -> None:

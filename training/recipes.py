@@ -91,6 +91,8 @@ class EmbeddingRecipe(Common):
     eval_name: str = "stsb-dev"           # its name in manifest["quality"]
     serve_max_length: int | None = 384    # all-mpnet-base-v2's own limit: paragraphs embed whole
     student_rows: int = 4000              # unlabelled sentences the student learns from
+    extra_data: tuple[str, ...] = ()      # more text files (TSV/CSV/JSONL, rotten-tomatoes) to take sentences from
+    extra_min_words: int = 6              # words an extra sentence needs (SST-2's short phrases say little)
     loss: str = "cosine"                  # mse | cosine, on mean-pooled sentence embeddings
     pooling: str = "mean"                 # token states -> sentence embedding, recorded for the service
     normalize: bool = True                # served embeddings are L2-normalised

