@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]
 FOLDER = ".checkpoint"
 DEFAULT_EVERY_S = 300.0
+DEFAULT_CURVE_POINTS = 4
 
 
 def every_s() -> float:
@@ -43,6 +45,22 @@ def every_s() -> float:
     if value < 0:
         raise ValueError(f"DISTILSERVE_CHECKPOINT_S={raw!r}: must be >= 0 (0 turns checkpoints off)")
     return value
+
+
+def curve_points() -> int:
+    """Points of the quality-against-training-time curve a loop keeps (at 1/n, 2/n ... of its
+    steps; the finished model is the last); env DISTILSERVE_CURVE_POINTS (0 or 1: none)."""
+    raw = os.environ.get("DISTILSERVE_CURVE_POINTS", str(DEFAULT_CURVE_POINTS))
+    if not raw.isdigit():
+        raise ValueError(f"DISTILSERVE_CURVE_POINTS={raw!r}: not a whole number >= 0")
+    return int(raw)
+
+
+def curve_folder(model_name: str) -> Path:
+    """Where a model's curve snapshots live: the cache (a model folder is replaced when saved)."""
+    from training.paths import cache_dir
+
+    return cache_dir() / "curves" / model_name.removeprefix(".building-")
 
 
 def file_stamp(path: Path | str) -> str:
@@ -64,6 +82,8 @@ class Checkpoint:
     fingerprint: str
     every_s: float = DEFAULT_EVERY_S
     restored: bool = False
+    curve: Path | None = None          # where the loop's curve snapshots go (None: no curve)
+    points: int = DEFAULT_CURVE_POINTS
 
     @classmethod
     def at(cls, out: Path, stage: str, recipe: dict[str, Any], *inputs: Path | str) -> Checkpoint:
@@ -73,7 +93,9 @@ class Checkpoint:
         key = json.dumps({"stage": stage, "recipe": recipe, "inputs": [file_stamp(p) for p in inputs]},
                          sort_keys=True, default=str)
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        return cls(Path(out) / FOLDER if seconds > 0 else None, stage, digest, seconds)
+        points = curve_points()
+        return cls(Path(out) / FOLDER if seconds > 0 else None, stage, digest, seconds,
+                   curve=curve_folder(Path(out).name) if points > 1 else None, points=points)
 
     def _path(self, what: str) -> Path | None:
         return self.folder / f"{self.stage}-{what}.pt" if self.folder else None
@@ -118,9 +140,34 @@ class Checkpoint:
             self._save("batches", batches)
             self.restored = True
 
+    def due(self, saved_at: float, stopping: bool) -> bool:
+        """Time to save the loop's state: the interval since ``saved_at`` passed, or a stop."""
+        return self.folder is not None and (stopping or time.monotonic() - saved_at >= self.every_s)
+
     def loop_state(self) -> dict[str, Any] | None:
         return self._load("loop")
 
     def save_loop(self, state: dict[str, Any]) -> None:
         self._save("loop", state)
         log.info("%s: checkpoint at step %d saved in %s", self.stage, state["step"], self.folder)
+
+    def curve_marks(self, total: int) -> set[int]:
+        """The steps at which the loop keeps a curve snapshot (the end is the saved model)."""
+        if self.curve is None:
+            return set()
+        return {round(total * i / self.points) for i in range(1, self.points)} - {0, total}
+
+    def start_curve(self, resumed: bool) -> None:
+        """A fresh run drops an older run's snapshots of this stage; a resumed one keeps its own."""
+        if self.curve is not None and not resumed:
+            for old in self.curve.glob(f"{self.stage}-step-*.pt"):
+                old.unlink()
+
+    def save_curve(self, step: int, total: int, elapsed: float, params: dict[str, torch.Tensor]) -> None:
+        """The trained parameters at ``step`` (with the loop seconds so far), for `training curve`."""
+        if self.curve is None:
+            return
+        self.curve.mkdir(parents=True, exist_ok=True)
+        path = self.curve / f"{self.stage}-step-{step:07d}.pt"
+        torch.save({"step": step, "total": total, "seconds": elapsed, "params": params}, path.with_suffix(".partial"))
+        path.with_suffix(".partial").replace(path)

@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "training.evaluate",
     "training.int8_agreement",
     "training.calibrate",
+    "training.curve",
 )
 
 EPILOG = (
@@ -44,6 +45,7 @@ EPILOG = (
     "  python -m training evaluate models/sst2-quick-student --backend onnx --data ../shared/data/sst2/dev.tsv\n"
     "  python -m training agreement models/sst2-quick-student --data ../shared/data/sst2/dev.tsv\n"
     "  python -m training calibrate sst2-quick\n"
+    "  python -m training curve models/sst2-quick-student --data ../shared/data/sst2/dev.tsv\n"
     "run `python -m training <command> --help` for each command's options and example."
 )
 

@@ -106,12 +106,16 @@ def _trained_names(model: PreTrainedModel, params: list[torch.nn.Parameter]) -> 
     return [name for name, p in model.named_parameters() if id(p) in ids]
 
 
+def _trained(model: PreTrainedModel, names: list[str]) -> dict[str, torch.Tensor]:
+    weights = dict(model.named_parameters())
+    return {n: weights[n].detach().clone() for n in names}
+
+
 def _snapshot(model: PreTrainedModel, names: list[str], optimizer: torch.optim.Optimizer,
               schedule: torch.optim.lr_scheduler.LRScheduler, state: LoopState, total: int) -> dict[str, Any]:
-    weights = dict(model.named_parameters())
     return {"total": total, "step": state.step, "order": list(state.order), "elapsed": state.elapsed,
             "resumed_at": state.resumed_at, "rng": state.rng.getstate(), "torch_rng": torch.get_rng_state(),
-            "params": {n: weights[n].detach().clone() for n in names},
+            "params": _trained(model, names),
             "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}
 
 
@@ -180,6 +184,9 @@ def train_loop(model: PreTrainedModel, params: list[torch.nn.Parameter], batches
     if stored is not None and stored["total"] == total:
         _restore(stored, model, names, optimizer, schedule, state)
         log.info("%s: resumed at step %d of %d (%.0fs trained before)", desc, state.step, total, state.elapsed)
+    if checkpoint:
+        checkpoint.start_curve(resumed=bool(state.resumed_at))
+    marks = checkpoint.curve_marks(total) if checkpoint else set()
     start = time.monotonic() - state.elapsed
     saved, loss_value, early = time.monotonic(), float("nan"), False
     model.train()
@@ -192,12 +199,15 @@ def train_loop(model: PreTrainedModel, params: list[torch.nn.Parameter], batches
                                state.step, bar)
             state.step += 1
             state.elapsed = time.monotonic() - start
-            if checkpoint and (stop.requested or time.monotonic() - saved >= checkpoint.every_s):
+            if checkpoint and state.step in marks:
+                checkpoint.save_curve(state.step, total, state.elapsed, _trained(model, names))
+            if checkpoint and checkpoint.due(saved, bool(stop.requested)):
                 checkpoint.save_loop(_snapshot(model, names, optimizer, schedule, state, total))
                 saved = time.monotonic()
             if stop.requested:
+                kept = checkpoint is not None and checkpoint.folder is not None
                 raise SystemExit(f"{desc}: stopped by {stop.requested} at step {state.step} of {total}"
-                                 + ("; checkpoint saved: run the same command again to resume" if checkpoint else ""))
+                                 + ("; checkpoint saved: run the same command again to resume" if kept else ""))
             if max_seconds and state.elapsed > max_seconds:
                 early = state.step < total
                 break

@@ -46,6 +46,7 @@ def test_stopped_training_resumes_to_the_same_weights(tmp_path: Path, tiny_bases
     monkeypatch.setenv("DISTILSERVE_CHECKPOINT_S", "0")  # the reference run keeps no checkpoint
     cli(*train_args(data, base, whole), cache=tmp_path)
     assert not (whole / ".checkpoint").exists()
+    curve_of_the_whole_run(whole, tiny_data["sst2_dev"], tmp_path)
 
     first = stop_after_first_checkpoint(train_args(data, base, stopped), stopped, tmp_path)
     assert first.returncode != 0, "the run finished before it could be stopped"
@@ -75,3 +76,19 @@ def test_a_checkpoint_of_another_recipe_is_not_resumed(tmp_path: Path, tiny_base
     other = cli(*train_args(data, base, out, "teacher_lr=1e-3"), cache=tmp_path)
     assert "made for another recipe, data or teacher; ignored" in other.stderr
     assert manifest(out)["training"]["resumed_at"] == []
+
+
+def curve_of_the_whole_run(model: Path, dev: Path, cache: Path) -> None:
+    """`curve` evaluates the snapshots kept at 1/4, 2/4, 3/4 of the steps and the model itself."""
+    done = cli("curve", str(model), "--data", str(dev), cache=cache)
+    curve = manifest(model)["curve"]
+    steps = manifest(model)["training"]["steps"]
+    assert [p["step"] for p in curve["points"]] == [round(steps * i / 4) for i in (1, 2, 3)] + [steps]
+    assert (curve["set"].endswith("-dev"), curve["metric"], curve["rows"]) == (True, "accuracy", 24)
+    minutes = [p["minutes"] for p in curve["points"]]
+    assert minutes == sorted(minutes)
+    assert all(0 <= p["value"] <= 1 and p["interval"]["low"] <= p["value"] <= p["interval"]["high"]
+               for p in curve["points"])
+    final = manifest(model)["training"]
+    assert curve["points"][-1]["minutes"] == round(final["seconds"] / 60, 1)
+    assert done.stdout.count("[") == 4  # one printed row per point, with its interval
