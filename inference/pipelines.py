@@ -104,6 +104,7 @@ class QAItem:
     max_answer_len: int = 15
     doc_stride: int = 128
     handle_impossible_answer: bool = False
+    max_windows: int | None = None  # read only the windows that share most with the question
 
 
 def _meta(seqs: Sequence[Encoded] | Sequence[qa.QAWindow]) -> dict[str, Any]:
@@ -162,10 +163,13 @@ class QAPipeline:
         self.tokenizer, self.max_length = tokenizer, max_length
 
     def encode(self, payloads: Sequence[QAItem]) -> list[Sequence[Any] | Exception]:
-        return [
-            qa.encode_qa(self.tokenizer, p.question, p.context, self.max_length, p.doc_stride)
-            for p in payloads
-        ]
+        return [self._windows(p) for p in payloads]
+
+    def _windows(self, payload: QAItem) -> list[qa.QAWindow]:
+        windows = qa.encode_qa(self.tokenizer, payload.question, payload.context, self.max_length, payload.doc_stride)
+        if payload.max_windows is None or len(windows) <= payload.max_windows:
+            return windows
+        return qa.select_windows(windows, qa.question_ids(self.tokenizer, payload.question), payload.max_windows)
 
     def reduce(self, outputs: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return outputs
@@ -175,7 +179,9 @@ class QAPipeline:
             seqs, [r["start_logits"] for r in rows], [r["end_logits"] for r in rows], payload.context,
             payload.top_k, payload.max_answer_len, payload.handle_impossible_answer,
         )
-        return {"result": answers, **_meta(seqs), "windows": len(seqs)}
+        total = seqs[0].context_windows if seqs else None
+        skipped = {"windows_skipped": total - len(seqs)} if total else {}
+        return {"result": answers, **_meta(seqs), "windows": len(seqs), **skipped}
 
 
 def make_pipeline(spec: ModelSpec) -> tuple[Pipeline, int]:

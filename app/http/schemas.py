@@ -29,6 +29,9 @@ class ItemInfo(BaseModel):
     tokens: int = Field(description="tokens the model read for this input (all windows for QA)")
     truncated: bool = Field(description="true when the input was cut to the model window")
     windows: int | None = Field(default=None, description="QA only: context windows used")
+    windows_skipped: int | None = Field(
+        default=None, description="QA with max_windows: windows of the context left unread (least word overlap)"
+    )
     answered_by: Literal["student", "teacher"] | None = Field(default=None, description="cascades: who answered")
     escalation: Literal["answered", "refused"] | None = Field(
         default=None, description="cascades: the item went to the teacher, who answered or refused (`reason`)"
@@ -100,6 +103,12 @@ class QARequest(BaseModel):
     max_answer_len: int = Field(default=15, ge=1)
     doc_stride: int = Field(default=128, ge=0)
     handle_impossible_answer: bool = False
+    max_windows: int | None = Field(
+        default=None,
+        ge=1,
+        description="read only this many windows of a long context: those that share most words with the question "
+        "(IDF-weighted); default every window",
+    )
 
     @model_validator(mode="after")
     def _one_form(self) -> QARequest:

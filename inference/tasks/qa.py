@@ -31,6 +31,7 @@ class QAWindow:
     offsets: list[tuple[int, int] | None]
     cls_index: int | None
     truncated: bool = False
+    context_windows: int | None = None  # set by select_windows: the windows the whole context made
 
     @property
     def tokens(self) -> int:
@@ -62,6 +63,32 @@ def encode_qa(
     # step one token at a time and turn one context into thousands of windows
     c_enc.truncate(budget, stride=stride)
     return [_window(tokenizer, q_enc, part, q_cut) for part in [c_enc, *c_enc.overflowing]]
+
+
+def select_windows(windows: Sequence[QAWindow], question_ids: Sequence[int], keep: int) -> list[QAWindow]:
+    """The ``keep`` windows whose context shares most with the question, in context order.
+
+    A long context costs one model pass per window; most windows cannot hold the answer. Each
+    window scores the IDF-weighted overlap of its context tokens with the question's (IDF over
+    this context's windows, so words in every window count for nothing), the retriever step of a
+    retriever-reader, at no model cost. Ties keep the earlier window."""
+    if len(windows) <= keep:
+        return list(windows)
+    bags = [{t for t, o in zip(w.ids, w.offsets, strict=False) if o is not None} for w in windows]
+    wanted = set(question_ids)
+    df = {t: sum(t in bag for bag in bags) for t in wanted}
+    idf = {t: float(np.log((len(bags) + 1) / (n + 0.5))) for t, n in df.items() if n}
+    scores = [sum(idf.get(t, 0.0) for t in wanted & bag) for bag in bags]
+    best = sorted(range(len(windows)), key=lambda i: (-scores[i], i))[:keep]
+    chosen = [windows[i] for i in sorted(best)]
+    for window in chosen:
+        window.context_windows = len(windows)
+    return chosen
+
+
+def question_ids(tokenizer: Tokenizer, question: str) -> list[int]:
+    """The question's token ids, as `encode_qa` puts them before each window's context."""
+    return list(tokenizer.encode(question, add_special_tokens=False).ids)
 
 
 def _window(tokenizer: Tokenizer, q_enc: Encoding, c_part: Encoding, q_cut: bool) -> QAWindow:

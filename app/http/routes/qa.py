@@ -23,7 +23,14 @@ def prepare(body: QARequest, settings: Settings) -> list[QAItem]:
     check_max(body.max_answer_len, settings.max_answer_len_limit, "max_answer_len")
     return [
         QAItem(
-            i, p.question, p.context, body.top_k, body.max_answer_len, body.doc_stride, body.handle_impossible_answer
+            i,
+            p.question,
+            p.context,
+            body.top_k,
+            body.max_answer_len,
+            body.doc_stride,
+            body.handle_impossible_answer,
+            body.max_windows,
         )
         for i, p in enumerate(pairs)
     ]
