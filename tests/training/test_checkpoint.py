@@ -15,7 +15,7 @@ from tests.polling import wait_for
 from tests.training.conftest import TINY
 from tests.training.test_cli import REPO, cli, manifest
 
-LONG = [item for item in TINY if not item.startswith("teacher_epochs=")] + ["teacher_epochs=60", "precision=fp32"]
+LONG = [item for item in TINY if not item.startswith("teacher_epochs=")] + ["teacher_epochs=30", "precision=fp32"]
 
 
 def train_args(data: Path, base: Path, out: Path, *extra: str) -> list[str]:
