@@ -167,7 +167,7 @@ class QAPipeline:
 
     def _windows(self, payload: QAItem) -> list[qa.QAWindow]:
         windows = qa.encode_qa(self.tokenizer, payload.question, payload.context, self.max_length, payload.doc_stride)
-        if payload.max_windows is None or len(windows) <= payload.max_windows:
+        if payload.max_windows is None:
             return windows
         return qa.select_windows(windows, qa.question_ids(self.tokenizer, payload.question), payload.max_windows)
 

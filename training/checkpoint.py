@@ -73,6 +73,14 @@ def file_stamp(path: Path | str) -> str:
     return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
+def atomic_save(path: Path, value: Any) -> None:
+    """torch.save to a temporary name, then rename: a kill mid-write leaves the last good file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    torch.save(value, partial)
+    partial.replace(path)
+
+
 @dataclass
 class Checkpoint:
     """One training stage's resumable state in ``folder`` (None: checkpoints off)."""
@@ -115,14 +123,10 @@ class Checkpoint:
         return stored["value"]
 
     def _save(self, what: str, value: Any) -> None:
-        """Write to a temporary name, then rename: a kill mid-write leaves the last good file."""
         path = self._path(what)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        torch.save({"fingerprint": self.fingerprint, "value": value}, partial)
-        partial.replace(path)
+        atomic_save(path, {"fingerprint": self.fingerprint, "value": value})
 
     def batches(self, make: Callable[[], list[Batch]]) -> list[Batch]:
         """The stage's prepared batches from an earlier run, else ``make()``'s (tokenised only:
@@ -167,7 +171,5 @@ class Checkpoint:
         """The trained parameters at ``step`` (with the loop seconds so far), for `training curve`."""
         if self.curve is None:
             return
-        self.curve.mkdir(parents=True, exist_ok=True)
-        path = self.curve / f"{self.stage}-step-{step:07d}.pt"
-        torch.save({"step": step, "total": total, "seconds": elapsed, "params": params}, path.with_suffix(".partial"))
-        path.with_suffix(".partial").replace(path)
+        atomic_save(self.curve / f"{self.stage}-step-{step:07d}.pt",
+                    {"step": step, "total": total, "seconds": elapsed, "params": params})

@@ -19,11 +19,10 @@ from typing import Any
 from training.cli import add_command
 
 
-def point_model(model_dir: Path, params: dict[str, Any], into: Path) -> Path:
-    """A copy of ``model_dir`` (config, tokenizer, manifest) whose weights carry ``params``."""
-    from safetensors.torch import load_file, save_file
+def point_model(model_dir: Path, weights: dict[str, Any], params: dict[str, Any], into: Path) -> Path:
+    """A copy of ``model_dir`` (config, tokenizer, manifest) whose ``weights`` carry ``params``."""
+    from safetensors.torch import save_file
 
-    weights = load_file(model_dir / "model.safetensors")
     unknown = sorted(set(params) - set(weights))
     if unknown:
         raise ValueError(f"{model_dir}: the curve snapshot trains parameters the model lacks: {unknown[:3]}")
@@ -39,6 +38,7 @@ def measure_curve(model_dir: Path, data: Path | str, *, limit: int | None = None
                   threads: int | None = None) -> dict[str, Any]:
     """Evaluate every kept snapshot of ``model_dir`` and the model itself; record the curve."""
     import torch
+    from safetensors.torch import load_file
 
     from training.checkpoint import curve_folder
     from training.evaluate import evaluate_model
@@ -50,12 +50,13 @@ def measure_curve(model_dir: Path, data: Path | str, *, limit: int | None = None
     if not snapshots:
         raise FileNotFoundError(f"no curve snapshots of {model_dir.name} in {curve_folder(model_dir.name)}: "
                                 "they are kept while it trains (DISTILSERVE_CURVE_POINTS)")
+    weights = load_file(model_dir / "model.safetensors")  # read once: each point replaces only the trained ones
     points = []
     for path in snapshots:
         stored = torch.load(path, map_location="cpu", weights_only=True)
         with tempfile.TemporaryDirectory() as tmp:
-            result = evaluate_model(point_model(model_dir, stored["params"], Path(tmp)), "torch", data, limit=limit,
-                                    articles=articles, threads=threads, write=False)
+            point = point_model(model_dir, weights, stored["params"], Path(tmp))
+            result = evaluate_model(point, "torch", data, limit=limit, articles=articles, threads=threads, write=False)
         points.append(_point(stored["step"], stored["seconds"], result))
     final = evaluate_model(model_dir, "torch", data, limit=limit, articles=articles, threads=threads, write=False)
     points.append(_point(training.get("steps", 0), training.get("seconds", 0.0), final))
