@@ -111,34 +111,20 @@ def _trained(model: PreTrainedModel, names: list[str]) -> dict[str, torch.Tensor
     return {n: weights[n].detach().clone() for n in names}
 
 
-def _snapshot(model: PreTrainedModel, names: list[str], optimizer: torch.optim.Optimizer,
-              schedule: torch.optim.lr_scheduler.LRScheduler, state: LoopState, total: int) -> dict[str, Any]:
-    return {"total": total, "step": state.step, "order": list(state.order), "elapsed": state.elapsed,
-            "resumed_at": state.resumed_at, "rng": state.rng.getstate(), "torch_rng": torch.get_rng_state(),
-            "params": _trained(model, names),
-            "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}
-
-
-def _restore(stored: dict[str, Any], model: PreTrainedModel, names: list[str], optimizer: torch.optim.Optimizer,
-             schedule: torch.optim.lr_scheduler.LRScheduler, state: LoopState) -> None:
-    """Put a checkpoint back: the trained weights, optimiser moments, schedule, RNGs, position."""
-    assert sorted(stored["params"]) == sorted(names), "checkpoint trains other parameters"
-    weights = dict(model.named_parameters())
-    with torch.no_grad():
-        for name in names:
-            weights[name].copy_(stored["params"][name])
-    optimizer.load_state_dict(stored["optimizer"])
-    schedule.load_state_dict(stored["schedule"])
-    torch.set_rng_state(stored["torch_rng"])
-    state.rng.setstate(_as_rng_state(stored["rng"]))
-    state.step, state.order, state.elapsed = stored["step"], list(stored["order"]), stored["elapsed"]
-    state.resumed_at = [*stored["resumed_at"], state.step]
-
-
 def _as_rng_state(value: Any) -> Any:
     """random.Random's state is (version, tuple of ints, gauss); a stored copy may come back with lists."""
     version, internal, gauss = value
     return version, tuple(internal), gauss
+
+
+def _optimizer(params: list[torch.nn.Parameter], total: int, lr: float, warmup: float,
+               weight_decay: float) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW with a linear warm-up over ``warmup`` of the steps, then a linear decay to 0."""
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    warm = max(1, int(warmup * total))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+    return optimizer, schedule
 
 
 class StopRequests:
@@ -163,6 +149,76 @@ class StopRequests:
             signal.signal(sig, handler)
 
 
+@dataclass
+class _Run:
+    """One train_loop call's moving parts, so that the loop itself reads as steps: the optimiser
+    and schedule, the position (LoopState) and the checkpoint that saves and restores them."""
+
+    model: PreTrainedModel
+    names: list[str]                   # the trained parameters' names (what a checkpoint stores)
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    state: LoopState
+    total: int                         # steps of the whole run
+    checkpoint: Checkpoint | None
+    desc: str
+    saved: float = field(default_factory=time.monotonic)  # when the loop state was last saved
+
+    def resume(self) -> set[int]:
+        """Restore a stopped run of the same length, if any; the steps at which to keep curve points."""
+        stored = self.checkpoint.loop_state() if self.checkpoint else None
+        if stored is not None and stored["total"] == self.total:
+            self._restore(stored)
+            log.info("%s: resumed at step %d of %d (%.0fs trained before)", self.desc, self.state.step,
+                     self.total, self.state.elapsed)
+        if not self.checkpoint:
+            return set()
+        self.checkpoint.start_curve(resumed=bool(self.state.resumed_at))
+        return self.checkpoint.curve_marks(self.total)
+
+    def _restore(self, stored: dict[str, Any]) -> None:
+        """Put a checkpoint back: the trained weights, optimiser moments, schedule, RNGs, position."""
+        assert sorted(stored["params"]) == sorted(self.names), "checkpoint trains other parameters"
+        weights = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name in self.names:
+                weights[name].copy_(stored["params"][name])
+        self.optimizer.load_state_dict(stored["optimizer"])
+        self.schedule.load_state_dict(stored["schedule"])
+        torch.set_rng_state(stored["torch_rng"])
+        state = self.state
+        state.rng.setstate(_as_rng_state(stored["rng"]))
+        state.step, state.order, state.elapsed = stored["step"], list(stored["order"]), stored["elapsed"]
+        state.resumed_at = [*stored["resumed_at"], state.step]
+
+    def next_batch(self, count: int) -> int:
+        """The next batch's index: a fresh shuffle of all ``count`` batches at each epoch's start."""
+        if not self.state.order:
+            self.state.order = list(range(count))
+            self.state.rng.shuffle(self.state.order)
+        return self.state.order.pop()
+
+    def keep(self, marks: set[int], stop: str | None) -> None:
+        """After a step: a curve point at its marks, the loop state when due; exit when asked to stop."""
+        step, checkpoint = self.state.step, self.checkpoint
+        if checkpoint and step in marks:
+            checkpoint.save_curve(step, self.total, self.state.elapsed, _trained(self.model, self.names))
+        if checkpoint and checkpoint.due(self.saved, bool(stop)):
+            checkpoint.save_loop(self._snapshot())
+            self.saved = time.monotonic()
+        if stop:
+            kept = checkpoint is not None and checkpoint.folder is not None
+            raise SystemExit(f"{self.desc}: stopped by {stop} at step {step} of {self.total}"
+                             + ("; checkpoint saved: run the same command again to resume" if kept else ""))
+
+    def _snapshot(self) -> dict[str, Any]:
+        state = self.state
+        return {"total": self.total, "step": state.step, "order": list(state.order), "elapsed": state.elapsed,
+                "resumed_at": state.resumed_at, "rng": state.rng.getstate(), "torch_rng": torch.get_rng_state(),
+                "params": _trained(self.model, self.names),
+                "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
+
+
 def train_loop(model: PreTrainedModel, params: list[torch.nn.Parameter], batches: list[Batch],
                loss_fn: Callable[[PreTrainedModel, Batch], tuple[torch.Tensor, dict]], *,
                epochs: float, lr: float, warmup: float = 0.1, weight_decay: float = 0.01,
@@ -175,47 +231,26 @@ def train_loop(model: PreTrainedModel, params: list[torch.nn.Parameter], batches
     exits), and a stopped run's state is picked up where it stopped.
     """
     total = max(1, math.ceil(epochs * len(batches)))
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    warm = max(1, int(warmup * total))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
-    names, state = _trained_names(model, params), LoopState(random.Random(seed))
-    stored = checkpoint.loop_state() if checkpoint else None
-    if stored is not None and stored["total"] == total:
-        _restore(stored, model, names, optimizer, schedule, state)
-        log.info("%s: resumed at step %d of %d (%.0fs trained before)", desc, state.step, total, state.elapsed)
-    if checkpoint:
-        checkpoint.start_curve(resumed=bool(state.resumed_at))
-    marks = checkpoint.curve_marks(total) if checkpoint else set()
-    start = time.monotonic() - state.elapsed
-    saved, loss_value, early = time.monotonic(), float("nan"), False
+    run = _Run(model, _trained_names(model, params), *_optimizer(params, total, lr, warmup, weight_decay),
+               LoopState(random.Random(seed)), total, checkpoint, desc)
+    marks, state = run.resume(), run.state
+    start, loss_value, early = time.monotonic() - state.elapsed, float("nan"), False
     model.train()
     with tqdm(total=total, initial=state.step, desc=desc, unit="step", leave=False) as bar, StopRequests() as stop:
         while state.step < total:
-            if not state.order:
-                state.order = list(range(len(batches)))
-                state.rng.shuffle(state.order)
-            loss_value = _step(model, params, optimizer, schedule, loss_fn, batches[state.order.pop()], desc,
-                               state.step, bar)
+            batch = batches[run.next_batch(len(batches))]
+            loss_value = _step(model, params, run.optimizer, run.schedule, loss_fn, batch, desc, state.step, bar)
             state.step += 1
             state.elapsed = time.monotonic() - start
-            if checkpoint and state.step in marks:
-                checkpoint.save_curve(state.step, total, state.elapsed, _trained(model, names))
-            if checkpoint and checkpoint.due(saved, bool(stop.requested)):
-                checkpoint.save_loop(_snapshot(model, names, optimizer, schedule, state, total))
-                saved = time.monotonic()
-            if stop.requested:
-                kept = checkpoint is not None and checkpoint.folder is not None
-                raise SystemExit(f"{desc}: stopped by {stop.requested} at step {state.step} of {total}"
-                                 + ("; checkpoint saved: run the same command again to resume" if kept else ""))
+            run.keep(marks, stop.requested)
             if max_seconds and state.elapsed > max_seconds:
                 early = state.step < total
                 break
     model.eval()
-    seconds, steps = time.monotonic() - start, state.step
-    log.info("%s: %d steps (%.2f epochs) in %.0fs, last loss %.4f%s", desc, steps,
-             steps / len(batches), seconds, loss_value, " (time budget reached)" if early else "")
-    return LoopResult(steps, round(steps / len(batches), 3), round(seconds, 1), loss_value, early, state.resumed_at)
+    log.info("%s: %d steps (%.2f epochs) in %.0fs, last loss %.4f%s", desc, state.step,
+             state.step / len(batches), state.elapsed, loss_value, " (time budget reached)" if early else "")
+    return LoopResult(state.step, round(state.step / len(batches), 3), round(state.elapsed, 1), loss_value, early,
+                      state.resumed_at)
 
 
 def _step(model: PreTrainedModel, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
