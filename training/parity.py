@@ -65,8 +65,9 @@ PARITY_QA: tuple[tuple[str, str], ...] = (
      "on start-up on older phones, and adds a dark mode that many users had asked for."),
 )
 
-# fp32 must match torch to float noise; int8 must keep the served answer (label / span) and
-# stay close in direction (embeddings). Values chosen from the measurements in the report.
+# fp32 must match torch to float noise; int8 must keep the served answer (label / span), keep
+# the probabilities behind it close (classes; each window's start and end) and stay close in
+# direction (embeddings). Values chosen from the measurements in the report.
 TOLERANCES: dict[str, dict[str, dict[str, float]]] = {
     "fp32": {
         "classification": {"max_abs_diff": 1e-3, "label_agreement": 1.0},
@@ -75,7 +76,10 @@ TOLERANCES: dict[str, dict[str, dict[str, float]]] = {
     },
     "int8": {
         "classification": {"label_agreement": 0.95, "max_prob_diff": 0.1},
-        "qa": {"span_agreement": 0.85},
+        # QA: the span alone passed a dynamic int8 teacher (7 of 7 spans) whose start/end
+        # probabilities moved by 0.39 and which then kept 61% of 1,572 SQuAD spans; blockwise8
+        # moved them by 0.068 on the same model (squad-standard-teacher, 2026-12-02)
+        "qa": {"span_agreement": 0.85, "max_prob_diff": 0.1},
         "embedding": {"mean_cosine": 0.99, "min_cosine": 0.98},
     },
 }
@@ -160,7 +164,16 @@ def compare(task: str, ref: Outputs, got: Outputs) -> dict[str, float]:
         figures["max_prob_diff"] = float(np.abs(diff).max())
     elif task == "qa":
         figures["span_agreement"] = float(np.mean([a == b for a, b in zip(ref.answers, got.answers, strict=False)]))
+        figures["max_prob_diff"] = max(_span_prob_diff(a, b) for a, b in zip(ref.raw, got.raw, strict=False))
     else:
         cosines = (np.stack(ref.answers) * np.stack(got.answers)).sum(1)
         figures["mean_cosine"], figures["min_cosine"] = float(cosines.mean()), float(cosines.min())
     return figures
+
+
+def _span_prob_diff(ref: np.ndarray, got: np.ndarray) -> float:
+    """Largest move of one window's start or end probability (softmax over its tokens): a span
+    can stay the same on a few parity texts while the distribution behind it drifts."""
+    half = len(ref) // 2  # raw QA outputs are [start logits, end logits] of the window's tokens
+    return max(float(np.abs(classify_task.scores(r[None]) - classify_task.scores(g[None])).max())
+               for r, g in ((ref[:half], got[:half]), (ref[half:], got[half:])))
