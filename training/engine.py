@@ -163,18 +163,18 @@ class _Run:
     checkpoint: Checkpoint | None
     desc: str
     saved: float = field(default_factory=time.monotonic)  # when the loop state was last saved
+    marks: set[int] = field(default_factory=set)          # steps at which a curve point is kept
 
-    def resume(self) -> set[int]:
-        """Restore a stopped run of the same length, if any; the steps at which to keep curve points."""
+    def resume(self) -> None:
+        """Restore a stopped run of the same length, if any, and plan the curve points."""
         stored = self.checkpoint.loop_state() if self.checkpoint else None
         if stored is not None and stored["total"] == self.total:
             self._restore(stored)
             log.info("%s: resumed at step %d of %d (%.0fs trained before)", self.desc, self.state.step,
                      self.total, self.state.elapsed)
-        if not self.checkpoint:
-            return set()
-        self.checkpoint.start_curve(resumed=bool(self.state.resumed_at))
-        return self.checkpoint.curve_marks(self.total)
+        if self.checkpoint:
+            self.checkpoint.start_curve(resumed=bool(self.state.resumed_at))
+            self.marks = self.checkpoint.curve_marks(self.total)
 
     def _restore(self, stored: dict[str, Any]) -> None:
         """Put a checkpoint back: the trained weights, optimiser moments, schedule, RNGs, position."""
@@ -198,10 +198,10 @@ class _Run:
             self.state.rng.shuffle(self.state.order)
         return self.state.order.pop()
 
-    def keep(self, marks: set[int], stop: str | None) -> None:
+    def keep(self, stop: str | None) -> None:
         """After a step: a curve point at its marks, the loop state when due; exit when asked to stop."""
         step, checkpoint = self.state.step, self.checkpoint
-        if checkpoint and step in marks:
+        if checkpoint and step in self.marks:
             checkpoint.save_curve(step, self.total, self.state.elapsed, _trained(self.model, self.names))
         if checkpoint and checkpoint.due(self.saved, bool(stop)):
             checkpoint.save_loop(self._snapshot())
@@ -233,7 +233,8 @@ def train_loop(model: PreTrainedModel, params: list[torch.nn.Parameter], batches
     total = max(1, math.ceil(epochs * len(batches)))
     run = _Run(model, _trained_names(model, params), *_optimizer(params, total, lr, warmup, weight_decay),
                LoopState(random.Random(seed)), total, checkpoint, desc)
-    marks, state = run.resume(), run.state
+    run.resume()
+    state = run.state
     start, loss_value, early = time.monotonic() - state.elapsed, float("nan"), False
     model.train()
     with tqdm(total=total, initial=state.step, desc=desc, unit="step", leave=False) as bar, StopRequests() as stop:
@@ -242,7 +243,7 @@ def train_loop(model: PreTrainedModel, params: list[torch.nn.Parameter], batches
             loss_value = _step(model, params, run.optimizer, run.schedule, loss_fn, batch, desc, state.step, bar)
             state.step += 1
             state.elapsed = time.monotonic() - start
-            run.keep(marks, stop.requested)
+            run.keep(stop.requested)
             if max_seconds and state.elapsed > max_seconds:
                 early = state.step < total
                 break
