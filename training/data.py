@@ -488,3 +488,11 @@ def sentences_of(examples: Sequence[Example]) -> list[str]:
         if example.text_pair:
             seen.setdefault(example.text_pair, None)
     return list(seen)
+
+
+def texts_of(path: Path | str, limit: int, offset: int = 0) -> list[str]:
+    """Up to `limit` texts (and second sentences) of a TSV/CSV/JSONL file, labels not needed,
+    from row `offset` on: parity and calibration texts for an export."""
+    examples, _ = load_labelled(path, labels=None, require_label=False, limit=offset + limit, split="texts")
+    examples = examples[offset:]
+    return ([e.text for e in examples] + [e.text_pair for e in examples if e.text_pair])[:limit]

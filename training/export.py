@@ -17,6 +17,8 @@ import logging
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,8 @@ from transformers import PreTrainedModel
 from inference.backends import OUTPUT_NAMES, load_backend
 from inference.modelfolder import read_spec
 from training.graph_opt import AT_LOAD
-from training.int8 import AUTO_CHAIN, DEFAULT_SCHEME, SCHEMES, export_int8
-from training.int8_speed import shape_key
+from training.int8 import AUTO_CHAIN, DEFAULT_SCHEME, NEEDS_CALIBRATION, SCHEMES, export_int8
+from training.int8_speed import calibration_batches, shape_key
 from training.manifest import describe, read_manifest, versions, write_manifest
 from training.modeling import position_limit
 from training.parity import TOLERANCES, ExportParityError, Outputs, breaches, compare, run_parity_set
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 
 OPSET = 17
 FP32_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
+Quantise = Callable[..., None]  # (fp32 path, int8 path, scheme=name): export_int8 with config and calibration bound
 SUPPORT_FILES = (
     "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
     "merges.txt", "vocab.json", "modules.json", "sentence_bert_config.json",
@@ -149,7 +152,7 @@ def check_max_length(spec: Any, config: Any) -> None:
 def export_model(model_dir: Path, *, int8: bool = True, parity_texts: list[str] | None = None,
                  task: str | None = None, out_dir: Path | None = None, scheme: str = DEFAULT_SCHEME,
                  tolerances: dict[str, dict[str, float]] | None = None, fuse: bool = True,
-                 measured: dict[str, Any] | None = None) -> dict:
+                 measured: dict[str, Any] | None = None, calibration_texts: list[str] | None = None) -> dict:
     """Export `model_dir` to ONNX in `out_dir` (default: in place) and return the manifest.
 
     `task` is only needed for a plain HF folder whose config does not say it; `tolerances`
@@ -157,9 +160,13 @@ def export_model(model_dir: Path, *, int8: bool = True, parity_texts: list[str] 
     `fuse` tries offline graph fusion (kept only where it is faster here, `training.graph_opt`).
     `measured`: a build's memo of speed decisions per model shape - what an earlier model of the
     same shape measured in this process (fusion kept or not, the int8 candidates' order) is reused
-    instead of timed again (`None`: always measure). Raises `ExportParityError` (after recording
-    the figures and removing the file) on a breach.
+    instead of timed again (`None`: always measure). `calibration_texts`: what the static int8
+    schemes fix their activation scales on (never the parity texts). Raises `ExportParityError`
+    (after recording the figures and removing the file) on a breach.
     """
+    if int8 and scheme in NEEDS_CALIBRATION and not calibration_texts:  # before any work is done
+        raise ValueError(f"int8 scheme {scheme} fixes activation scales from calibration texts: "
+                         "give some (export --calibration FILE)")
     model_dir, out_dir = Path(model_dir), Path(out_dir or model_dir)
     manifest, task = _prepare(model_dir, out_dir, task)
     model = load_torch_model(model_dir, task)
@@ -176,7 +183,9 @@ def export_model(model_dir: Path, *, int8: bool = True, parity_texts: list[str] 
     _check_and_record(out_dir, FP32_FILE, spec, reference, parity_texts, manifest, scheme, tolerances,
                       extra={"graph": graph})
     if int8:  # only from an fp32 graph that passed
-        _export_int8_checked(out_dir, model.config, spec, reference, parity_texts, manifest, scheme, tolerances,
+        batches = calibration_batches(out_dir, task, calibration_texts, spec.max_length) if calibration_texts else []
+        quantise = partial(export_int8, config=model.config, calibration=batches)
+        _export_int8_checked(out_dir, quantise, spec, reference, parity_texts, manifest, scheme, tolerances,
                              graph, memo)
     return manifest
 
@@ -200,7 +209,7 @@ def _bench_batch(out_dir: Path, spec: Any, texts: list[str] | None) -> dict[str,
     return bench_inputs(out_dir, spec.task, texts or list(PARITY_TEXTS), spec.max_length)
 
 
-def _export_int8_checked(out_dir: Path, config: Any, spec: Any, reference: Outputs, texts: list[str] | None,
+def _export_int8_checked(out_dir: Path, quantise: Quantise, spec: Any, reference: Outputs, texts: list[str] | None,
                          manifest: dict, scheme: str, tolerances: dict | None, graph: dict, memo: dict) -> None:
     """Quantise with `scheme`; with `auto`, build every scheme of `AUTO_CHAIN`, time each against
     fp32 and check them fastest first, keeping the first that passes (with an order in `memo`,
@@ -212,7 +221,7 @@ def _export_int8_checked(out_dir: Path, config: Any, spec: Any, reference: Outpu
         if "int8" not in memo or set(memo["int8"]) != set(names):
             files = {name: Path(tmp) / f"{name}.onnx" for name in names}
             for name, path in files.items():
-                export_int8(out_dir / FP32_FILE, path, config, name)
+                quantise(out_dir / FP32_FILE, path, scheme=name)
             memo["int8"] = _speeds(out_dir, spec, files, texts)
         speeds = memo["int8"] if files else {n: {**f, "measured_on": memo["model"]} for n, f in memo["int8"].items()}
         order = sorted(names, key=lambda name: speeds[name]["int8_ms"])
@@ -222,7 +231,7 @@ def _export_int8_checked(out_dir: Path, config: Any, spec: Any, reference: Outpu
             if name in files:
                 shutil.move(files[name], out_dir / INT8_FILE)
             else:  # measured on an earlier model of this shape: built only when its turn comes
-                export_int8(out_dir / FP32_FILE, out_dir / INT8_FILE, config, name)
+                quantise(out_dir / FP32_FILE, out_dir / INT8_FILE, scheme=name)
             record = {"speed": speeds[name], "candidates": [{"scheme_name": n, **speeds[n]} for n in order],
                       "graph": {**graph, "quantised_from": FP32_FILE}}
             try:
@@ -297,9 +306,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--int8-scheme", default=DEFAULT_SCHEME, choices=["auto", *sorted(SCHEMES)],
                         help=f"int8 quantisation scheme (default {DEFAULT_SCHEME}: the fastest of "
                              f"{', '.join(AUTO_CHAIN)}, timed here, that passes parity)")
+    parser.add_argument("--calibration", type=Path, metavar="FILE",
+                        help="texts (TSV/CSV/JSONL) the static int8 schemes calibrate activation scales on")
+    parser.add_argument("--calibration-limit", type=int, default=256, help="with --calibration: how many texts")
     parser.add_argument("--tolerance", action="append", default=[], metavar="PRECISION.METRIC=VALUE",
                         help="override a parity tolerance, e.g. int8.mean_cosine=0.995 (repeatable)")
     parser.set_defaults(func=_run)
+
+
+def calibration_texts(args: argparse.Namespace, offset: int = 0) -> list[str] | None:
+    """--calibration's texts from row `offset` on, or None."""
+    from training.data import texts_of
+
+    return texts_of(args.calibration, args.calibration_limit, offset) if args.calibration else None
 
 
 def parse_tolerances(items: list[str], task: str) -> dict[str, dict[str, float]] | None:
@@ -319,7 +338,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         manifest = export_model(args.model_dir, int8=not args.no_int8, task=args.task, out_dir=args.out,
                                 scheme=args.int8_scheme, tolerances=parse_tolerances(args.tolerance, task),
-                                fuse=not args.no_fuse)
+                                fuse=not args.no_fuse, calibration_texts=calibration_texts(args))
     except ExportParityError as exc:
         log.error("export failed: %s", exc)
         return 1

@@ -19,10 +19,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 HEAD_NAMES = ("pooler", "classifier", "qa_outputs", "pre_classifier", "score")
@@ -83,50 +85,108 @@ def _blockwise(src: Path, dst: Path, exclude: list[str], block: int = 256, accur
     quantizer.model.save_model_to_file(str(dst), False)
 
 
-def _scheme_blockwise(src: Path, dst: Path, roles: dict[str, list[str]], heads: list[str], block: int) -> None:
-    _blockwise(src, dst, heads, block)
+@dataclass(frozen=True)
+class Job:
+    """One quantisation: the fp32 graph, where the int8 one goes, its encoder MatMuls by role, the
+    head MatMuls every scheme keeps fp32, the block size, and (static schemes only) the batches
+    that fix the activation scales."""
+
+    src: Path
+    dst: Path
+    roles: dict[str, list[str]]
+    heads: list[str]
+    block: int
+    calibration: Sequence[dict[str, np.ndarray]] = ()
+
+    def encoder(self, *roles: str) -> list[str]:
+        return [name for role in roles for name in self.roles[role]]
 
 
-def _scheme_blockwise32(src: Path, dst: Path, roles: dict[str, list[str]], heads: list[str], block: int) -> None:
-    _blockwise(src, dst, heads, min(block, 32))
+def _scheme_blockwise(job: Job) -> None:
+    _blockwise(job.src, job.dst, job.heads, job.block)
 
 
-def _scheme_weight_only(src: Path, dst: Path, roles: dict[str, list[str]], heads: list[str], block: int) -> None:
-    _blockwise(src, dst, heads, min(block, 32), accuracy_level=1)
+def _scheme_blockwise32(job: Job) -> None:
+    _blockwise(job.src, job.dst, job.heads, min(job.block, 32))
 
 
-def _scheme_hybrid(src: Path, dst: Path, roles: dict[str, list[str]], heads: list[str], block: int) -> None:
+def _scheme_weight_only(job: Job) -> None:
+    _blockwise(job.src, job.dst, job.heads, min(job.block, 32), accuracy_level=1)
+
+
+def _scheme_hybrid(job: Job) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         mid = Path(tmp) / "dyn.onnx"
-        _dynamic(src, mid, roles["attention"] + roles["ffn_up"])
-        _blockwise(mid, dst, heads + roles["attention"] + roles["ffn_up"], min(block, 128))
+        _dynamic(job.src, mid, job.encoder("attention", "ffn_up"))
+        _blockwise(mid, job.dst, job.heads + job.encoder("attention", "ffn_up"), min(job.block, 128))
 
 
-def _scheme_hybrid_attention(src: Path, dst: Path, roles: dict[str, list[str]], heads: list[str], block: int) -> None:
+def _scheme_hybrid_attention(job: Job) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         mid = Path(tmp) / "dyn.onnx"
-        _dynamic(src, mid, roles["attention"])
-        _blockwise(mid, dst, heads + roles["attention"], block)
+        _dynamic(job.src, mid, job.encoder("attention"))
+        _blockwise(mid, job.dst, job.heads + job.encoder("attention"), job.block)
 
 
-def _scheme_dynamic_no_down(src: Path, dst: Path, roles: dict[str, list[str]], heads: list[str], block: int) -> None:
-    _dynamic(src, dst, roles["attention"] + roles["ffn_up"])
+def _scheme_dynamic_no_down(job: Job) -> None:
+    _dynamic(job.src, job.dst, job.encoder("attention", "ffn_up"))
 
 
-def _scheme_dynamic_all(src: Path, dst: Path, roles: dict[str, list[str]], heads: list[str], block: int) -> None:
-    _dynamic(src, dst, roles["attention"] + roles["ffn_up"] + roles["ffn_down"])
+def _scheme_dynamic_all(job: Job) -> None:
+    _dynamic(job.src, job.dst, job.encoder("attention", "ffn_up", "ffn_down"))
 
 
-def _scheme_reduce_range(src: Path, dst: Path, roles: dict[str, list[str]], heads: list[str], block: int) -> None:
-    _dynamic(src, dst, roles["attention"] + roles["ffn_up"] + roles["ffn_down"], reduce_range=True)
+def _scheme_reduce_range(job: Job) -> None:
+    _dynamic(job.src, job.dst, job.encoder("attention", "ffn_up", "ffn_down"), reduce_range=True)
 
 
-def _scheme_reduce_range_no_down(src: Path, dst: Path, roles: dict[str, list[str]], heads: list[str],
-                                 block: int) -> None:
-    _dynamic(src, dst, roles["attention"] + roles["ffn_up"], reduce_range=True)
+def _scheme_reduce_range_no_down(job: Job) -> None:
+    _dynamic(job.src, job.dst, job.encoder("attention", "ffn_up"), reduce_range=True)
 
 
-Scheme = Callable[[Path, Path, dict[str, list[str]], list[str], int], None]
+def _static(job: Job, roles: tuple[str, ...]) -> None:
+    """Static int8 in QDQ form: per-channel int8 weights, and activation scales fixed once from
+    the calibration batches (min/max) instead of measured per batch at run time, so no
+    activation statistics are computed per call. The price: one scale per activation tensor
+    for every input, which an outlier token outside the calibration range saturates."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if not job.calibration:
+        raise ValueError("int8 scheme static-qdq fixes activation scales from calibration texts: "
+                         "give some (export --calibration FILE)")
+    with quiet_root():
+        quantize_static(str(job.src), str(job.dst), _reader(job.src, job.calibration), quant_format=QuantFormat.QDQ,
+                        per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                        op_types_to_quantize=["MatMul"], nodes_to_quantize=job.encoder(*roles),
+                        calibrate_method=CalibrationMethod.MinMax, calibration_providers=["CPUExecutionProvider"],
+                        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+
+def _reader(model: Path, batches: Sequence[dict[str, np.ndarray]]) -> Any:
+    """The calibration batches as ONNX Runtime's data reader, fed only the graph's own inputs."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    names = [i.name for i in onnx.load(str(model), load_external_data=False).graph.input]
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.feeds = iter([{n: b[n] for n in names} for b in batches])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.feeds, None)
+
+    return Reader()
+
+
+def _scheme_static(job: Job) -> None:
+    _static(job, ("attention", "ffn_up", "ffn_down"))
+
+
+def _scheme_static_no_down(job: Job) -> None:
+    _static(job, ("attention", "ffn_up"))
+
+
+Scheme = Callable[[Job], None]
 SCHEMES: dict[str, tuple[Scheme, str]] = {
     "blockwise8": (_scheme_blockwise, "MatMulNBits 8-bit weights, block 256, int8 compute "
                    "(accuracy_level 4: activations quantised per token and block); heads fp32"),
@@ -146,7 +206,12 @@ SCHEMES: dict[str, tuple[Scheme, str]] = {
                              "(reduce_range: no int16 saturation without VNNI) on every encoder MatMul; heads fp32"),
     "dynamic-reduce-range-no-ffn-down": (_scheme_reduce_range_no_down, "dynamic int8 (MatMulInteger), "
                                          "per-channel 7-bit weights on attention + FFN-up; FFN-down and heads fp32"),
+    "static-qdq": (_scheme_static, "static int8 in QDQ form: per-channel int8 weights, activation scales "
+                   "calibrated once (min/max) on every encoder MatMul; heads fp32"),
+    "static-qdq-no-ffn-down": (_scheme_static_no_down, "static int8 in QDQ form, calibrated activation scales, "
+                               "on attention + FFN-up; FFN-down and heads fp32"),
 }
+NEEDS_CALIBRATION = frozenset({"static-qdq", "static-qdq-no-ffn-down"})  # schemes that need calibration batches
 DEFAULT_SCHEME = "auto"
 # "auto" builds each of these, times it against fp32 on the model itself, and keeps the fastest
 # that passes parity (training.export). The block-wise pair wins where the CPU has VNNI, the
@@ -162,8 +227,10 @@ def head_matmuls(path: Path) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and any(h in n.name for h in HEAD_NAMES)]
 
 
-def export_int8(fp32_path: Path, dst: Path, config: Any, scheme: str) -> None:
-    """Quantise `fp32_path` into `dst` with `scheme` (a key of `SCHEMES`)."""
+def export_int8(fp32_path: Path, dst: Path, config: Any, scheme: str,
+                calibration: Sequence[dict[str, np.ndarray]] = ()) -> None:
+    """Quantise `fp32_path` into `dst` with `scheme` (a key of `SCHEMES`); `calibration`: padded
+    input batches, for the schemes of `NEEDS_CALIBRATION`."""
     if scheme not in SCHEMES:
         raise ValueError(f"unknown int8 scheme {scheme!r}; choose from {sorted(SCHEMES)}")
     intermediate = getattr(config, "intermediate_size", None) or getattr(config, "hidden_dim", None)
@@ -173,4 +240,4 @@ def export_int8(fp32_path: Path, dst: Path, config: Any, scheme: str) -> None:
                          "(hidden_size / dim) or feed-forward size (intermediate_size / hidden_dim)")
     roles = weight_matmuls(fp32_path, hidden, intermediate)
     block = max(16, min(256, 1 << (hidden.bit_length() - 1)))  # 256 for BERT sizes; tiny models smaller
-    SCHEMES[scheme][0](fp32_path, dst, roles, head_matmuls(fp32_path), block)
+    SCHEMES[scheme][0](Job(fp32_path, dst, roles, head_matmuls(fp32_path), block, calibration))

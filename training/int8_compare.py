@@ -19,28 +19,21 @@ from transformers import AutoConfig
 
 from inference.backends import Backend, load_backend
 from inference.modelfolder import read_spec
-from training.export import FP32_FILE, export_model
-from training.int8 import SCHEMES, export_int8
-from training.int8_speed import bench_inputs, round_robin_ms
+from training.data import texts_of
+from training.export import FP32_FILE, calibration_texts, export_model
+from training.int8 import NEEDS_CALIBRATION, SCHEMES, export_int8
+from training.int8_speed import bench_inputs, calibration_batches, round_robin_ms
 from training.parity import compare, run_parity_set
 
 log = logging.getLogger(__name__)
 
 
-def load_texts(path: Path | None, limit: int) -> list[str] | None:
-    """Texts (and second sentences) of a TSV/CSV/JSONL file, or None for the built-in set."""
-    if path is None:
-        return None
-    from training.data import load_labelled
-
-    examples, _ = load_labelled(path, labels=None, require_label=False, limit=limit, split="parity")
-    texts = [e.text for e in examples] + [e.text_pair for e in examples if e.text_pair]
-    return texts[:limit]
-
-
 def compare_schemes(model_dir: Path, task: str | None = None, schemes: Sequence[str] | None = None,
-                    texts: list[str] | None = None, rounds: int = 10, threads: int | None = None) -> list[dict]:
-    """One row per scheme: parity figures against torch, and fp32 / int8 ms on one batch."""
+                    texts: list[str] | None = None, rounds: int = 10, threads: int | None = None,
+                    calibration: list[str] | None = None) -> list[dict]:
+    """One row per scheme: parity figures against torch, and fp32 / int8 ms on one batch. The
+    static schemes calibrate on `calibration` (texts other than the parity ones); without it
+    they are left out."""
     from inference.backends.onnx import OnnxBackend
     from training.parity import PARITY_TEXTS
 
@@ -53,9 +46,10 @@ def compare_schemes(model_dir: Path, task: str | None = None, schemes: Sequence[
         config = AutoConfig.from_pretrained(str(model_dir))
         backends: dict[str, Backend] = {"fp32": load_backend(out, spec.task, "onnx", threads)}
         rows: list[dict[str, Any]] = []
-        for scheme in schemes or list(SCHEMES):
+        batches = calibration_batches(out, spec.task, calibration, spec.max_length) if calibration else []
+        for scheme in _runnable(schemes or list(SCHEMES), bool(batches)):
             path = out / f"int8-{scheme}.onnx"
-            export_int8(out / FP32_FILE, path, config, scheme)
+            export_int8(out / FP32_FILE, path, config, scheme, batches)
             backends[scheme] = OnnxBackend(path, spec.task, "onnx-int8", threads, "all")
             figures = compare(spec.task, reference, run_parity_set(backends[scheme], spec, texts))
             rows.append({"scheme": scheme, **figures, "int8_mb": round(path.stat().st_size / 1e6, 1)})
@@ -66,6 +60,13 @@ def compare_schemes(model_dir: Path, task: str | None = None, schemes: Sequence[
         row.update(fp32_ms=round(ms["fp32"], 1), int8_ms=round(ms[row["scheme"]], 1),
                    speedup=round(ms["fp32"] / ms[row["scheme"]], 2), batch=list(batch["input_ids"].shape))
     return rows
+
+
+def _runnable(schemes: Sequence[str], calibrated: bool) -> list[str]:
+    left_out = [] if calibrated else [s for s in schemes if s in NEEDS_CALIBRATION]
+    if left_out:
+        log.warning("left out %s: static schemes need calibration texts (--calibration FILE)", ", ".join(left_out))
+    return [s for s in schemes if s not in left_out]
 
 
 def format_table(rows: list[dict]) -> str:
@@ -103,6 +104,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _compare(args: argparse.Namespace) -> int:
     schemes = args.schemes.split(",") if args.schemes else None
-    rows = compare_schemes(args.model_dir, args.task, schemes, load_texts(args.texts, args.limit))
+    texts = texts_of(args.texts, args.limit) if args.texts else None
+    same = args.texts and args.calibration and args.texts.resolve() == args.calibration.resolve()
+    calibration = calibration_texts(args, offset=args.limit if same else 0)  # never a parity text
+    rows = compare_schemes(args.model_dir, args.task, schemes, texts, calibration=calibration)
     print(format_table(rows))
     return 0

@@ -36,6 +36,13 @@ def bench_inputs(model_dir: Path, task: str, texts: Sequence[str], max_length: i
     return pad_batch(module.encode(tokenizer, pairs, max_length), pad_id(tokenizer))
 
 
+def calibration_batches(model_dir: Path, task: str, texts: Sequence[str], max_length: int
+                        ) -> list[dict[str, np.ndarray]]:
+    """The texts as padded batches of `BENCH_ITEMS`, the form static int8 calibrates on."""
+    return [bench_inputs(model_dir, task, texts[i:i + BENCH_ITEMS], max_length)
+            for i in range(0, len(texts), BENCH_ITEMS)]
+
+
 def round_robin_ms(backends: dict[str, Backend], inputs: dict[str, np.ndarray], rounds: int = ROUNDS
                    ) -> dict[str, float]:
     """Fastest of `rounds` timed calls per backend, the backends taking turns within each round:

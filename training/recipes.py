@@ -121,7 +121,7 @@ NAMED: dict[str, dict[str, dict[str, Any]]] = {
                            "teacher_train_top": 6, "student_train_top": 3, "teacher_epochs": 2,
                            "student_epochs": 3, "teacher_lr": 5e-5, "student_lr": 1e-4, "max_length": 66},
         "qa": {"precision": "auto", "teacher_rows": 100000, "student_rows": 100000, "max_length": 256,
-               "doc_stride": 128, "teacher_train_top": 4, "student_train_top": 4, "teacher_epochs": 1.5,
+               "doc_stride": 128, "teacher_train_top": 4, "student_train_top": 4, "teacher_epochs": 2,
                "student_epochs": 2, "teacher_lr": 2e-4, "student_lr": 3e-4, "calibrate_limit": 400},
         "embedding": {"precision": "auto", "student_rows": 100000, "student_train_top": 6, "student_epochs": 4,
                       "student_lr": 1e-4},

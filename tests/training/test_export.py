@@ -257,3 +257,23 @@ def test_qa_int8_parity_bounds_how_far_span_probabilities_move(tmp_path: Path) -
     assert main(["export", str(folder), "--tolerance", "int8.max_prob_diff=1e-9", "--int8-scheme", "blockwise8"]) == 1
     assert not (folder / "model.int8.onnx").exists()
     assert (folder / "model.onnx").exists()
+
+
+def test_static_qdq_calibrates_on_the_given_texts(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import onnx
+
+    folder = save_tiny(tmp_path, "mpnet", "embedding")
+    texts = tmp_path / "calibration.tsv"
+    texts.write_text("sentence\n" + "".join(f"the film number {i} was a good one\n" for i in range(40)))
+    assert main(["export", str(folder), "--int8-scheme", "static-qdq"]) == 2  # no texts: one clear line
+    assert "static-qdq fixes activation scales from calibration texts" in caplog.text
+    assert not (folder / "model.onnx").exists()  # refused before any work
+
+    assert main(["export", str(folder), "--int8-scheme", "static-qdq", "--calibration", str(texts)]) == 0
+    entry = json.loads((folder / "manifest.json").read_text())["onnx"]["model.int8.onnx"]
+    assert entry["scheme_name"] == "static-qdq"
+    assert entry["parity"]["ok"] and entry["parity"]["mean_cosine"] > 0.99
+    ops = [n.op_type for n in onnx.load(str(folder / "model.int8.onnx")).graph.node]
+    # each of the 12 encoder MatMuls reads a quantised activation and a per-channel int8 weight
+    assert ops.count("QuantizeLinear") >= 12
+    assert ops.count("DequantizeLinear") >= 2 * 12
