@@ -115,7 +115,7 @@ NAMED: dict[str, dict[str, dict[str, Any]]] = {
     },
     # standard: each task's teacher + student + export + evaluation in <= 60 min on 2 cores (bf16),
     # planned from the measured rates (565 tokens/s training all 12 layers, 1,790 forward): SST-2
-    # ~36 min, QA ~57 min planned (measured: 105 min for the pair), embeddings ~13 min; every evaluation on the whole report set
+    # ~36 min, QA ~57 min planned (the QA pair measured 105 min), embeddings ~13 min; whole report sets
     "standard": {
         "classification": {"precision": "auto", "teacher_rows": 20000, "student_rows": 60000, "min_words": 3,
                            "teacher_train_top": 6, "student_train_top": 3, "teacher_epochs": 2,
