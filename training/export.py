@@ -29,7 +29,7 @@ from transformers import PreTrainedModel
 from inference.backends import OUTPUT_NAMES, load_backend
 from inference.modelfolder import read_spec
 from training.graph_opt import AT_LOAD
-from training.int8 import AUTO_CHAIN, DEFAULT_SCHEME, NEEDS_CALIBRATION, SCHEMES, export_int8
+from training.int8 import AUTO_CHAIN, DEFAULT_SCHEME, SCHEMES, export_int8, require_calibration
 from training.int8_speed import calibration_batches, shape_key
 from training.manifest import describe, read_manifest, versions, write_manifest
 from training.modeling import position_limit
@@ -164,9 +164,8 @@ def export_model(model_dir: Path, *, int8: bool = True, parity_texts: list[str] 
     schemes fix their activation scales on (never the parity texts). Raises `ExportParityError`
     (after recording the figures and removing the file) on a breach.
     """
-    if int8 and scheme in NEEDS_CALIBRATION and not calibration_texts:  # before any work is done
-        raise ValueError(f"int8 scheme {scheme} fixes activation scales from calibration texts: "
-                         "give some (export --calibration FILE)")
+    if int8:
+        require_calibration(scheme, bool(calibration_texts))  # before any work is done
     model_dir, out_dir = Path(model_dir), Path(out_dir or model_dir)
     manifest, task = _prepare(model_dir, out_dir, task)
     model = load_torch_model(model_dir, task)

@@ -30,15 +30,14 @@ import onnx
 HEAD_NAMES = ("pooler", "classifier", "qa_outputs", "pre_classifier", "score")
 
 
-def weight_matmuls(path: Path, hidden: int, intermediate: int) -> dict[str, list[str]]:
+def weight_matmuls(graph: onnx.GraphProto, hidden: int, intermediate: int) -> dict[str, list[str]]:
     """Encoder MatMuls with a constant weight, by role, found from weight shapes (not names,
     which differ per architecture): attention projections [h,h], FFN up [h,i], FFN down [i,h].
     Task heads (pooler, classifier, qa_outputs) are left out: tiny cost, first to lose accuracy."""
-    model = onnx.load(str(path), load_external_data=False)
-    dims = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    dims = {t.name: tuple(t.dims) for t in graph.initializer}
     roles: dict[str, list[str]] = {"attention": [], "ffn_up": [], "ffn_down": []}
     role_of = {(hidden, hidden): "attention", (hidden, intermediate): "ffn_up", (intermediate, hidden): "ffn_down"}
-    for node in model.graph.node:
+    for node in graph.node:
         if node.op_type != "MatMul" or node.input[1] not in dims:
             continue
         if any(h in node.name for h in HEAD_NAMES):
@@ -88,14 +87,15 @@ def _blockwise(src: Path, dst: Path, exclude: list[str], block: int = 256, accur
 @dataclass(frozen=True)
 class Job:
     """One quantisation: the fp32 graph, where the int8 one goes, its encoder MatMuls by role, the
-    head MatMuls every scheme keeps fp32, the block size, and (static schemes only) the batches
-    that fix the activation scales."""
+    head MatMuls every scheme keeps fp32, the block size, the graph's input names, and (static
+    schemes only) the batches that fix the activation scales."""
 
     src: Path
     dst: Path
     roles: dict[str, list[str]]
     heads: list[str]
     block: int
+    inputs: tuple[str, ...] = ()
     calibration: Sequence[dict[str, np.ndarray]] = ()
 
     def encoder(self, *roles: str) -> list[str]:
@@ -151,26 +151,28 @@ def _static(job: Job, roles: tuple[str, ...]) -> None:
     for every input, which an outlier token outside the calibration range saturates."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    if not job.calibration:
-        raise ValueError("int8 scheme static-qdq fixes activation scales from calibration texts: "
-                         "give some (export --calibration FILE)")
     with quiet_root():
-        quantize_static(str(job.src), str(job.dst), _reader(job.src, job.calibration), quant_format=QuantFormat.QDQ,
+        quantize_static(str(job.src), str(job.dst), _reader(job), quant_format=QuantFormat.QDQ,
                         per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                         op_types_to_quantize=["MatMul"], nodes_to_quantize=job.encoder(*roles),
                         calibrate_method=CalibrationMethod.MinMax, calibration_providers=["CPUExecutionProvider"],
                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
-def _reader(model: Path, batches: Sequence[dict[str, np.ndarray]]) -> Any:
+def require_calibration(scheme: str, calibrated: bool) -> None:
+    """A static scheme without calibration texts is refused with one line saying what to give."""
+    if scheme in NEEDS_CALIBRATION and not calibrated:
+        raise ValueError(f"int8 scheme {scheme} fixes activation scales from calibration texts: "
+                         "give some (export --calibration FILE)")
+
+
+def _reader(job: Job) -> Any:
     """The calibration batches as ONNX Runtime's data reader, fed only the graph's own inputs."""
     from onnxruntime.quantization import CalibrationDataReader
 
-    names = [i.name for i in onnx.load(str(model), load_external_data=False).graph.input]
-
     class Reader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
-            self.feeds = iter([{n: b[n] for n in names} for b in batches])
+            self.feeds = iter([{n: b[n] for n in job.inputs} for b in job.calibration])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.feeds, None)
@@ -221,10 +223,9 @@ DEFAULT_SCHEME = "auto"
 AUTO_CHAIN = ("blockwise8", "blockwise8-b32", "dynamic-reduce-range", "dynamic-reduce-range-no-ffn-down")
 
 
-def head_matmuls(path: Path) -> list[str]:
+def head_matmuls(graph: onnx.GraphProto) -> list[str]:
     """Every MatMul of a task head (kept fp32 by every scheme)."""
-    model = onnx.load(str(path), load_external_data=False)
-    return [n.name for n in model.graph.node if n.op_type == "MatMul" and any(h in n.name for h in HEAD_NAMES)]
+    return [n.name for n in graph.node if n.op_type == "MatMul" and any(h in n.name for h in HEAD_NAMES)]
 
 
 def export_int8(fp32_path: Path, dst: Path, config: Any, scheme: str,
@@ -233,11 +234,13 @@ def export_int8(fp32_path: Path, dst: Path, config: Any, scheme: str,
     input batches, for the schemes of `NEEDS_CALIBRATION`."""
     if scheme not in SCHEMES:
         raise ValueError(f"unknown int8 scheme {scheme!r}; choose from {sorted(SCHEMES)}")
+    require_calibration(scheme, bool(calibration))
     intermediate = getattr(config, "intermediate_size", None) or getattr(config, "hidden_dim", None)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", None)
     if not hidden or not intermediate:
         raise ValueError(f"int8 export of {fp32_path}: {type(config).__name__} names no hidden size "
                          "(hidden_size / dim) or feed-forward size (intermediate_size / hidden_dim)")
-    roles = weight_matmuls(fp32_path, hidden, intermediate)
+    graph = onnx.load(str(fp32_path), load_external_data=False).graph  # read once: roles, heads, inputs
     block = max(16, min(256, 1 << (hidden.bit_length() - 1)))  # 256 for BERT sizes; tiny models smaller
-    SCHEMES[scheme][0](Job(fp32_path, dst, roles, head_matmuls(fp32_path), block, calibration))
+    SCHEMES[scheme][0](Job(fp32_path, dst, weight_matmuls(graph, hidden, intermediate), head_matmuls(graph), block,
+                           tuple(i.name for i in graph.input), calibration))
