@@ -117,11 +117,13 @@ def breaches(parity: dict[str, float], tolerance: dict[str, float]) -> list[tupl
     return bad
 
 
-def run_parity_set(backend: Backend, spec: ModelSpec, texts: Sequence[str] | None = None) -> Outputs:
-    """Run the parity inputs through `backend` the way the service does for `spec.task`."""
+def run_parity_set(backend: Backend, spec: ModelSpec, texts: Sequence[str] | None = None,
+                   qa_pairs: Sequence[tuple[str, str]] = ()) -> Outputs:
+    """Run the parity inputs through `backend` the way the service does for `spec.task`: `texts`
+    (default the fixed set), or for QA the fixed (question, context) pairs plus `qa_pairs`."""
     tokenizer = load_tokenizer(spec.path, None if spec.task == "qa" else spec.max_length)
     if spec.task == "qa":
-        return _run_qa(backend, tokenizer, spec.max_length)
+        return _run_qa(backend, tokenizer, spec.max_length, (*PARITY_QA, *qa_pairs))
     texts = list(texts or PARITY_TEXTS)
     seqs = (embed if spec.task == "embedding" else classify_task).encode(tokenizer, texts, spec.max_length)
     pad, raw, answers = pad_id(tokenizer), [], []
@@ -138,10 +140,10 @@ def run_parity_set(backend: Backend, spec: ModelSpec, texts: Sequence[str] | Non
     return Outputs(raw, answers)
 
 
-def _run_qa(backend: Backend, tokenizer: Any, max_length: int) -> Outputs:
+def _run_qa(backend: Backend, tokenizer: Any, max_length: int, pairs: Sequence[tuple[str, str]]) -> Outputs:
     """Each (question, context) in windows, decoded to the served best span."""
     pad, raw, answers = pad_id(tokenizer), [], []
-    for question, context in PARITY_QA:
+    for question, context in pairs:
         windows = qa.encode_qa(tokenizer, question, context, max_length, 128)
         inputs = pad_batch(windows, pad)
         out = backend.forward(inputs)

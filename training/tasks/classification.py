@@ -85,13 +85,17 @@ def write_test(recipe: ClassificationRecipe) -> dict:
 def write_split(pool: Pool, rows: list[Example], recipe: ClassificationRecipe, kind: str) -> dict:
     """A held-out split as a TSV in the cache (data stays out of the repository), for `calibrate`,
     threshold choices and evaluation; its manifest entry (path, rows, sha256). The name carries
-    the source file's hash, so same-named files of different folders do not share splits."""
+    the source file's hash, so same-named files of different folders do not share splits, and
+    the row filter (`min_words`), so recipes that draw different rows never overwrite each
+    other's split."""
     from training.data import sha256_file
     from training.paths import cache_dir
 
     source = Path(str(pool.record.path))
     held = f"-test{len(pool.test)}" if pool.test and kind == "val" else ""  # the validation rows depend on it
-    name = f"{source.parent.name}-{source.stem}-{pool.record.sha256[:8]}-{kind}-seed{recipe.seed}{held}-{len(rows)}.tsv"
+    drawn = f"-min{recipe.min_words}w" if recipe.min_words else ""         # and so does the row filter
+    name = (f"{source.parent.name}-{source.stem}-{pool.record.sha256[:8]}-{kind}-seed{recipe.seed}{drawn}{held}"
+            f"-{len(rows)}.tsv")
     path = cache_dir() / "splits" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     pairs = any(e.text_pair for e in rows)
