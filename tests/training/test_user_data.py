@@ -169,3 +169,26 @@ def test_which_files_keep_the_recipes_labels() -> None:
     assert inferred_labels(["1", "perhaps"], sst2) is None  # a typo: an unknown label on its line
     assert inferred_labels(["0", "1", "2"], sst2) == ("0", "1", "2")
     assert inferred_labels(["ham", "spam"], sst2) == ("ham", "spam")
+
+
+def test_validation_rows_are_whole_rows_whose_phrases_are_not_trained_on(tmp_path: Path,
+                                                                          tiny_bases: dict[str, Path]) -> None:
+    """SST-2-like data (every sentence and two of its phrases as rows): the validation split holds
+    whole sentences only, and the phrases inside them are left out of training."""
+    rng = random.Random(3)
+    lines = []
+    for i in range(30):
+        label = LABELS[i % len(LABELS)]
+        words = [*rng.sample(FILLER, 3), rng.choice(CLASSES[label]), f"w{i}"]  # w{i}: no two sentences share a phrase
+        lines += [(" ".join(words), label), (" ".join(words[1:4]), label), (" ".join(words[2:]), label)]
+    data = tmp_path / "phrases.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in lines))
+    done = cli("train", "--task", "classification", "--data", str(data), "--base", str(tiny_bases["bert"]),
+               "--set", "teacher_epochs=1", "--set", "threads=1", "--set", "batch_size=8", "--out",
+               str(tmp_path / "m"), cache=tmp_path)
+    m = manifest(tmp_path / "m")
+    held = [line.split("\t")[0] for line in Path(m["validation"]["path"]).read_text().splitlines()[1:]]
+    sentences = {t for t, _ in lines[::3]}
+    assert len(held) == 9 and set(held) <= sentences  # a tenth of 90 rows, all of them whole sentences
+    assert m["data"][0]["rows"] == 90 - 9 - 2 * 9  # each held-out sentence's two phrases are not trained on
+    assert "held out 9 whole rows; 18 rows inside them left out of training" in done.stderr
