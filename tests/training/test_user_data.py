@@ -189,6 +189,7 @@ def test_validation_rows_are_whole_rows_whose_phrases_are_not_trained_on(tmp_pat
     m = manifest(tmp_path / "m")
     held = [line.split("\t")[0] for line in Path(m["validation"]["path"]).read_text().splitlines()[1:]]
     sentences = {t for t, _ in lines[::3]}
-    assert len(held) == 9 and set(held) <= sentences  # a tenth of 90 rows, all of them whole sentences
+    assert len(held) == 9  # a tenth of 90 rows
+    assert set(held) <= sentences  # all of them whole sentences
     assert m["data"][0]["rows"] == 90 - 9 - 2 * 9  # each held-out sentence's two phrases are not trained on
     assert "held out 9 whole rows; 18 rows inside them left out of training" in done.stderr
