@@ -117,7 +117,7 @@ NAMED: dict[str, dict[str, dict[str, Any]]] = {
     # all 6 layers: 69.2 (top 4: 64.6; top 2: 50.4)
     "quick": {
         "classification": {"eval_limit": None, "precision": "auto", "student_rows": 9000},
-        "qa": {"eval_limit": 300, "precision": "auto", "calibrate_limit": 200, "teacher_rows": 1700,
+        "qa": {"eval_limit": 300, "precision": "auto", "calibrate_limit": 120, "teacher_rows": 1700,
                "student_rows": 1700, "max_length": 128, "doc_stride": 48, "batch_size": 8, "teacher_train_top": 6,
                "teacher_lr": 3e-4, "teacher_epochs": 1, "student_train_top": 6, "student_lr": 3e-4,
                "student_epochs": 1},
