@@ -86,10 +86,8 @@ def finish(build: Build, recipe: Recipe, tmp: Path, name: str) -> Path:
     from training.manifest import read_manifest, write_manifest
     from training.parity import ExportParityError
 
-    texts, pairs = parity_items(recipe, tmp)
     try:
-        timed(build, name, "export", export_model, tmp, int8=build.int8, measured=build.measured, parity_texts=texts,
-              parity_qa=pairs)
+        timed(build, name, "export", export_model, tmp, int8=build.int8, measured=build.measured)
     except ExportParityError as exc:
         if not exc.file.endswith(".int8.onnx"):
             raise
@@ -112,29 +110,6 @@ def finish(build: Build, recipe: Recipe, tmp: Path, name: str) -> Path:
         shutil.rmtree(final)
     tmp.rename(final)
     return final
-
-
-PARITY_ITEMS = {"classification": 128, "embedding": 128, "qa": 16}  # real items checked beside the fixed set
-
-
-def parity_items(recipe: Recipe, model_dir: Path) -> tuple[list[str], list[tuple[str, str]]]:
-    """Items of the model's own data that its export's parity check runs beside the fixed set:
-    the validation split's texts (classification), training sentences (embeddings: a parity
-    check compares two files of one model, no quality figure is tuned on it), the validation
-    articles' questions (QA). Never the report set."""
-    from training.data import is_hub_spec, squad_examples, texts_of
-    from training.manifest import read_manifest
-    from training.parity import PARITY_TEXTS
-    from training.tasks.common import data_path
-
-    count, validation = PARITY_ITEMS[recipe.task], read_manifest(model_dir).get("validation") or {}
-    if isinstance(recipe, QARecipe):
-        examples = squad_examples(validation["path"], validation["articles"])[0] if validation else []
-        return list(PARITY_TEXTS), [(e.question, e.context) for e in examples[:count]]
-    source = data_path(recipe.train_data) if recipe.task == "embedding" else validation.get("path")
-    if not source or is_hub_spec(str(source)):
-        return list(PARITY_TEXTS), []
-    return [*PARITY_TEXTS, *texts_of(source, count)], []
 
 
 def build_task(build: Build, task: str, prefix: str) -> None:

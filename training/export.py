@@ -110,6 +110,33 @@ def check_file(out_dir: Path, file: str, spec: Any, reference: Outputs, run: Par
     return entry
 
 
+OWN_ITEMS = {"classification": 128, "embedding": 128, "qa": 16}  # real items checked beside the fixed set
+
+
+def own_items(manifest: dict, task: str) -> tuple[list[str] | None, list[tuple[str, str]]]:
+    """Items of the model's own data that its parity check runs beside the fixed set: its
+    validation split's texts (classification), its training sentences (embeddings: parity
+    compares two files of one model, no quality figure is tuned on it), its validation articles'
+    questions (QA); never a report set. None and [] when the manifest names no such file or the
+    file is not on this machine (a model folder copied elsewhere): the fixed set alone."""
+    from training.data import is_hub_spec, squad_examples, texts_of
+    from training.parity import PARITY_TEXTS
+    from training.tasks.common import data_path
+
+    validation, count = manifest.get("validation") or {}, OWN_ITEMS.get(task, 0)
+    source = (manifest.get("recipe") or {}).get("train_data") if task == "embedding" else validation.get("path")
+    if not source or is_hub_spec(str(source)):
+        return None, []
+    try:
+        path = data_path(str(source))
+        if task == "qa":
+            return None, [(e.question, e.context) for e in squad_examples(path, validation["articles"])[0][:count]]
+        return [*PARITY_TEXTS, *texts_of(path, count)], []
+    except (OSError, KeyError, ValueError) as exc:  # ValueError: a DataError naming file and line
+        log.info("parity on the fixed set only: the model's own items are not readable here (%s)", exc)
+        return None, []
+
+
 def plain_manifest(model_dir: Path, out_dir: Path, task: str, model: PreTrainedModel) -> dict:
     """A manifest for a plain HF folder (no training record): what the service needs, and
     where the weights came from."""
@@ -164,9 +191,9 @@ def export_model(model_dir: Path, *, int8: bool = True, parity_texts: list[str] 
     same shape measured in this process (fusion kept or not, the int8 candidates' order) is reused
     instead of timed again (`None`: always measure). `calibration_texts`: what the static int8
     schemes fix their activation scales on (never the parity texts). `parity_texts` / `parity_qa`:
-    real items of the model's own data (a build passes its validation split) checked beside the
-    fixed set: 24 generic texts let through int8 files that flipped 2.5% of a real set's labels
-    and 19% of its QA spans (quick build, 2026-12-06). Raises `ExportParityError`
+    what parity runs; unset, the fixed set plus the model's own items (`own_items`): 24 generic
+    texts alone let through int8 files that flipped 2.5% of a real set's labels and 19% of its QA
+    spans (quick build, 2026-12-06). Raises `ExportParityError`
     (after recording the figures and removing the file) on a breach.
     """
     if int8:
@@ -178,6 +205,8 @@ def export_model(model_dir: Path, *, int8: bool = True, parity_texts: list[str] 
     write_manifest(out_dir, manifest)  # read_spec below needs name/task/role
     spec = read_spec(out_dir)
     check_max_length(spec, model.config)
+    if parity_texts is None and not parity_qa:
+        parity_texts, parity_qa = own_items(manifest, task)
     run: ParityRun = partial(run_parity_set, texts=parity_texts, qa_pairs=tuple(parity_qa))
     reference = run(load_backend(model_dir, task, "torch"), spec)
     _drop_stale_int8(out_dir, manifest)
