@@ -202,7 +202,7 @@ def train_teacher(recipe: ClassificationRecipe, out: Path, name: str) -> tuple[P
 
     result = train_loop(model, params, batches, loss_fn, epochs=recipe.teacher_epochs, lr=recipe.teacher_lr,
                         max_seconds=recipe.teacher_max_s, seed=recipe.seed, desc=f"{name}: train top layers",
-                        checkpoint=ckpt)
+                        checkpoint=ckpt, dropout=recipe.teacher_dropout)
     for p in model.parameters():
         p.requires_grad = True
     fields = manifest_fields(recipe, name=name, role="teacher", data=data_entry(pool, len(rows)), result=result,
@@ -244,7 +244,7 @@ def distil_student(recipe: ClassificationRecipe, teacher_dir: Path, out: Path, n
 
     result = train_loop(student, params, batches, loss_fn, epochs=recipe.student_epochs, lr=recipe.student_lr,
                         max_seconds=recipe.student_max_s, seed=recipe.seed, desc=f"{name}: distil",
-                        checkpoint=ckpt)
+                        checkpoint=ckpt, dropout=recipe.student_dropout)
     drop_keys(batches, "s_hidden", "t_last")
     rows = sum(len(b["labels"]) for b in batches)
     fields = manifest_fields(recipe, name=name, role="student", data=data_entry(pool, rows), result=result,

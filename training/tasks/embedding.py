@@ -110,7 +110,7 @@ def distil_student(recipe: EmbeddingRecipe, teacher_dir: Path, out: Path, name: 
 
     result = train_loop(student, params, batches, loss_fn, epochs=recipe.student_epochs, lr=recipe.student_lr,
                         max_seconds=recipe.student_max_s, seed=recipe.seed, desc=f"{name}: distil",
-                        checkpoint=ckpt)
+                        checkpoint=ckpt, dropout=recipe.student_dropout)
     fields = manifest_fields(recipe, name=name, role="student", data=[record], result=result, seconds=clock.seconds(),
                              teacher=teacher_name, layer_map=layer_map, pooling=recipe.pooling,
                              normalize=recipe.normalize, trained_layers=list(range(s_first, num_layers(student))))

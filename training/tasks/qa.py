@@ -132,7 +132,8 @@ def train_teacher(recipe: QARecipe, out: Path, name: str) -> tuple[PreTrainedMod
     params = freeze_below(model, first_top)
     result = train_loop(model, params, batches, lambda m, b: span_loss(recipe, m, b, first_top, "t_hidden", True),
                         epochs=recipe.teacher_epochs, lr=recipe.teacher_lr, max_seconds=recipe.teacher_max_s,
-                        seed=recipe.seed, desc=f"{name}: train top layers", checkpoint=ckpt)
+                        seed=recipe.seed, desc=f"{name}: train top layers", checkpoint=ckpt,
+                        dropout=recipe.teacher_dropout)
     for p in model.parameters():
         p.requires_grad = True
     fields = manifest_fields(recipe, name=name, role="teacher", data=[{**record, "rows": rows}], result=result,
@@ -161,7 +162,7 @@ def distil_student(recipe: QARecipe, teacher_dir: Path, out: Path, name: str, te
     ckpt.keep(batches)
     result = train_loop(student, params, batches, lambda m, b: span_loss(recipe, m, b, s_first, "s_hidden", False),
                         epochs=recipe.student_epochs, lr=recipe.student_lr, max_seconds=recipe.student_max_s,
-                        seed=recipe.seed, desc=f"{name}: distil", checkpoint=ckpt)
+                        seed=recipe.seed, desc=f"{name}: distil", checkpoint=ckpt, dropout=recipe.student_dropout)
     rows = sum(len(b["start"]) for b in batches)
     fields = manifest_fields(recipe, name=name, role="student", data=[{**record, "rows": rows}], result=result,
                              seconds=clock.seconds(), teacher=teacher_name, layer_map=layer_map,
