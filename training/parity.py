@@ -79,7 +79,8 @@ TOLERANCES: dict[str, dict[str, dict[str, float]]] = {
         # QA: the span alone passed a dynamic int8 teacher (7 of 7 spans) whose start/end
         # probabilities moved by 0.39 and which then kept 61% of 1,572 SQuAD spans; blockwise8
         # moved them by 0.068 on the same model (squad-standard-teacher, 2026-12-02)
-        "qa": {"span_agreement": 0.85, "max_prob_diff": 0.1},
+        # and with 0.85 on 23 items a dynamic student kept 0.93 of 300 report spans (2026-12-06)
+        "qa": {"span_agreement": 0.95, "max_prob_diff": 0.1},
         "embedding": {"mean_cosine": 0.99, "min_cosine": 0.98},
     },
 }
