@@ -123,8 +123,8 @@ def _optimizer(params: list[torch.nn.Parameter], total: int, lr: float, warmup: 
     """AdamW with a linear warm-up over ``warmup`` of the steps, then a linear decay to 0.
 
     The fused kernel where every parameter allows it: on CPU the default per-tensor loop spent
-    ~130 ms a step updating 42 M parameters (6 MPNet layers), the fused one ~30 ms (2026-12-06);
-    over a quick build's ~1,400 steps that is about 100 s."""
+    ~130 ms a step updating 42 M parameters (6 MPNet layers), the fused one ~30 ms; in a whole
+    step 1.09-1.17x (`benchmarks.bench_train_step`), about 60 s of a quick build's loops (2026-12-06)."""
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16) for p in params)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
     warm = max(1, int(warmup * total))
