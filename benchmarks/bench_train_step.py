@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 from transformers import MPNetConfig, MPNetForQuestionAnswering
 
 from training.engine import dropout_rate
+from training.int8_speed import in_turns
 from training.modeling import forward_range, precision_in_use, set_precision
 
 Step = Callable[[], None]
@@ -48,19 +48,6 @@ def make_step(layers: int, batch: int, tokens: int, fused: bool, dropout: float)
     return step
 
 
-def measure(steps: dict[str, Step], rounds: int) -> dict[str, float]:
-    """Median ms per step of each variant, the variants taking turns within each round."""
-    for step in steps.values():
-        step()  # warm-up: allocations, kernel choice
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(1000 * (time.perf_counter() - start))
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=6, help="trained MPNet-base layers (default 6)")
@@ -75,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     variants = {"per-tensor AdamW, dropout 0.1": (False, 0.1), "fused AdamW, dropout 0.1": (True, 0.1),
                 "fused AdamW, dropout off": (True, 0.0)}
     steps = {name: make_step(args.layers, args.batch, args.tokens, *v) for name, v in variants.items()}
-    ms = measure(steps, args.rounds)
+    ms = {name: 1000 * statistics.median(t) for name, t in in_turns(steps, args.rounds).items()}  # ms per step
     base = ms["per-tensor AdamW, dropout 0.1"]
     print(f"{args.layers} layers, {args.batch} x {args.tokens} tokens, {precision_in_use()}, "
           f"{args.threads} threads, median of {args.rounds} steps each")

@@ -9,7 +9,8 @@ file ran at 0.60x while ONNX Runtime's dynamic MatMulInteger (7-bit weights) ran
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,19 +44,25 @@ def calibration_batches(model_dir: Path, task: str, texts: Sequence[str], max_le
             for i in range(0, len(texts), BENCH_ITEMS)]
 
 
+def in_turns(calls: Mapping[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each of `rounds` timed calls per entry, after one warm-up call each, the entries
+    taking turns within each round: on a shared machine interference then hits every entry alike."""
+    for call in calls.values():
+        call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def round_robin_ms(backends: dict[str, Backend], inputs: dict[str, np.ndarray], rounds: int = ROUNDS
                    ) -> dict[str, float]:
-    """Fastest of `rounds` timed calls per backend, the backends taking turns within each round:
-    on a shared machine interference then hits every backend alike, and the minimum is the
-    estimate least moved by it."""
-    for backend in backends.values():
-        backend.forward(inputs)
-    times: dict[str, list[float]] = {name: [] for name in backends}
-    for _ in range(rounds):
-        for name, backend in backends.items():
-            start = time.perf_counter()
-            backend.forward(inputs)
-            times[name].append(time.perf_counter() - start)
+    """Fastest of `rounds` timed calls per backend, taken in turns (`in_turns`): the minimum is
+    the estimate least moved by interference."""
+    times = in_turns({name: partial(backend.forward, inputs) for name, backend in backends.items()}, rounds)
     return {name: 1000 * min(t) for name, t in times.items()}
 
 
