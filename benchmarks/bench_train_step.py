@@ -1,12 +1,14 @@
 """What one training step costs on this CPU, and what the engine's two speed choices buy:
-AdamW fused or per tensor, dropout on (0.1) or off, measured in one run on one model.
+AdamW fused or per tensor, dropout on (0.1; torch's masks or 16-bit ones) or off, measured in one
+run on one model.
 
   python -m benchmarks.bench_train_step                    # 6 MPNet-base layers, 8 x 128 tokens
   python -m benchmarks.bench_train_step --layers 3 --batch 32 --tokens 24   # an SST-2 student step
 
 Why: on a 2-core CPU the optimiser and the dropout masks are a large share of a step (on the
 Xeon of 2026-12-06: 130 ms and 100 ms of a 620 ms QA step), so the engine runs AdamW fused and
-the recipes set dropout per stage (`teacher_dropout`, `student_dropout`). The model is
+the recipes set dropout per stage (`teacher_dropout`, `student_dropout`), drawing its masks 16
+bits at a time (`training.dropout`). The model is
 random-initialised at all-mpnet-base-v2's shapes: speed needs no trained weights. Each variant
 runs in turns with the others, round after round; the median step of each is printed with its
 ratio to the per-tensor AdamW with dropout on (what the engine did before).
@@ -20,14 +22,14 @@ from collections.abc import Callable
 import torch
 from transformers import MPNetConfig, MPNetForQuestionAnswering
 
-from training.engine import dropout_rate
+from training.dropout import training_dropout
 from training.int8_speed import in_turns
 from training.modeling import forward_range, precision_in_use, set_precision
 
 Step = Callable[[], None]
 
 
-def make_step(layers: int, batch: int, tokens: int, fused: bool, dropout: float) -> Step:
+def make_step(layers: int, batch: int, tokens: int, fused: bool, dropout: float, fast: bool) -> Step:
     """One QA training step of a fresh model (all its layers trained, as the quick QA student)."""
     torch.manual_seed(0)
     model = MPNetForQuestionAnswering(MPNetConfig(num_hidden_layers=layers)).train()
@@ -37,7 +39,7 @@ def make_step(layers: int, batch: int, tokens: int, fused: bool, dropout: float)
               "attention_mask": torch.ones(batch, tokens, dtype=torch.long)}
 
     def step() -> None:
-        with dropout_rate(model, dropout):
+        with training_dropout(model, dropout, fast):
             out = forward_range(model, 0, layers, inputs)                # start/end logits [batch, tokens]
             loss = out.start_logits.logsumexp(-1).mean() + out.end_logits.logsumexp(-1).mean()
             loss.backward()
@@ -59,8 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     set_precision(args.precision)
-    variants = {"per-tensor AdamW, dropout 0.1": (False, 0.1), "fused AdamW, dropout 0.1": (True, 0.1),
-                "fused AdamW, dropout off": (True, 0.0)}
+    variants = {"per-tensor AdamW, dropout 0.1": (False, 0.1, False), "fused AdamW, dropout 0.1": (True, 0.1, False),
+                "fused, dropout 0.1, 16-bit masks": (True, 0.1, True), "fused AdamW, dropout off": (True, 0.0, True)}
     steps = {name: make_step(args.layers, args.batch, args.tokens, *v) for name, v in variants.items()}
     ms = {name: 1000 * statistics.median(t) for name, t in in_turns(steps, args.rounds).items()}  # ms per step
     base = ms["per-tensor AdamW, dropout 0.1"]

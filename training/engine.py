@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from training.checkpoint import Checkpoint
+from training.dropout import training_dropout
 from training.modeling import forward_range, num_layers
 
 log = logging.getLogger(__name__)
@@ -235,7 +236,7 @@ def train_loop(model: PreTrainedModel, params: list[torch.nn.Parameter], batches
     ``epochs`` may be fractional (a budget in passes over the data). With a ``checkpoint`` the
     state is saved every ``checkpoint.every_s`` seconds and on SIGINT/SIGTERM (then the run
     exits), and a stopped run's state is picked up where it stopped. ``dropout`` sets every
-    dropout layer's rate for this loop (None: the model's own), see `dropout_rate`.
+    dropout layer's rate for this loop (None: the model's own), see `training.dropout`.
     """
     total = max(1, math.ceil(epochs * len(batches)))
     run = _Run(model, _trained_names(model, params), *_optimizer(params, total, lr, warmup, weight_decay),
@@ -245,7 +246,7 @@ def train_loop(model: PreTrainedModel, params: list[torch.nn.Parameter], batches
     start, loss_value, early = time.monotonic() - state.elapsed, float("nan"), False
     model.train()
     bar = tqdm(total=total, initial=state.step, desc=desc, unit="step", leave=False)
-    with dropout_rate(model, dropout), bar, StopRequests() as stop:
+    with training_dropout(model, dropout), bar, StopRequests() as stop:
         while state.step < total:
             batch = batches[run.next_batch(len(batches))]
             loss_value = _step(model, params, run.optimizer, run.schedule, loss_fn, batch, desc, state.step, bar)
@@ -260,28 +261,6 @@ def train_loop(model: PreTrainedModel, params: list[torch.nn.Parameter], batches
              state.step / len(batches), state.elapsed, loss_value, " (time budget reached)" if early else "")
     return LoopResult(state.step, round(state.step / len(batches), 3), round(state.elapsed, 1), loss_value, early,
                       state.resumed_at)
-
-
-@contextlib.contextmanager
-def dropout_rate(model: torch.nn.Module, rate: float | None) -> Iterator[None]:
-    """Every ``nn.Dropout`` of ``model`` at ``rate`` while training (None: unchanged), then back.
-
-    Why a knob: on CPU the dropout masks (``bernoulli_``) took ~17% of an MPNet training step
-    (100 ms of 620 for 8 windows of 128 tokens, 2026-12-06). Whether dropping them costs quality is
-    measured on the validation splits: the quick QA teacher fell from F1 70.7 to 53.5 without
-    dropout, so the recipes set it per stage (README)."""
-    if rate is None:
-        yield
-        return
-    modules = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
-    old = [m.p for m in modules]
-    for module in modules:
-        module.p = float(rate)
-    try:
-        yield
-    finally:
-        for module, p in zip(modules, old, strict=True):
-            module.p = p
 
 
 def _step(model: PreTrainedModel, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,

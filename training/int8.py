@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 
 HEAD_NAMES = ("pooler", "classifier", "qa_outputs", "pre_classifier", "score")
 
@@ -62,13 +63,41 @@ def quiet_root() -> Iterator[None]:
 
 
 def _dynamic(src: Path, dst: Path, nodes: list[str], reduce_range: bool = False) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """Dynamic int8 on `nodes`: each MatMul becomes ONNX Runtime's `DynamicQuantizeMatMul` (the
+    kernel its load-time fusion makes of `quantize_dynamic`'s MatMulInteger chain) with
+    symmetric per-column int8 weights, 7-bit with `reduce_range` (ORT's [-64, 64]).
+    Why not `quantize_dynamic` itself: it quantises per channel in a Python loop, 6.6-9.8 s for a
+    12-layer model against 1.4 s here, paid for two candidates of every export; the files ran
+    at the same speed (113 against 117 ms, MPNet 12 layers, 16 x 48 tokens)."""
+    model = onnx.load(str(src))
+    graph, chosen, done = model.graph, set(nodes), set()
+    weights = {t.name: t for t in graph.initializer}
+    qmax = 64 if reduce_range else 127
+    added: list[onnx.TensorProto] = []
+    for node in graph.node:
+        if node.name not in chosen:
+            continue
+        name = node.input[1]
+        quantised, scale = _per_column(numpy_helper.to_array(weights[name]), qmax)  # [K, N] int8, [N]
+        added += [numpy_helper.from_array(quantised, f"{name}_qint8"),
+                  numpy_helper.from_array(scale, f"{name}_scale")]
+        node.CopyFrom(helper.make_node("DynamicQuantizeMatMul", [node.input[0], f"{name}_qint8", f"{name}_scale"],
+                                            list(node.output), name=f"{node.name}_quant", domain="com.microsoft"))
+        done.add(name)
+    read = {i for n in graph.node for i in n.input}
+    kept = [t for t in graph.initializer if t.name not in done or t.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + added)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(dst))
 
-    with quiet_root():
-        quantize_dynamic(str(src), str(dst), per_channel=True, reduce_range=reduce_range,
-                         weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
-                         # a fused graph's com.microsoft ops (BiasGelu) stop ONNX shape inference: fp32
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+def _per_column(weight: np.ndarray, qmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per output column: scale = max |w| / qmax, zero point 0."""
+    scale = (np.abs(weight).max(axis=0) / qmax).astype(np.float32)
+    scale[scale == 0] = 1.0  # an all-zero column: any scale gives zeros
+    return np.clip(np.rint(weight / scale), -qmax, qmax).astype(np.int8), scale
 
 
 def _blockwise(src: Path, dst: Path, exclude: list[str], block: int = 256, accuracy_level: int = 4) -> None:

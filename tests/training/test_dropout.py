@@ -37,3 +37,19 @@ def test_dropout_off_trains_other_weights_and_saves_the_base_config(tmp_path: Pa
     assert config["hidden_dropout_prob"] == base_config["hidden_dropout_prob"] == 0.1  # served model unchanged
     assert manifest(tmp_path / "off")["recipe"]["teacher_dropout"] == 0
     assert manifest(tmp_path / "default")["recipe"]["teacher_dropout"] is None
+
+
+def test_sixteen_bit_masks_drop_at_the_rate_and_backward_uses_the_same_mask() -> None:
+    from training.dropout import sixteen_bit_dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(64, 12, 128, 128, requires_grad=True)  # 12.6 M elements: the rate to about +-0.0003
+    y = sixteen_bit_dropout(x, 0.1)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.1) < 0.001
+    assert abs(y.mean().item() - 1.0) < 0.002  # inverted dropout keeps the expectation
+    assert torch.allclose(y[y != 0], torch.tensor(65536 / (65536 - 6554)))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # d(sum)/dx = mask * scale, the forward's own mask
+    blocks = (y.detach() == 0).float().view(-1, 4).mean(0)  # the four 16-bit lanes of each 64-bit draw
+    assert all(abs(b - 0.1) < 0.002 for b in blocks.tolist())
