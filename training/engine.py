@@ -8,14 +8,13 @@ computed once per example and reused across epochs.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
