@@ -26,21 +26,31 @@ import onnx
 import torch
 from transformers import PreTrainedModel
 
-from inference.backends import OUTPUT_NAMES, Backend, load_backend
+from inference.backends import OUTPUT_NAMES, load_backend
 from inference.modelfolder import read_spec
 from training.graph_opt import AT_LOAD
 from training.int8 import AUTO_CHAIN, DEFAULT_SCHEME, SCHEMES, export_int8, require_calibration
 from training.int8_speed import calibration_batches, shape_key
 from training.manifest import describe, read_manifest, versions, write_manifest
 from training.modeling import position_limit
-from training.parity import TOLERANCES, ExportParityError, Outputs, breaches, compare, run_parity_set
+from training.parity import (
+    PARITY_TEXTS,
+    TOLERANCES,
+    ExportParityError,
+    Outputs,
+    ParitySet,
+    breaches,
+    compare,
+    final_breaches,
+    own_items,
+    prefix,
+)
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
 FP32_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
 Quantise = Callable[..., None]  # (fp32 path, int8 path, scheme=name): export_int8 with config and calibration bound
-ParityRun = Callable[[Backend, Any], Outputs]  # (backend, spec) -> its outputs on this export's parity inputs
 SUPPORT_FILES = (
     "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
     "merges.txt", "vocab.json", "modules.json", "sentence_bert_config.json",
@@ -96,45 +106,19 @@ def export_fp32(model: PreTrainedModel, task: str, path: Path) -> None:
 
 # --- parity + manifest ---------------------------------------------------------------------
 
-def check_file(out_dir: Path, file: str, spec: Any, reference: Outputs, run: ParityRun,
+def check_file(out_dir: Path, file: str, spec: Any, reference: Outputs, items: ParitySet,
                tolerance: dict[str, float]) -> dict:
-    """Run `file` through the ONNX serving backend, compare with torch; the manifest entry."""
+    """Run `file` through the ONNX serving backend on `items`, compare with `reference`; the
+    manifest entry."""
     precision = "int8" if file == INT8_FILE else "fp32"
     backend = load_backend(out_dir, spec.task, "onnx-int8" if precision == "int8" else "onnx")
-    figures = compare(spec.task, reference, run(backend, spec))
+    figures = compare(spec.task, reference, items.run(backend, spec))
     bad = breaches(figures, tolerance)
     entry = {"precision": precision, "parity": {**figures, "ok": not bad}, "tolerance": tolerance,
              "opset": OPSET, "exporter": "torch.onnx (TorchScript, dynamo=False)",
              "size_bytes": (out_dir / file).stat().st_size}
     log.info("%s parity: %s", file, json.dumps(entry["parity"]))
     return entry
-
-
-OWN_ITEMS = {"classification": 128, "embedding": 128, "qa": 48}  # real items checked beside the fixed set
-
-
-def own_items(manifest: dict, task: str) -> tuple[list[str] | None, list[tuple[str, str]]]:
-    """Items of the model's own data that its parity check runs beside the fixed set: its
-    validation split's texts (classification), its training sentences (embeddings: parity
-    compares two files of one model, no quality figure is tuned on it), its validation articles'
-    questions (QA); never a report set. None and [] when the manifest names no such file or the
-    file is not on this machine (a model folder copied elsewhere): the fixed set alone."""
-    from training.data import is_hub_spec, squad_examples, texts_of
-    from training.parity import PARITY_TEXTS
-    from training.tasks.common import data_path
-
-    validation, count = manifest.get("validation") or {}, OWN_ITEMS.get(task, 0)
-    source = (manifest.get("recipe") or {}).get("train_data") if task == "embedding" else validation.get("path")
-    if not source or is_hub_spec(str(source)):
-        return None, []
-    try:
-        path = data_path(str(source))
-        if task == "qa":
-            return None, [(e.question, e.context) for e in squad_examples(path, validation["articles"])[0][:count]]
-        return [*PARITY_TEXTS, *texts_of(path, count)], []
-    except (OSError, KeyError, ValueError) as exc:  # ValueError: a DataError naming file and line
-        log.info("parity on the fixed set only: the model's own items are not readable here (%s)", exc)
-        return None, []
 
 
 def plain_manifest(model_dir: Path, out_dir: Path, task: str, model: PreTrainedModel) -> dict:
@@ -191,10 +175,11 @@ def export_model(model_dir: Path, *, int8: bool = True, parity_texts: list[str] 
     same shape measured in this process (fusion kept or not, the int8 candidates' order) is reused
     instead of timed again (`None`: always measure). `calibration_texts`: what the static int8
     schemes fix their activation scales on (never the parity texts). `parity_texts` / `parity_qa`:
-    what parity runs; unset, the fixed set plus the model's own items (`own_items`): 24 generic
-    texts alone let through int8 files that flipped 2.5% of a real set's labels and 19% of its QA
-    spans (quick build, 2026-12-06). Raises `ExportParityError`
-    (after recording the figures and removing the file) on a breach.
+    what parity runs instead of the fixed set; unset, the int8 check also runs the model's own
+    items (`own_items`): 24 generic texts alone let through int8 files that flipped 2.5% of a real
+    set's labels and 19% of its QA spans (quick build, 2026-12-06). fp32 is checked against torch
+    on the fixed set, int8 against the fp32 file on the fixed set and the own items. Raises
+    `ExportParityError` (after recording the figures and removing the file) on a breach.
     """
     if int8:
         require_calibration(scheme, bool(calibration_texts))  # before any work is done
@@ -205,22 +190,23 @@ def export_model(model_dir: Path, *, int8: bool = True, parity_texts: list[str] 
     write_manifest(out_dir, manifest)  # read_spec below needs name/task/role
     spec = read_spec(out_dir)
     check_max_length(spec, model.config)
-    if parity_texts is None and not parity_qa:
-        parity_texts, parity_qa = own_items(manifest, task)
-    run: ParityRun = partial(run_parity_set, texts=parity_texts, qa_pairs=tuple(parity_qa))
-    reference = run(load_backend(model_dir, task, "torch"), spec)
+    fixed = ParitySet(tuple(parity_texts) if parity_texts is not None else None, tuple(parity_qa))
+    own_texts, own_qa = own_items(manifest, task) if parity_texts is None and not parity_qa else ([], [])
+    every = ParitySet((*(fixed.texts or PARITY_TEXTS), *own_texts), (*fixed.qa_pairs, *own_qa))
+    reference = fixed.run(load_backend(model_dir, task, "torch"), spec)
     _drop_stale_int8(out_dir, manifest)
     export_fp32(model, task, out_dir / FP32_FILE)
     memo = {"model": out_dir.name} if measured is None else measured.setdefault(shape_key(model.config),
                                                                                 {"model": out_dir.name})
-    graph = _fuse(out_dir, model.config, spec, parity_texts, memo) if fuse else {"offline": None, "at_load": AT_LOAD}
-    _check_and_record(out_dir, FP32_FILE, spec, reference, run, manifest, scheme, tolerances,
+    texts = list(every.texts or ())  # the speed decisions' batch: the first 16
+    graph = _fuse(out_dir, model.config, spec, texts, memo) if fuse else {"offline": None, "at_load": AT_LOAD}
+    _check_and_record(out_dir, FP32_FILE, spec, reference, fixed, manifest, scheme, tolerances,
                       extra={"graph": graph})
     if int8:  # only from an fp32 graph that passed
         batches = calibration_batches(out_dir, task, calibration_texts, spec.max_length) if calibration_texts else []
         quantise = partial(export_int8, config=model.config, calibration=batches)
-        _export_int8_checked(out_dir, quantise, spec, (reference, run), parity_texts, manifest, scheme,
-                             tolerances, graph, memo)
+        parity = (every.run(load_backend(out_dir, task, "onnx"), spec), every)
+        _export_int8_checked(out_dir, quantise, spec, parity, texts, manifest, scheme, tolerances, graph, memo)
     return manifest
 
 
@@ -238,18 +224,17 @@ def _fuse(out_dir: Path, config: Any, spec: Any, texts: list[str] | None, memo: 
 def _bench_batch(out_dir: Path, spec: Any, texts: list[str] | None) -> dict[str, Any]:
     """The batch every speed decision of the export is measured on: 16 of the parity texts."""
     from training.int8_speed import bench_inputs
-    from training.parity import PARITY_TEXTS
 
     return bench_inputs(out_dir, spec.task, texts or list(PARITY_TEXTS), spec.max_length)
 
 
-def _export_int8_checked(out_dir: Path, quantise: Quantise, spec: Any, parity: tuple[Outputs, ParityRun],
+def _export_int8_checked(out_dir: Path, quantise: Quantise, spec: Any, parity: tuple[Outputs, ParitySet],
                          texts: list[str] | None, manifest: dict, scheme: str, tolerances: dict | None, graph: dict,
                          memo: dict) -> None:
     """Quantise with `scheme`; with `auto`, build every scheme of `AUTO_CHAIN`, time each against
     fp32 and check them fastest first, keeping the first that passes (with an order in `memo`,
-    build them one by one in that order instead). `parity`: the torch reference and how to run a
-    file on the same inputs; `texts` the speed batch. The failed attempts and every candidate's
+    build them one by one in that order instead). `parity`: the fp32 file's outputs and the items
+    they are of; `texts` the speed batch. The failed attempts and every candidate's
     speed stay in the manifest entry. Raises the last breach."""
     names = AUTO_CHAIN if scheme == "auto" else (scheme,)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".int8-") as tmp:
@@ -268,17 +253,44 @@ def _export_int8_checked(out_dir: Path, quantise: Quantise, spec: Any, parity: t
                 shutil.move(files[name], out_dir / INT8_FILE)
             else:  # measured on an earlier model of this shape: built only when its turn comes
                 quantise(out_dir / FP32_FILE, out_dir / INT8_FILE, scheme=name)
-            record = {"speed": speeds[name], "candidates": [{"scheme_name": n, **speeds[n]} for n in order],
-                      "graph": {**graph, "quantised_from": FP32_FILE}}
-            try:
-                _check_and_record(out_dir, INT8_FILE, spec, *parity, manifest, name, tolerances, tried, record)
-                return
-            except ExportParityError as exc:
-                if i + 1 == len(order):
-                    raise  # its entry, with the earlier attempts in it, is written already
-                entry = manifest["onnx"].pop(INT8_FILE)
-                tried.append({"scheme_name": name, "parity": entry["parity"], "speed": speeds[name]})
-                log.warning("%s; trying int8 scheme %s", exc, order[i + 1])
+            last = i + 1 == len(order)
+            failed = None if last else _screened_out(out_dir, spec, parity, tolerances)
+            if failed is None:
+                record = {"speed": speeds[name], "candidates": [{"scheme_name": n, **speeds[n]} for n in order],
+                          "graph": {**graph, "quantised_from": FP32_FILE}}
+                try:
+                    _check_and_record(out_dir, INT8_FILE, spec, *parity, manifest, name, tolerances, tried, record)
+                    return
+                except ExportParityError:
+                    if last:
+                        raise  # its entry, with the earlier attempts in it, is written already
+                    failed = manifest["onnx"].pop(INT8_FILE)["parity"]
+            (out_dir / INT8_FILE).unlink(missing_ok=True)
+            tried.append({"scheme_name": name, "parity": failed, "speed": speeds[name]})
+            log.warning("int8 scheme %s failed parity (%s); trying %s", name, failed.get("breach", ""), order[i + 1])
+
+
+def _screened_out(out_dir: Path, spec: Any, parity: tuple[Outputs, ParitySet], tolerances: dict | None
+                  ) -> dict | None:
+    """The int8 file's parity figures on about the first third of the items when they already
+    fail for certain (`final_breaches`), else None (the whole check then runs): a failing
+    candidate costs a third of a check (QA teacher: 12 of 55 spans changed)."""
+    reference, items = parity
+    head, total = items.head(), items.size(spec.task)
+    if head.size(spec.task) >= total:
+        return None
+    got = head.run(load_backend(out_dir, spec.task, "onnx-int8"), spec)
+    figures = compare(spec.task, prefix(reference, got), got)
+    bad = final_breaches(figures, _tolerance("int8", spec.task, tolerances), total)
+    if not bad:
+        return None
+    metric, value, limit = bad[0]
+    return {**figures, "ok": False, "of_items": total, "breach": f"{metric}={value:.6g} against {limit:g} "
+            f"on the first {figures['items']} of {total} items"}
+
+
+def _tolerance(precision: str, task: str, tolerances: dict | None) -> dict[str, float]:
+    return (tolerances or {}).get(precision) or TOLERANCES[precision][task]
 
 
 def _speeds(out_dir: Path, spec: Any, files: dict[str, Path], texts: list[str] | None) -> dict[str, dict]:
@@ -288,14 +300,14 @@ def _speeds(out_dir: Path, spec: Any, files: dict[str, Path], texts: list[str] |
     return speed_figures(out_dir / FP32_FILE, files, spec.task, _bench_batch(out_dir, spec, texts))
 
 
-def _check_and_record(out_dir: Path, file: str, spec: Any, reference: Outputs, run: ParityRun,
+def _check_and_record(out_dir: Path, file: str, spec: Any, reference: Outputs, items: ParitySet,
                       manifest: dict, scheme: str, tolerances: dict | None, tried: list[dict] | None = None,
                       extra: dict | None = None) -> None:
     """Check one file, write its manifest entry (with `extra` figures); on a breach remove the file
     and raise."""
     precision = "int8" if file == INT8_FILE else "fp32"
-    tolerance = (tolerances or {}).get(precision) or TOLERANCES[precision][spec.task]
-    entry = check_file(out_dir, file, spec, reference, run, tolerance)
+    tolerance = _tolerance(precision, spec.task, tolerances)
+    entry = check_file(out_dir, file, spec, reference, items, tolerance)
     entry["scheme"] = SCHEMES[scheme][1] if entry["precision"] == "int8" else "fp32 (no quantisation)"
     if entry["precision"] == "int8":
         entry["scheme_name"] = scheme

@@ -190,6 +190,11 @@ def test_broken_tolerance_fails_export_and_removes_file(tmp_path: Path) -> None:
     assert entry["scheme_name"] == order[-1]
     assert [t["scheme_name"] for t in entry["schemes_tried"]] == order[:-1]
     assert all(t["parity"]["ok"] is False and t["parity"]["max_abs_diff"] > 1e-12 for t in entry["schemes_tried"])
+    # a maximum already past its limit is final: the earlier candidates were rejected on the first
+    # 8 of the 24 items (one alone, then a batch of 7), the last one checked on all of them
+    assert [t["parity"]["items"] for t in entry["schemes_tried"]] == [8] * (len(order) - 1)
+    assert all("on the first 8 of 24 items" in t["parity"]["breach"] for t in entry["schemes_tried"])
+    assert entry["parity"]["items"] == 24
     assert not list(folder.glob(".int8-*"))  # the candidates' temporary folder is gone
 
 
@@ -278,3 +283,20 @@ def test_static_qdq_calibrates_on_the_given_texts(tmp_path: Path, caplog: pytest
     # each of the 12 encoder MatMuls reads a quantised activation and a per-channel int8 weight
     assert ops.count("QuantizeLinear") >= 12
     assert ops.count("DequantizeLinear") >= 2 * 12
+
+
+def test_a_candidate_is_rejected_on_the_first_items_only_when_no_later_item_could_save_it() -> None:
+    from training.parity import final_breaches
+
+    tol = {"label_agreement": 0.95, "max_prob_diff": 0.1}
+    # 3 of the first 50 labels changed: all 152 items could still agree at 149/152 = 0.980
+    assert final_breaches({"items": 50, "label_agreement": 47 / 50, "max_prob_diff": 0.05}, tol, 152) == []
+    # 8 changed: at best 144/152 = 0.947 < 0.95 whatever the other 102 show
+    assert final_breaches({"items": 50, "label_agreement": 42 / 50, "max_prob_diff": 0.05}, tol, 152) == [
+        ("label_agreement", pytest.approx(144 / 152), 0.95)]
+    assert final_breaches({"items": 50, "label_agreement": 1.0, "max_prob_diff": 0.2}, tol, 152) == [
+        ("max_prob_diff", 0.2, 0.1)]
+    cosines = {"mean_cosine": 0.99, "min_cosine": 0.98}  # a mean can still rise; a minimum cannot
+    assert final_breaches({"items": 8, "mean_cosine": 0.5, "min_cosine": 0.99}, cosines, 24) == []
+    assert final_breaches({"items": 8, "mean_cosine": 0.999, "min_cosine": 0.9}, cosines, 24) == [
+        ("min_cosine", 0.9, 0.98)]
