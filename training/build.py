@@ -94,14 +94,14 @@ def finish(build: Build, recipe: Recipe, tmp: Path, name: str) -> Path:
         # fp32 passed; the failed int8 file was removed and its figures recorded (ok: false)
         log.warning("%s: %s: %s; serving fp32 ONNX only", build.command, name, exc)
     path, articles = eval_target(recipe)
-    timed(build, name, f"evaluate ({recipe.eval_backend})", evaluate_model, tmp, recipe.eval_backend, path,
-          limit=recipe.eval_limit, articles=articles, set_name=recipe.eval_name, threads=recipe.threads,
-          columns=build.eval_columns)
+    evaluated = timed(build, name, f"evaluate ({recipe.eval_backend})", evaluate_model, tmp, recipe.eval_backend,
+                      path, limit=recipe.eval_limit, articles=articles, set_name=recipe.eval_name,
+                      threads=recipe.threads, columns=build.eval_columns)
     if (tmp / "model.int8.onnx").is_file():  # the int8 file against fp32 on the same set, item by item
         from training.int8_agreement import measure
 
         timed(build, name, "int8 agreement", measure, tmp, path, set_name=recipe.eval_name, limit=recipe.eval_limit,
-              articles=articles, threads=recipe.threads, columns=build.eval_columns)
+              articles=articles, threads=recipe.threads, columns=build.eval_columns, fp32=evaluated)
     manifest = read_manifest(tmp)
     manifest["build"] = {"recipe": build.recipe_name, "steps": [s for s in build.steps if s["model"] == name]}
     write_manifest(tmp, manifest)

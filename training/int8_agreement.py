@@ -34,16 +34,19 @@ TARGETS = {"label_agreement": 0.995, "span_agreement": 0.995, "mean_cosine": 0.9
 
 def measure(model_dir: Path, data: Path | str, *, set_name: str | None = None, limit: int | None = None,
             articles: Sequence[int] | None = None, threads: int | None = None,
-            columns: Columns | None = None) -> dict[str, Any]:
+            columns: Columns | None = None, fp32: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate the int8 file on the set (its quality is recorded like any evaluation), compare
-    it item by item with the fp32 ONNX file, and record the agreement in the manifest."""
+    it item by item with the fp32 ONNX file, and record the agreement in the manifest. `fp32`:
+    `evaluate_model`'s result for the fp32 file on the same set, when the caller has it (a build
+    evaluates it just before): the embedding vectors are not stored, so this saves running it again."""
     model_dir = Path(model_dir)
     task = read_spec(model_dir).task
     args: dict[str, Any] = {"limit": limit, "articles": articles, "threads": threads, "columns": columns}
     int8 = evaluate_model(model_dir, "onnx-int8", data, set_name=set_name, **args)
     name = int8["set"]
     if task == "embedding":
-        fp32 = evaluate_model(model_dir, "onnx", data, set_name=name, write=False, **args)
+        if not fp32 or (fp32["set"], fp32["backend"], fp32["rows"]) != (name, "onnx", int8["rows"]):
+            fp32 = evaluate_model(model_dir, "onnx", data, set_name=name, write=False, **args)
         figures = _cosines(fp32["outputs"], int8["outputs"])
     else:
         fp32 = {"records": _fp32_records(model_dir, name, data, args)}

@@ -68,6 +68,15 @@ def test_embedding_agreement_is_the_cosine_of_each_sentence(tmp_path: Path) -> N
     assert 0.9 < entry["min_cosine"] <= entry["mean_cosine"] <= 1.0 + 1e-9
     assert np.isfinite(entry["interval"]["mean_cosine"]["low"])
     assert "spearman" in entry["int8_quality"]
+    # a build hands over the fp32 evaluation it has just run: the same figures, fp32 not run again
+    from training.evaluate import evaluate_model
+    from training.int8_agreement import measure
+
+    fp32 = evaluate_model(folder, "onnx", data, set_name="stsb-dev")
+    again = measure(folder, data, set_name="stsb-dev", fp32=fp32)
+    assert (again["mean_cosine"], again["min_cosine"]) == (entry["mean_cosine"], entry["min_cosine"])
+    other = {**fp32, "rows": fp32["rows"] - 1, "outputs": fp32["outputs"][:-1]}  # other items: not trusted
+    assert measure(folder, data, set_name="stsb-dev", fp32=other)["items"] == 2 * len(PAIRS)
 
 
 def test_model_without_int8_file_is_a_clear_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
