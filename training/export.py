@@ -261,13 +261,13 @@ def _export_int8_checked(out_dir: Path, quantise: Quantise, spec: Any, parity: t
                 try:
                     _check_and_record(out_dir, INT8_FILE, spec, *parity, manifest, name, tolerances, tried, record)
                     return
-                except ExportParityError:
+                except ExportParityError as exc:
                     if last:
                         raise  # its entry, with the earlier attempts in it, is written already
-                    failed = manifest["onnx"].pop(INT8_FILE)["parity"]
+                    failed = {**manifest["onnx"].pop(INT8_FILE)["parity"], "breach": str(exc).partition("parity ")[2]}
             (out_dir / INT8_FILE).unlink(missing_ok=True)
             tried.append({"scheme_name": name, "parity": failed, "speed": speeds[name]})
-            log.warning("int8 scheme %s failed parity (%s); trying %s", name, failed.get("breach", ""), order[i + 1])
+            log.warning("int8 scheme %s failed parity (%s); trying %s", name, failed["breach"], order[i + 1])
 
 
 def _screened_out(out_dir: Path, spec: Any, parity: tuple[Outputs, ParitySet], tolerances: dict | None
