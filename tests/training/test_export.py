@@ -193,7 +193,7 @@ def test_broken_tolerance_fails_export_and_removes_file(tmp_path: Path) -> None:
     # a maximum already past its limit is final: the earlier candidates were rejected on the first
     # 8 of the 24 items (one alone, then a batch of 7), the last one checked on all of them
     assert [t["parity"]["items"] for t in entry["schemes_tried"]] == [8] * (len(order) - 1)
-    assert all("on the first 8 of 24 items" in t["parity"]["breach"] for t in entry["schemes_tried"])
+    assert all("certain after the first 8 of 24 items" in t["parity"]["breach"] for t in entry["schemes_tried"])
     assert entry["parity"]["items"] == 24
     assert not list(folder.glob(".int8-*"))  # the candidates' temporary folder is gone
 
