@@ -43,6 +43,7 @@ from training.parity import (
     breaches,
     compare,
     final_breaches,
+    joined,
     own_items,
     prefix,
 )
@@ -107,13 +108,12 @@ def export_fp32(model: PreTrainedModel, task: str, path: Path) -> None:
 
 # --- parity + manifest ---------------------------------------------------------------------
 
-def check_file(out_dir: Path, file: str, spec: Any, reference: Outputs, items: ParitySet,
+def check_file(out_dir: Path, file: str, spec: Any, reference: Outputs, got: Outputs,
                tolerance: dict[str, float]) -> dict:
-    """Run `file` through the ONNX serving backend on `items`, compare with `reference`; the
-    manifest entry."""
+    """Compare `file`'s outputs (`got`, run through the ONNX serving backend) with `reference`;
+    the manifest entry."""
     precision = "int8" if file == INT8_FILE else "fp32"
-    backend = load_backend(out_dir, spec.task, "onnx-int8" if precision == "int8" else "onnx")
-    figures = compare(spec.task, reference, items.run(backend, spec))
+    figures = compare(spec.task, reference, got)
     bad = breaches(figures, tolerance)
     entry = {"precision": precision, "parity": {**figures, "ok": not bad}, "tolerance": tolerance,
              "opset": OPSET, "exporter": "torch.onnx (TorchScript, dynamo=False)",
@@ -201,13 +201,13 @@ def export_model(model_dir: Path, *, int8: bool = True, parity_texts: list[str] 
                                                                                 {"model": out_dir.name})
     texts = list(every.texts or ())  # the speed decisions' batch: the first 16
     graph = _fuse(out_dir, model.config, spec, texts, memo) if fuse else {"offline": None, "at_load": AT_LOAD}
-    _check_and_record(out_dir, FP32_FILE, spec, reference, fixed, manifest, scheme, tolerances,
+    fp32 = (every if int8 else fixed).run(load_backend(out_dir, task, "onnx"), spec)  # int8's reference too
+    _check_and_record(out_dir, FP32_FILE, spec, reference, prefix(fp32, reference), manifest, scheme, tolerances,
                       extra={"graph": graph})
     if int8:  # only from an fp32 graph that passed
         batches = calibration_batches(out_dir, task, calibration_texts, spec.max_length) if calibration_texts else []
         quantise = partial(export_int8, config=model.config, calibration=batches)
-        parity = (every.run(load_backend(out_dir, task, "onnx"), spec), every)
-        _export_int8_checked(out_dir, quantise, spec, parity, texts, manifest, scheme, tolerances, graph, memo)
+        _export_int8_checked(out_dir, quantise, spec, (fp32, every), texts, manifest, scheme, tolerances, graph, memo)
     return manifest
 
 
@@ -255,12 +255,13 @@ def _export_int8_checked(out_dir: Path, quantise: Quantise, spec: Any, parity: t
             else:  # measured on an earlier model of this shape: built only when its turn comes
                 quantise(out_dir / FP32_FILE, out_dir / INT8_FILE, scheme=name)
             last = i + 1 == len(order)
-            failed = None if last else _screened_out(out_dir, spec, parity, tolerances)
+            got, failed = _int8_outputs(out_dir, spec, parity, tolerances, screen=not last)
             if failed is None:
                 record = {"speed": speeds[name], "candidates": [{"scheme_name": n, **speeds[n]} for n in order],
                           "graph": {**graph, "quantised_from": FP32_FILE}}
                 try:
-                    _check_and_record(out_dir, INT8_FILE, spec, *parity, manifest, name, tolerances, tried, record)
+                    _check_and_record(out_dir, INT8_FILE, spec, parity[0], got, manifest, name, tolerances, tried,
+                                      record)
                     return
                 except ExportParityError as exc:
                     if last:
@@ -271,24 +272,27 @@ def _export_int8_checked(out_dir: Path, quantise: Quantise, spec: Any, parity: t
             log.warning("int8 scheme %s failed parity (%s); trying %s", name, failed["breach"], order[i + 1])
 
 
-def _screened_out(out_dir: Path, spec: Any, parity: tuple[Outputs, ParitySet], tolerances: dict | None
-                  ) -> dict | None:
-    """The int8 file's parity figures on about the first third of the items when they already
-    fail for certain (`final_breaches`), else None (the whole check then runs): a failing
-    candidate costs a third of a check (the dynamic QA teacher file: 8 of the first 23 spans changed)."""
+def _int8_outputs(out_dir: Path, spec: Any, parity: tuple[Outputs, ParitySet], tolerances: dict | None,
+                  screen: bool) -> tuple[Outputs, dict | None]:
+    """The int8 file's outputs on the parity items, from one session. With `screen`, about the
+    first third of the items run first; when they already fail for certain (`final_breaches`)
+    the rest is not run and their failure figures come back too: a failing candidate costs a
+    third of a check (the dynamic QA teacher file: 8 of the first 23 spans changed)."""
     reference, items = parity
-    head, total = items.head(), items.size(spec.task)
-    if head.size(spec.task) >= total:
-        return None
-    got = head.run(load_backend(out_dir, spec.task, "onnx-int8"), spec)
+    backend = load_backend(out_dir, spec.task, "onnx-int8")
+    total = items.size(spec.task)
+    cut = items.head_size(spec.task) if screen else total
+    got = items.run(backend, spec, 0, cut)
+    if cut == total:
+        return got, None
     figures = compare(spec.task, prefix(reference, got), got)
     bad = final_breaches(figures, _tolerance("int8", spec.task, tolerances), total)
     if not bad:
-        return None
+        return joined(got, items.run(backend, spec, cut)), None
     metric, value, limit = bad[0]
     bound = "at most " if metric in AGREEMENTS else ""  # the best the whole set could still reach
-    return {**figures, "ok": False, "of_items": total, "breach": f"{metric} {bound}{value:.6g} against {limit:g}, "
-            f"certain after the first {figures['items']} of {total} items"}
+    return got, {**figures, "ok": False, "of_items": total, "breach": f"{metric} {bound}{value:.6g} against "
+                 f"{limit:g}, certain after the first {figures['items']} of {total} items"}
 
 
 def _tolerance(precision: str, task: str, tolerances: dict | None) -> dict[str, float]:
@@ -302,14 +306,14 @@ def _speeds(out_dir: Path, spec: Any, files: dict[str, Path], texts: list[str] |
     return speed_figures(out_dir / FP32_FILE, files, spec.task, _bench_batch(out_dir, spec, texts))
 
 
-def _check_and_record(out_dir: Path, file: str, spec: Any, reference: Outputs, items: ParitySet,
+def _check_and_record(out_dir: Path, file: str, spec: Any, reference: Outputs, got: Outputs,
                       manifest: dict, scheme: str, tolerances: dict | None, tried: list[dict] | None = None,
                       extra: dict | None = None) -> None:
     """Check one file, write its manifest entry (with `extra` figures); on a breach remove the file
     and raise."""
     precision = "int8" if file == INT8_FILE else "fp32"
     tolerance = _tolerance(precision, spec.task, tolerances)
-    entry = check_file(out_dir, file, spec, reference, items, tolerance)
+    entry = check_file(out_dir, file, spec, reference, got, tolerance)
     entry["scheme"] = SCHEMES[scheme][1] if entry["precision"] == "int8" else "fp32 (no quantisation)"
     if entry["precision"] == "int8":
         entry["scheme_name"] = scheme

@@ -178,18 +178,20 @@ class ParitySet:
     texts: tuple[str, ...] | None = None
     qa_pairs: tuple[tuple[str, str], ...] = ()
 
-    def run(self, backend: Backend, spec: ModelSpec) -> Outputs:
-        return run_parity_set(backend, spec, self.texts, self.qa_pairs)
+    def run(self, backend: Backend, spec: ModelSpec, start: int = 0, stop: int | None = None) -> Outputs:
+        """Items [start, stop) (cut at `batch_edges`), in the batches a whole run gives them."""
+        return run_parity_set(backend, spec, self.texts, self.qa_pairs, start, stop)
 
     def size(self, task: str) -> int:
         return len(PARITY_QA) + len(self.qa_pairs) if task == "qa" else len(self.texts or PARITY_TEXTS)
 
-    def head(self) -> ParitySet:
-        """About the first third of the items, cut where a batch of the full run ends (one item
-        alone, then batches of `BATCH`), so each is computed exactly as in the full run."""
-        texts = self.texts or PARITY_TEXTS
-        cut = 1 + BATCH * max(1, len(texts) // (3 * BATCH))
-        return ParitySet(texts[:cut], self.qa_pairs[: len(self.qa_pairs) // 3])
+    def head_size(self, task: str) -> int:
+        """About the first third of the items, ending where a batch of the whole run ends, so a
+        check can start on them and go on with the rest (`run`'s start) as one whole run would."""
+        if task == "qa":  # each question runs alone
+            return len(PARITY_QA) + len(self.qa_pairs) // 3
+        total = self.size(task)
+        return min(total, 1 + BATCH * max(1, total // (3 * BATCH)))
 
 
 def prefix(outputs: Outputs, like: Outputs) -> Outputs:
@@ -197,18 +199,34 @@ def prefix(outputs: Outputs, like: Outputs) -> Outputs:
     return Outputs(outputs.raw[: len(like.raw)], outputs.answers[: len(like.answers)])
 
 
+def joined(first: Outputs, rest: Outputs) -> Outputs:
+    """The outputs of two consecutive parts of one set, as one."""
+    return Outputs(first.raw + rest.raw, first.answers + rest.answers)
+
+
+def batch_edges(count: int) -> list[int]:
+    """Where a whole run's batches start (and the end): one item alone, then batches of `BATCH`."""
+    return [0, *range(1, count, BATCH), count] if count else [0]
+
+
 def run_parity_set(backend: Backend, spec: ModelSpec, texts: Sequence[str] | None = None,
-                   qa_pairs: Sequence[tuple[str, str]] = ()) -> Outputs:
+                   qa_pairs: Sequence[tuple[str, str]] = (), start: int = 0, stop: int | None = None) -> Outputs:
     """Run the parity inputs through `backend` the way the service does for `spec.task`: `texts`
-    (default the fixed set), or for QA the fixed (question, context) pairs plus `qa_pairs`."""
+    (default the fixed set), or for QA the fixed (question, context) pairs plus `qa_pairs`; only
+    items [start, stop), which must fall on `batch_edges`, batched as in a whole run."""
     tokenizer = load_tokenizer(spec.path, None if spec.task == "qa" else spec.max_length)
     if spec.task == "qa":
-        return _run_qa(backend, tokenizer, spec.max_length, (*PARITY_QA, *qa_pairs))
+        return _run_qa(backend, tokenizer, spec.max_length, (*PARITY_QA, *qa_pairs)[start:stop])
     texts = list(texts or PARITY_TEXTS)
-    seqs = (embed if spec.task == "embedding" else classify_task).encode(tokenizer, texts, spec.max_length)
+    edges, stop = batch_edges(len(texts)), len(texts) if stop is None else stop
+    if start not in edges or stop not in edges:
+        raise ValueError(f"parity items [{start}, {stop}) do not fall on batch edges {edges}")
+    seqs = (embed if spec.task == "embedding" else classify_task).encode(tokenizer, texts[start:stop], spec.max_length)
     pad, raw, answers = pad_id(tokenizer), [], []
-    for chunk in [seqs[:1]] + [seqs[i : i + BATCH] for i in range(1, len(seqs), BATCH)]:
-        inputs = pad_batch(chunk, pad)
+    for a, b in zip(edges, edges[1:], strict=False):
+        if a < start or b > stop:
+            continue
+        inputs = pad_batch(seqs[a - start : b - start], pad)
         out = backend.forward(inputs)
         if spec.task == "embedding":
             hidden, mask = out["last_hidden_state"], inputs["attention_mask"]
