@@ -5,10 +5,10 @@ Two families, because which is faster depends on the CPU (`training.int8_speed` 
   token and per block at run time. Dynamic int8 with ONE scale per tensor lost too much on the
   MPNet teacher (0.92 mean cosine: the FFN down-projection's input carries outlier tokens), the
   blocks keep 0.999. With AVX512-VNNI they ran at 1.8-2.4x fp32; on AVX2 without VNNI at 0.60x.
-- ONNX Runtime's dynamic `MatMulInteger` with per-channel weights in 7 bits (`reduce_range`):
-  1.5-1.8x fp32 on that AVX2 machine. Without VNNI the u8 x s8 products are summed in pairs into
-  saturating int16 (VPMADDUBSW); full 8-bit weights overflow there (label agreement 0.54 on the
-  SST-2 student), 7-bit ones cannot.
+- Dynamic int8 (ONNX Runtime's `DynamicQuantizeMatMul`, written by `_dynamic`) with per-column
+  weights in 7 bits (`reduce_range`): 1.5-1.8x fp32 on that AVX2 machine. Without VNNI the u8 x s8
+  products are summed in pairs into saturating int16 (VPMADDUBSW); full 8-bit weights overflow
+  there (label agreement 0.54 on the SST-2 student), 7-bit ones cannot.
 The default `auto` (in `training.export`) builds every scheme of `AUTO_CHAIN`, times each on the
 model itself and keeps the fastest that passes parity; each candidate's figures go in the manifest.
 `python -m training export MODEL --compare-schemes` (training/int8_compare.py) measures every
@@ -233,10 +233,10 @@ SCHEMES: dict[str, tuple[Scheme, str]] = {
                             "FFN-up MatMuls; FFN-down and heads fp32"),
     "dynamic-per-channel": (_scheme_dynamic_all, "dynamic per-channel int8 on every encoder "
                             "MatMul; heads fp32 (fails parity on MPNet)"),
-    "dynamic-reduce-range": (_scheme_reduce_range, "dynamic int8 (MatMulInteger), per-channel 7-bit weights "
+    "dynamic-reduce-range": (_scheme_reduce_range, "dynamic int8 (DynamicQuantizeMatMul), per-column 7-bit weights "
                              "(reduce_range: no int16 saturation without VNNI) on every encoder MatMul; heads fp32"),
-    "dynamic-reduce-range-no-ffn-down": (_scheme_reduce_range_no_down, "dynamic int8 (MatMulInteger), "
-                                         "per-channel 7-bit weights on attention + FFN-up; FFN-down and heads fp32"),
+    "dynamic-reduce-range-no-ffn-down": (_scheme_reduce_range_no_down, "dynamic int8 (DynamicQuantizeMatMul), "
+                                         "per-column 7-bit weights on attention + FFN-up; FFN-down and heads fp32"),
     "static-qdq": (_scheme_static, "static int8 in QDQ form: per-channel int8 weights, activation scales "
                    "calibrated once (min/max) on every encoder MatMul; heads fp32"),
     "static-qdq-no-ffn-down": (_scheme_static_no_down, "static int8 in QDQ form, calibrated activation scales, "

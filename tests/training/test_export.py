@@ -172,6 +172,24 @@ def test_int8_graph_is_quantised(tmp_path: Path) -> None:
     assert (folder / "model.int8.onnx").stat().st_size < (folder / "model.onnx").stat().st_size
 
 
+def test_dynamic_int8_quantises_the_chosen_matmuls_with_7_bit_columns(tmp_path: Path) -> None:
+    folder = save_tiny(tmp_path, "mpnet", "embedding")
+    export_model(folder, scheme="dynamic-reduce-range-no-ffn-down")
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(folder / "model.int8.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("DynamicQuantizeMatMul") == 2 * 5  # q, k, v, o, FFN up per layer
+    assert ops.count("MatMul") == 2 * 3  # attention scores and context, and the FFN down-projection kept fp32
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in (n for n in graph.node if n.op_type == "DynamicQuantizeMatMul"):
+        q, scale = weights[node.input[1]], weights[node.input[2]]
+        assert q.dtype.name == "int8"
+        assert q.shape[1] == scale.shape[0]  # one scale per output column
+        assert (abs(q.astype(int)).max(axis=0) == 64).all()  # 7-bit: each column's largest weight maps to 64
+
+
 def test_broken_tolerance_fails_export_and_removes_file(tmp_path: Path) -> None:
     folder = save_tiny(tmp_path, "bert", "classification")
     with pytest.raises(ExportParityError) as err:
