@@ -12,6 +12,10 @@ bits at a time (`training.dropout`). The model is
 random-initialised at all-mpnet-base-v2's shapes: speed needs no trained weights. Each variant
 runs in turns with the others, round after round; the median step of each is printed with its
 ratio to the per-tensor AdamW with dropout on (what the engine did before).
+
+It also times the no-grad pass the build runs once per example (frozen-layer caches, teacher
+targets) under bf16: autocast on the fp32 model against `training.modeling.inference_copy`, a
+bfloat16 copy run without autocast (what the engine runs now).
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from transformers import MPNetConfig, MPNetForQuestionAnswering
 
 from training.dropout import training_dropout
 from training.int8_speed import in_turns
-from training.modeling import forward_range, precision_in_use, set_precision
+from training.modeling import forward_range, inference_copy, precision_in_use, set_precision
 
 Step = Callable[[], None]
 
@@ -50,6 +54,19 @@ def make_step(layers: int, batch: int, tokens: int, fused: bool, dropout: float,
     return step
 
 
+def forward_passes(layers: int, batch: int, tokens: int, rounds: int) -> dict[str, float]:
+    """Median ms of one no-grad forward: under autocast, and on the bf16 inference copy."""
+    torch.manual_seed(0)
+    model = MPNetForQuestionAnswering(MPNetConfig(num_hidden_layers=layers)).eval()
+    copy = inference_copy(model)
+    inputs = {"input_ids": torch.randint(5, 30000, (batch, tokens)),
+              "attention_mask": torch.ones(batch, tokens, dtype=torch.long)}
+    with torch.no_grad():
+        calls = {"autocast, fp32 weights": lambda: forward_range(model, 0, layers, inputs),
+                 "bf16 inference copy": lambda: forward_range(copy, 0, layers, inputs)}
+        return {name: 1000 * statistics.median(t) for name, t in in_turns(calls, rounds).items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=6, help="trained MPNet-base layers (default 6)")
@@ -70,6 +87,12 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.threads} threads, median of {args.rounds} steps each")
     for name, value in ms.items():
         print(f"  {name:32s} {value:8.1f} ms/step   {base / value:.2f}x the per-tensor step")
+    if precision_in_use() == "bf16":
+        passes = forward_passes(args.layers, args.batch, args.tokens, args.rounds)
+        first = passes["autocast, fp32 weights"]
+        print("one no-grad forward (cached layers, teacher targets):")
+        for name, value in passes.items():
+            print(f"  {name:32s} {value:8.1f} ms        {first / value:.2f}x autocast")
 
 
 if __name__ == "__main__":

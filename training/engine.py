@@ -24,7 +24,7 @@ from transformers import PreTrainedModel
 
 from training.checkpoint import Checkpoint
 from training.dropout import training_dropout
-from training.modeling import forward_range, num_layers
+from training.modeling import forward_range, inference_copy, num_layers
 
 log = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]
@@ -71,8 +71,9 @@ def cache_hidden(model: PreTrainedModel, batches: list[Batch], upto: int, key: s
     (batches that hold it already, restored from a checkpoint, are left as they are)."""
     model.eval()
     todo = [batch for batch in batches if key not in batch]
+    runner = inference_copy(model) if todo else model
     for batch in tqdm(todo, desc=desc, unit="batch", leave=False):
-        batch[key] = forward_range(model, 0, upto, batch, head=False)
+        batch[key] = forward_range(runner, 0, upto, batch, head=False)
 
 
 def run_top(model: PreTrainedModel, batch: Batch, start: int, hidden_key: str):

@@ -9,6 +9,7 @@ included.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,6 +49,21 @@ def set_precision(name: str) -> str:
 def precision_in_use() -> str:
     """What training runs in now (recorded in each manifest)."""
     return "fp32" if _COMPUTE_DTYPE is None else "bf16"
+
+
+def inference_copy(model: PreTrainedModel) -> PreTrainedModel:
+    """The model for a no-grad pass (frozen-layer caches, teacher targets): under bf16 a bfloat16
+    copy, run without autocast, else the model itself.
+
+    Why: autocast keeps activations fp32 and casts them to bf16 and back around every matmul;
+    with AMX those casts cost about as much as the matmuls. On the 2-core Xeon (2026-12-06), 8 x 128
+    tokens: the quick QA teacher's 12 layers 202 ms against 295 ms under autocast; 6 random MPNet
+    layers 104 against 221 ms (fp32: 326 ms). The trained weights stay fp32; only the copy is bf16."""
+    if _COMPUTE_DTYPE is None:
+        return model
+    copied = copy.deepcopy(model)
+    nn.Module.to(copied, _COMPUTE_DTYPE)
+    return copied.eval()
 
 
 def _fp32(value: object) -> object:
@@ -139,6 +155,8 @@ def forward_range(model: PreTrainedModel, start: int, end: int, batch: dict[str,
     head=True returns the task model's output (logits...); head=False the bare encoder's
     last_hidden_state [batch, seq, hidden] after layer end-1.
     """
+    dtype = next(model.parameters()).dtype
+    low = dtype != torch.float32                                    # an inference_copy: already bf16
     with layer_range(model, start, end):
         target = model if head else base_of(model)
         kwargs = {"attention_mask": batch["attention_mask"], "output_hidden_states": head}
@@ -147,10 +165,11 @@ def forward_range(model: PreTrainedModel, start: int, end: int, batch: dict[str,
             if "token_type_ids" in batch and _takes_token_types(model):
                 kwargs["token_type_ids"] = batch["token_type_ids"]
         else:
-            kwargs["inputs_embeds"] = hidden
-        with torch.autocast("cpu", dtype=_COMPUTE_DTYPE or torch.bfloat16, enabled=_COMPUTE_DTYPE is not None):
+            kwargs["inputs_embeds"] = hidden.to(dtype) if hidden is not None else None
+        autocast = _COMPUTE_DTYPE is not None and not low
+        with torch.autocast("cpu", dtype=_COMPUTE_DTYPE or torch.bfloat16, enabled=autocast):
             out = target(**kwargs)
-        if _COMPUTE_DTYPE is not None:
+        if _COMPUTE_DTYPE is not None or low:
             for key in list(out.keys()):
                 out[key] = _fp32(out[key])
         return out if head else out.last_hidden_state

@@ -39,7 +39,7 @@ def _torch_outputs(folder: Path, task: str, feeds: dict[str, np.ndarray]) -> lis
 @pytest.mark.parametrize(("arch", "task"), CASES)
 def test_export_writes_contract_graphs_with_parity(tmp_path: Path, arch: str, task: str, capsys) -> None:
     folder = save_tiny(tmp_path, arch, task)
-    assert main(["export", str(folder)]) == 0
+    assert main(["export", str(folder), "--fuse"]) == 0
     manifest = json.loads((folder / "manifest.json").read_text())
     fp32, int8 = manifest["onnx"]["model.onnx"], manifest["onnx"]["model.int8.onnx"]
     assert fp32["precision"] == "fp32"
@@ -109,7 +109,7 @@ def test_a_kept_fused_graph_passes_parity_and_every_int8_scheme_quantises_it(
 
     monkeypatch.setattr(training.graph_opt, "MIN_GAIN", 0.0)  # keep the fused graph whatever it measures
     folder = save_tiny(tmp_path, arch, task)
-    onnx_entries = export_model(folder)["onnx"]
+    onnx_entries = export_model(folder, fuse=True)["onnx"]
     assert onnx_entries["model.onnx"]["graph"]["offline"]["kept"] is True
     _assert_fusion_recorded(folder, onnx_entries["model.onnx"]["graph"])
     assert onnx_entries["model.onnx"]["parity"]["ok"]
@@ -120,9 +120,9 @@ def test_a_kept_fused_graph_passes_parity_and_every_int8_scheme_quantises_it(
 
 def test_a_build_measures_speed_once_per_shape(tmp_path: Path) -> None:
     measured: dict = {}
-    first = export_model(save_tiny(tmp_path, "mpnet", "classification"), measured=measured)["onnx"]
-    second = export_model(save_tiny(tmp_path, "mpnet", "embedding"), measured=measured)["onnx"]  # same shape
-    other = export_model(save_tiny(tmp_path, "bert", "classification"), measured=measured)["onnx"]
+    first = export_model(save_tiny(tmp_path, "mpnet", "classification"), measured=measured, fuse=True)["onnx"]
+    second = export_model(save_tiny(tmp_path, "mpnet", "embedding"), measured=measured, fuse=True)["onnx"]  # same shape
+    other = export_model(save_tiny(tmp_path, "bert", "classification"), measured=measured, fuse=True)["onnx"]
     assert len(measured) == 2  # one entry per shape
     for entry in (first, other):  # measured on themselves
         assert "measured_on" not in entry["model.onnx"]["graph"]["offline"]
@@ -145,15 +145,15 @@ def test_an_architecture_the_optimiser_rejects_exports_unfused(tmp_path: Path, m
         raise NotImplementedError("no fusion patterns for this architecture")
 
     monkeypatch.setattr(training.graph_opt, "fuse", refuse)
-    entries = export_model(save_tiny(tmp_path, "bert", "classification"), int8=False)["onnx"]
+    entries = export_model(save_tiny(tmp_path, "bert", "classification"), int8=False, fuse=True)["onnx"]
     assert entries["model.onnx"]["parity"]["ok"]
     assert entries["model.onnx"]["graph"]["offline"] == {
         "error": "NotImplementedError: no fusion patterns for this architecture", "kept": False}
 
 
-def test_no_fuse_leaves_the_exported_graph(tmp_path: Path) -> None:
+def test_without_fuse_the_exported_graph_is_left_as_it_is(tmp_path: Path) -> None:
     folder = save_tiny(tmp_path, "bert", "classification")
-    assert main(["export", str(folder), "--no-int8", "--no-fuse"]) == 0
+    assert main(["export", str(folder), "--no-int8"]) == 0
     graph = json.loads((folder / "manifest.json").read_text())["onnx"]["model.onnx"]["graph"]
     assert graph["offline"] is None
     import onnx

@@ -12,7 +12,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from training.checkpoint import Checkpoint
 from training.data import is_hub_spec
 from training.engine import Batch, LoopResult, cache_hidden, setup_torch
-from training.modeling import forward_range, freeze_below, num_layers, precision_in_use, set_precision
+from training.modeling import forward_range, freeze_below, inference_copy, num_layers, precision_in_use, set_precision
 from training.paths import data_dir
 from training.pretrained import NAME, resolve_base
 from training.recipes import Common, Recipe, recipe_dict
@@ -69,9 +69,10 @@ def teacher_outputs(teacher: PreTrainedModel, batches: list[Batch], first_top: i
     teacher.eval()
     n = num_layers(teacher)
     todo = [b for b in batches if not (TEACHER_KEYS & set(b)) or (keep_hidden and "t_last" not in b)]
+    runner = inference_copy(teacher) if todo else teacher
     for batch in tqdm(todo, desc=desc, unit="batch", leave=False):
         cached = "t_hidden" in batch
-        out = forward_range(teacher, first_top if cached else 0, n, batch, hidden=batch.get("t_hidden"))
+        out = forward_range(runner, first_top if cached else 0, n, batch, hidden=batch.get("t_hidden"))
         for key in ("logits", "start_logits", "end_logits"):
             if getattr(out, key, None) is not None:
                 batch[f"t_{key}"] = out[key]

@@ -1,0 +1,58 @@
+"""bf16 training: the no-grad passes (frozen-layer caches, teacher targets) run on a bfloat16
+copy of the model, and the weights that are saved stay the fp32 ones (through the CLI, and
+`training.modeling`'s public helpers for the numbers)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from tests.training.conftest import TINY, tiny_encoder
+from tests.training.test_cli import cli, manifest
+from training.modeling import forward_range, inference_copy, precision_in_use, set_precision
+
+
+def by_layer_suffix(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights keyed from 'encoder.layer.' on, so a task model's and its base's names match."""
+    return {key[key.index("encoder.layer."):]: value for key, value in weights.items() if "encoder.layer." in key}
+
+
+def test_bf16_training_saves_the_frozen_layers_exactly(tmp_path: Path, tiny_bases: dict, tiny_data: dict) -> None:
+    base, data = tiny_bases["bert"], tiny_data["sst2_train"]
+    sets = [arg for item in [*TINY, "precision=bf16"] for arg in ("--set", item)]
+    cli("train", "--task", "classification", "--data", str(data), "--base", str(base), "--out",
+        str(tmp_path / "teacher"), *sets, cache=tmp_path)
+    cli("distil", "--task", "classification", "--data", str(data), "--teacher", str(tmp_path / "teacher"),
+        "--out", str(tmp_path / "student"), *sets, "--set", "alpha_cos=0.5", cache=tmp_path)
+
+    pretrained = by_layer_suffix(load_file(str(base / "model.safetensors")))
+    teacher = by_layer_suffix(load_file(str(tmp_path / "teacher" / "model.safetensors")))
+    student = by_layer_suffix(load_file(str(tmp_path / "student" / "model.safetensors")))
+    assert manifest(tmp_path / "teacher")["training_precision"] == "bf16"
+    frozen = [key for key in teacher if key.startswith(("encoder.layer.0.", "encoder.layer.1."))]
+    assert frozen
+    assert all(teacher[k].dtype == torch.float32 for k in teacher)
+    assert all(torch.equal(teacher[k], pretrained[k]) for k in frozen)  # cached through a copy: not rounded
+    # the student's frozen layer 0 is the teacher's layer 0, fp32 and exact
+    assert all(torch.equal(student[k], teacher[k]) for k in student if k.startswith("encoder.layer.0."))
+
+
+def test_the_bf16_copy_runs_cached_layers_close_to_autocast_and_leaves_the_model_alone() -> None:
+    model = tiny_encoder("mpnet", layers=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = {"input_ids": torch.randint(5, 60, (3, 11)), "attention_mask": torch.ones(3, 11, dtype=torch.long)}
+    try:
+        set_precision("bf16")
+        lower = forward_range(model, 0, 2, batch, head=False)            # [3, 11, 32], fp32 under autocast
+        copy = inference_copy(model)
+        assert next(copy.parameters()).dtype == torch.bfloat16
+        assert precision_in_use() == "bf16"
+        autocast = forward_range(model, 2, 4, batch, hidden=lower, head=False)
+        copied = forward_range(copy, 2, 4, batch, hidden=lower, head=False)
+    finally:
+        set_precision("fp32")
+    assert copied.dtype == autocast.dtype == torch.float32
+    assert torch.allclose(copied, autocast, atol=0.1), (copied - autocast).abs().max()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert inference_copy(model) is model                                # fp32: no copy
