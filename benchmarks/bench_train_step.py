@@ -14,8 +14,8 @@ runs in turns with the others, round after round; the median step of each is pri
 ratio to the per-tensor AdamW with dropout on (what the engine did before).
 
 It also times the no-grad pass the build runs once per example (frozen-layer caches, teacher
-targets) under bf16: autocast on the fp32 model against `training.modeling.inference_copy`, a
-bfloat16 copy run without autocast (what the engine runs now).
+targets) under bf16 autocast: on the fp32 model, and on `training.modeling.inference_copy`, whose
+Linear weights are cast to bf16 once instead of on every call (what the engine runs now).
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def forward_passes(layers: int, batch: int, tokens: int, rounds: int) -> dict[st
               "attention_mask": torch.ones(batch, tokens, dtype=torch.long)}
     with torch.no_grad():
         calls = {"autocast, fp32 weights": lambda: forward_range(model, 0, layers, inputs),
-                 "bf16 inference copy": lambda: forward_range(copy, 0, layers, inputs)}
+                 "Linear weights bf16 once": lambda: forward_range(copy, 0, layers, inputs)}
         return {name: 1000 * statistics.median(t) for name, t in in_turns(calls, rounds).items()}
 
 
