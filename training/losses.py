@@ -79,11 +79,16 @@ def qa_loss(
     temperature: float = 2.0,
     alpha_kd: float = 1.0,
     alpha_ce: float = 1.0,
+    alpha_cos: float = 0.0,
+    hidden: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """QA distillation: KL on start and on end logits (over positions) + CE on the gold span.
+    """QA distillation: KL on start and on end logits (over positions) + CE on the gold span
+    + alpha_cos * (1 - cosine) of the student's and teacher's last hidden states, as for
+    classification.
 
     student/teacher: (start_logits, end_logits), each [batch, seq]; positions: gold token
-    indices [batch]; mask [batch, seq] = positions allowed to be an answer.
+    indices [batch]; mask [batch, seq] = positions allowed to be an answer; hidden: (student,
+    teacher [batch, seq, hidden], attention mask).
     """
     s_start, s_end = (masked_span_logits(x, mask) for x in student)
     total = s_start.new_zeros(())
@@ -95,6 +100,9 @@ def qa_loss(
     if alpha_ce:
         ce = (F.cross_entropy(s_start, positions[0]) + F.cross_entropy(s_end, positions[1])) / 2
         total, parts["ce"] = total + alpha_ce * ce, ce.item()
+    if alpha_cos and hidden is not None:
+        cos = hidden_cosine(*hidden)
+        total, parts["cos"] = total + alpha_cos * cos, cos.item()
     return total, parts
 
 

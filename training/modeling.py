@@ -118,7 +118,15 @@ def num_layers(model: PreTrainedModel) -> int:
 
 
 class Passthrough(nn.Module):
-    """Stands in for the embedding module: the cached hidden states *are* the layer input."""
+    """Stands in for the embedding module: the cached hidden states *are* the layer input.
+
+    It holds an empty parameter of the embeddings' dtype: HF models take their `dtype` (and so
+    the attention mask's) from their first parameter, which would otherwise be a layer's - bf16
+    in an `inference_copy`, where a bf16 mask then turned the attention softmax bf16 too."""
+
+    def __init__(self, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.empty(0, dtype=dtype), requires_grad=False)
 
     def forward(self, *args: object, inputs_embeds: torch.Tensor | None = None,
                 input_embeds: torch.Tensor | None = None, **kwargs: object) -> torch.Tensor:
@@ -145,7 +153,7 @@ def layer_range(model: PreTrainedModel, start: int, end: int) -> Iterator[PreTra
         raise ValueError(f"bad layer range [{start}, {end}) of a {len(layers)}-layer model")
     setattr(owner, attr, nn.ModuleList(list(layers)[start:end]))
     if start > 0:
-        base.embeddings = Passthrough()
+        base.embeddings = Passthrough(next(embeddings.parameters()).dtype)
     try:
         yield model
     finally:

@@ -63,6 +63,19 @@ def test_qa_loss_is_ce_only_when_student_equals_teacher() -> None:
     assert parts["ce"] == pytest.approx(expected, rel=1e-5)  # masked positions take no probability
 
 
+def test_qa_loss_adds_the_hidden_state_cosine_when_asked() -> None:
+    generator = torch.Generator().manual_seed(1)
+    start, end = torch.randn(2, 6, generator=generator), torch.randn(2, 6, generator=generator)
+    mask, positions = torch.ones(2, 6, dtype=torch.long), (torch.tensor([1, 2]), torch.tensor([2, 5]))
+    student, teacher = torch.randn(2, 6, 8, generator=generator), torch.randn(2, 6, 8, generator=generator)
+    hidden = (student, teacher, mask)
+    plain, parts = qa_loss((start, end), (start, end), positions, mask, hidden=hidden)
+    assert "cos" not in parts                                            # alpha_cos 0: no term
+    total, parts = qa_loss((start, end), (start, end), positions, mask, alpha_cos=0.5, hidden=hidden)
+    assert parts["cos"] == pytest.approx(hidden_cosine(student, teacher, mask).item())
+    assert total.item() == pytest.approx(plain.item() + 0.5 * parts["cos"], rel=1e-6)
+
+
 def test_embedding_losses_and_mean_pool() -> None:
     hidden = torch.tensor([[[1.0, 1.0], [3.0, 3.0], [100.0, 100.0]]])
     pooled = mean_pool(hidden, torch.tensor([[1, 1, 0]]))

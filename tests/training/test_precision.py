@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from tests.training.conftest import TINY, tiny_encoder
 from tests.training.test_cli import cli, manifest
-from training.modeling import forward_range, inference_copy, set_precision
+from training.modeling import forward_range, inference_copy, layer_range, set_precision
 
 
 def by_layer_suffix(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -41,7 +41,9 @@ def test_bf16_training_saves_the_frozen_layers_exactly(tmp_path: Path, tiny_base
 def test_the_bf16_copy_gives_autocasts_outputs_exactly_and_leaves_the_model_alone() -> None:
     model = tiny_encoder("mpnet", layers=4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    batch = {"input_ids": torch.randint(5, 60, (3, 11)), "attention_mask": torch.ones(3, 11, dtype=torch.long)}
+    mask = torch.ones(3, 11, dtype=torch.long)
+    mask[1:, 7:] = 0                                                     # padded rows: the mask's dtype matters
+    batch = {"input_ids": torch.randint(5, 60, (3, 11)), "attention_mask": mask}
     try:
         set_precision("bf16")
         lower = forward_range(model, 0, 2, batch, head=False)            # [3, 11, 32], fp32 under autocast
@@ -49,6 +51,8 @@ def test_the_bf16_copy_gives_autocasts_outputs_exactly_and_leaves_the_model_alon
         autocast = forward_range(model, 2, 4, batch, hidden=lower, head=False)
         copied = forward_range(copy, 2, 4, batch, hidden=lower, head=False)
         from_tokens = (forward_range(model, 0, 4, batch, head=False), forward_range(copy, 0, 4, batch, head=False))
+        with layer_range(copy, 2, 4):  # embeddings bypassed: the model's dtype (its masks') stays theirs
+            assert copy.dtype == torch.float32
     finally:
         set_precision("fp32")
     dtypes = {type(m).__name__: next(m.parameters()).dtype for m in copy.modules() if list(m.parameters(recurse=False))}
@@ -59,3 +63,25 @@ def test_the_bf16_copy_gives_autocasts_outputs_exactly_and_leaves_the_model_alon
     assert torch.equal(*from_tokens)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     assert inference_copy(model) is model                                # fp32: no copy
+
+
+def test_a_qa_student_distils_with_the_hidden_state_cosine(tmp_path: Path, tiny_bases: dict,
+                                                           tiny_data: dict) -> None:
+    """alpha_cos reaches QA distillation too (DistilBERT's third term): it changes what the
+    student learns, and its recipe records it."""
+    data = tiny_data["squad"]
+    tiny_qa = [item for item in TINY if not item.startswith("min_words")]  # a classification field
+    sets = [arg for item in [*tiny_qa, "heldout_articles=1", "max_length=40", "doc_stride=16",
+                             "serve_max_length=64", "precision=bf16"] for arg in ("--set", item)]
+    cli("train", "--task", "qa", "--data", str(data), "--base", str(tiny_bases["mpnet"]), "--out",
+        str(tmp_path / "teacher"), *sets, cache=tmp_path)
+    students = {}
+    for alpha in ("0", "0.5"):
+        out = tmp_path / f"student-{alpha}"
+        cli("distil", "--task", "qa", "--data", str(data), "--teacher", str(tmp_path / "teacher"), "--out", str(out),
+            *sets, "--set", f"alpha_cos={alpha}", cache=tmp_path)
+        students[alpha] = load_file(str(out / "model.safetensors"))
+        assert manifest(out)["recipe"]["alpha_cos"] == float(alpha)
+    top = [k for k in students["0"] if "encoder.layer.1." in k]          # the trained top layer
+    assert top
+    assert any(not torch.equal(students["0"][k], students["0.5"][k]) for k in top)

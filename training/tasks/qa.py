@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 
 from inference.tasks.qa import encode_qa  # the serving windowing: one definition for both sides
 from training.data import QAExample, load_squad_articles, sha256_file, split_articles, squad_examples
-from training.engine import Batch, cache_hidden, make_batches, run_top, train_loop
+from training.engine import Batch, cache_hidden, drop_keys, make_batches, run_top, train_loop
 from training.losses import qa_loss
 from training.manifest import describe, save_model
 from training.modeling import freeze_below, load_model, num_layers
@@ -110,9 +110,10 @@ def span_loss(recipe: QARecipe, model: PreTrainedModel, batch: Batch, first_top:
     out = run_top(model, batch, first_top, key)                         # start/end_logits [batch, seq]
     targets = None if teacher else (batch["t_start_logits"], batch["t_end_logits"])
     alphas = ({"alpha_kd": 0.0, "alpha_ce": 1.0} if teacher
-              else {"alpha_kd": recipe.alpha_kd, "alpha_ce": recipe.alpha_ce})
+              else {"alpha_kd": recipe.alpha_kd, "alpha_ce": recipe.alpha_ce, "alpha_cos": recipe.alpha_cos})
+    hidden = (out.hidden_states[-1], batch["t_last"], batch["attention_mask"]) if "t_last" in batch else None
     return qa_loss((out.start_logits, out.end_logits), targets, (batch["start"], batch["end"]), batch["span_mask"],
-                   temperature=recipe.temperature, **alphas)
+                   temperature=recipe.temperature, hidden=hidden, **alphas)
 
 
 def train_teacher(recipe: QARecipe, out: Path, name: str) -> tuple[PreTrainedModel, list[Batch]]:
@@ -156,13 +157,14 @@ def distil_student(recipe: QARecipe, teacher_dir: Path, out: Path, name: str, te
     batches = ckpt.batches(lambda: cached + to_batches(window_tokenizer(tokenizer), examples[seen: recipe.student_rows],
                                                        recipe, tokenizer.pad_token_id)[0])
     first_top = num_layers(teacher) - recipe.teacher_train_top
-    teacher_outputs(teacher, batches, first_top, keep_hidden=False, desc="qa teacher span logits (once)")
+    teacher_outputs(teacher, batches, first_top, keep_hidden=recipe.alpha_cos > 0, desc="qa teacher span logits (once)")
 
     student, layer_map, s_first, params = student_for(recipe, teacher, batches, "qa student")
     ckpt.keep(batches)
     result = train_loop(student, params, batches, lambda m, b: span_loss(recipe, m, b, s_first, "s_hidden", False),
                         epochs=recipe.student_epochs, lr=recipe.student_lr, max_seconds=recipe.student_max_s,
                         seed=recipe.seed, desc=f"{name}: distil", checkpoint=ckpt, dropout=recipe.student_dropout)
+    drop_keys(batches, "t_last")
     rows = sum(len(b["start"]) for b in batches)
     fields = manifest_fields(recipe, name=name, role="student", data=[{**record, "rows": rows}], result=result,
                              seconds=clock.seconds(), teacher=teacher_name, layer_map=layer_map,
