@@ -52,7 +52,7 @@ from benchmarks.harness import (
     run_load,
     served_models,
 )
-from inference.backends import load_backend
+from inference.backends import KINDS, load_backend
 from inference.modelfolder import read_spec
 from inference.pipelines import ClassifyItem, EmbedItem, QAItem, concurrent_throughput, make_pipeline, run_once
 
@@ -267,7 +267,7 @@ def mixed_rounds(args: argparse.Namespace, model_dir: Path, task: str, name: str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", required=True, help="a model folder (manifest or plain HF) with ONNX files")
-    parser.add_argument("--backend", default="onnx", choices=["onnx", "onnx-int8", "torch"])
+    parser.add_argument("--backend", default="onnx", choices=KINDS)
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: runtime's)")
     parser.add_argument("--device", default="cpu",
                         help="torch backend only: cpu | cuda (server gets DISTILSERVE_DEVICE)")

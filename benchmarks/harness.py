@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, Self
 
+from inference.backends import KINDS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SENTENCES = [
@@ -240,5 +242,5 @@ def add_pair_options(parser: Any) -> None:
     parser.add_argument("--tiny", action="store_true", help="build the test suite's tiny models and use those")
     parser.add_argument("--teacher", help="teacher folder (with --student: overrides --models-dir)")
     parser.add_argument("--student", help="student folder")
-    parser.add_argument("--backend", default="onnx", choices=["onnx", "onnx-int8", "torch"])
+    parser.add_argument("--backend", default="onnx", choices=KINDS)
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads per model (default: runtime's)")

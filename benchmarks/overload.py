@@ -47,6 +47,7 @@ from benchmarks.harness import (
     rss_mib,
     served_models,
 )
+from inference.backends import KINDS
 
 
 @dataclass(slots=True)
@@ -256,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, required=True,
                         help="one model folder (manifest or plain HF) to serve")
-    parser.add_argument("--backend", default="onnx", choices=["onnx", "onnx-int8", "torch"])
+    parser.add_argument("--backend", default="onnx", choices=KINDS)
     parser.add_argument("--port", type=int, default=18241)
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of the overload phase")
     parser.add_argument("--capacity-seconds", type=float, default=8.0,

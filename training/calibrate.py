@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from inference.backends import KINDS
 from inference.cascade import CONFIDENCES, Calibration, calibrate, confidence, sweep
 from inference.modelfolder import read_spec
 from training.evaluate import data_source, evaluate_model, parse_articles
@@ -105,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--articles", help="SQuAD articles of --data as a slice '26:30' or a list")
     parser.add_argument("--models", type=Path, default=models_dir(),
                         help="model repository (env DISTILSERVE_MODELS_DIR)")
-    parser.add_argument("--backend", default="onnx", choices=("torch", "onnx", "onnx-int8"))
+    parser.add_argument("--backend", default="onnx", choices=KINDS)
     parser.add_argument("--tolerance", type=float, default=0.3, help="points below the teacher the cascade may be")
     parser.add_argument("--limit", type=int, help="first N items of the split only")
     parser.add_argument("--curve", type=Path, help="write the threshold curve as JSON here")

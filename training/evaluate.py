@@ -17,7 +17,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from inference.backends import load_backend
+from inference.backends import KINDS, load_backend
 from inference.evaluation import Served, serve
 from inference.modelfolder import read_spec
 from inference.pipelines import make_pipeline
@@ -154,7 +154,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "  python -m training evaluate models/squad-quick-student --backend onnx-int8 "
                          "--data ../shared/data/squad/squad-v1.1-dev-articles-00-37.json --articles 30:38")
     parser.add_argument("model_dir", type=Path)
-    parser.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8"))
+    parser.add_argument("--backend", default="torch", choices=KINDS)
     parser.add_argument("--data", type=data_source, required=True,
                         help="TSV/CSV/JSONL (text,label), STS-B TSV, SQuAD JSON, or a hub dataset "
                         "hf:<dataset>[:<config>][@<split>] (e.g. hf:glue:sst2@validation)")

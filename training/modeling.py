@@ -23,6 +23,8 @@ from transformers import (
     PreTrainedModel,
 )
 
+from inference.backends.torch import linear_weights_to
+
 _COMPUTE_DTYPE: torch.dtype | None = None  # None: plain fp32; else the CPU autocast dtype
 
 
@@ -64,10 +66,8 @@ def inference_copy(model: PreTrainedModel) -> PreTrainedModel:
     them lost 4 F1 on validation (59.5 against 63.7)."""
     if _COMPUTE_DTYPE is None:
         return model
-    copied = copy.deepcopy(model).eval()
-    for module in copied.modules():
-        if isinstance(module, nn.Linear):
-            module.to(_COMPUTE_DTYPE)
+    copied = linear_weights_to(copy.deepcopy(model).eval(), _COMPUTE_DTYPE)
+    assert isinstance(copied, PreTrainedModel)
     return copied
 
 
@@ -148,7 +148,7 @@ def layer_range(model: PreTrainedModel, start: int, end: int) -> Iterator[PreTra
     """
     owner, attr = stack_of(model)
     base = base_of(model)
-    layers, embeddings = getattr(owner, attr), base.embeddings
+    layers, embeddings = getattr(owner, attr), base.get_submodule("embeddings")
     if not 0 <= start < end <= len(layers):
         raise ValueError(f"bad layer range [{start}, {end}) of a {len(layers)}-layer model")
     setattr(owner, attr, nn.ModuleList(list(layers)[start:end]))

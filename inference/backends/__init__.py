@@ -13,7 +13,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 TASKS: tuple[str, ...] = ("classification", "qa", "embedding")
-KINDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
+KINDS: tuple[str, ...] = ("torch", "torch-bf16", "onnx", "onnx-int8")
+TORCH_KINDS: tuple[str, ...] = ("torch", "torch-bf16")
 ONNX_FILES: dict[str, str] = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 TORCH_WEIGHT_FILES: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
 OUTPUT_NAMES: dict[str, tuple[str, ...]] = {
@@ -43,7 +44,7 @@ def available_kinds(model_dir: Path) -> list[str]:
     """Backends a folder has files for, in `KINDS` order; used to decide what to serve."""
     kinds = []
     if any((model_dir / f).is_file() for f in TORCH_WEIGHT_FILES):
-        kinds.append("torch")
+        kinds += list(TORCH_KINDS)
     kinds += [k for k, f in ONNX_FILES.items() if (model_dir / f).is_file()]
     return kinds
 
@@ -62,14 +63,16 @@ def load_backend(
     `model_dir` may also be a Hugging Face hub id for the torch backend (downloaded by
     transformers). `threads` sets intra-op threads (None: the runtime's default);
     `graph_optimization` and `spinning` (ORT thread spin-waiting) apply to ONNX only;
-    `device` ("cpu", "cuda", "cuda:1") applies to torch only.
+    `device` ("cpu", "cuda", "cuda:1") applies to torch only. `torch-bf16` is the torch model
+    with its Linear weights in bfloat16, run under autocast: on CPUs that multiply bf16 in
+    hardware (AMX) about 3x ONNX Runtime's fp32 speed on long inputs, at bf16's precision.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-    if kind == "torch":
+    if kind in TORCH_KINDS:
         from inference.backends.torch import TorchBackend
 
-        return TorchBackend(model_dir, task, threads, device)
+        return TorchBackend(model_dir, task, threads, device, bf16=kind == "torch-bf16")
     if kind in ONNX_FILES:
         from inference.backends.onnx import OnnxBackend
 
@@ -88,6 +91,7 @@ __all__ = [
     "ONNX_FILES",
     "OUTPUT_NAMES",
     "TASKS",
+    "TORCH_KINDS",
     "available_kinds",
     "load_backend",
 ]

@@ -45,3 +45,27 @@ async def test_embedding_torch_vs_onnx(client) -> None:
     np.testing.assert_allclose(vectors[""], vectors["@torch"], atol=FP32_TOL)
     cosine = (vectors[""] * vectors["@onnx-int8"]).sum(axis=1)
     assert cosine.min() > 0.99
+
+
+async def test_torch_bf16_serves_the_fp32_answers_at_bf16_precision(model_repo) -> None:
+    """`torch-bf16` (Linear weights bf16 under autocast) is a backend of its own: named in the
+    response and /models, numbers within bf16's precision of fp32 torch (served first, under the
+    plain names)."""
+    from app.settings import Settings
+    from tests.conftest import serve
+
+    async with serve(Settings(models_dir=model_repo, backends=["torch", "torch-bf16"], threads=1)) as client:
+        served = (await client.get("/models")).json()
+        assert {(m["name"], m["backend"]) for m in served["models"]} >= {
+            ("sst2-teacher@torch-bf16", "torch-bf16"), ("embed-student@torch-bf16", "torch-bf16")}
+        scores = {}
+        for suffix in ("", "@torch-bf16"):
+            body = await _post(client, "/classify", {"inputs": TEXTS, "top_k": None, "model": "sst2-teacher" + suffix})
+            assert body["model"] == "sst2-teacher" + suffix
+            scores[suffix] = [{d["label"]: d["score"] for d in r} for r in body["results"]]
+        for fp32, bf16 in zip(scores[""], scores["@torch-bf16"], strict=True):
+            assert bf16 == pytest.approx(fp32, abs=0.02)
+            assert bf16 != fp32  # computed in bf16, not silently in fp32
+        vectors = [np.array((await _post(client, "/embed", {"inputs": TEXTS, "model": "embed-teacher" + suffix})
+                             )["embeddings"]) for suffix in ("", "@torch-bf16")]
+        assert (vectors[0] * vectors[1]).sum(axis=1).min() > 0.995
