@@ -50,7 +50,7 @@ class BackendLoader(Protocol):
 
     def __call__(
         self, model_dir: Path | str, task: str, kind: str, threads: int | None = None,
-        graph_optimization: str = "all", spinning: bool = False, device: str = "cpu",
+        graph_optimization: str = "all", spinning: bool = False, device: str = "cpu", torch_thread: bool = False,
     ) -> Backend: ...
 
 
@@ -130,6 +130,7 @@ def build(
         settings.graph_optimization,
         settings.ort_spinning,
         settings.device,
+        torch_thread=True,  # every torch model's calls on one thread: one OpenMP team
     )
     pipeline, pad = make_pipeline(spec)
     if settings.warmup:

@@ -57,6 +57,7 @@ def load_backend(
     graph_optimization: str = "all",
     spinning: bool = False,
     device: str = "cpu",
+    torch_thread: bool = False,
 ) -> Backend:
     """Load `model_dir` for `task` on runtime `kind`.
 
@@ -65,14 +66,16 @@ def load_backend(
     `graph_optimization` and `spinning` (ORT thread spin-waiting) apply to ONNX only;
     `device` ("cpu", "cuda", "cuda:1") applies to torch only. `torch-bf16` is the torch model
     with its Linear weights in bfloat16, run under autocast: on CPUs that multiply bf16 in
-    hardware (AMX) about 3x ONNX Runtime's fp32 speed on long inputs, at bf16's precision.
+    hardware (AMX) 1.5-1.9x ONNX Runtime's fp32 speed on long inputs, at bf16's precision.
+    `torch_thread`: on CPU, torch loads and runs on the process's one torch thread (the service
+    sets it; see `inference.backends.torch.one_thread`).
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     if kind in TORCH_KINDS:
         from inference.backends.torch import TorchBackend
 
-        return TorchBackend(model_dir, task, threads, device, bf16=kind == "torch-bf16")
+        return TorchBackend(model_dir, task, threads, device, bf16=kind == "torch-bf16", shared_thread=torch_thread)
     if kind in ONNX_FILES:
         from inference.backends.onnx import OnnxBackend
 

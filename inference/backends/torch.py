@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,30 +35,60 @@ def linear_weights_to(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Mo
     return model
 
 
+_ONE_THREAD: list[ThreadPoolExecutor] = []
+
+
+def one_thread() -> ThreadPoolExecutor:
+    """The process's one thread for torch CPU work (created on first use).
+
+    Why: every thread that runs a torch CPU op gets its own OpenMP team, and once the teams hold
+    more threads than there are cores, GNU OpenMP stops spin-waiting between parallel regions. On
+    2 cores, the QA student's 18 windows called one at a time from the batcher's thread took
+    1,176 ms after the model had been loaded and warmed on the main thread, against 803 ms when
+    one thread did everything. A server that loads on one thread and computes on others (several
+    torch models, a worker each) loses that much on every call; running all of it on this thread
+    keeps one team. Training does not use it: its loops run on the main thread."""
+    if not _ONE_THREAD:
+        _ONE_THREAD.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch-cpu"))
+    return _ONE_THREAD[0]
+
+
 class TorchBackend:
     """Runs the Hugging Face model under `torch.inference_mode`, same output names as ONNX;
-    with `bf16`, its Linear layers in bfloat16 under autocast (kind `torch-bf16`)."""
+    with `bf16`, its Linear layers in bfloat16 under autocast (kind `torch-bf16`); with
+    `shared_thread` on CPU, loading and every call run on `one_thread()` (the service's choice)."""
 
     def __init__(
-        self, source: Path | str, task: str, threads: int | None, device: str = "cpu", bf16: bool = False
+        self, source: Path | str, task: str, threads: int | None, device: str = "cpu", bf16: bool = False,
+        shared_thread: bool = False,
     ) -> None:
-        if threads:
-            torch.set_num_threads(threads)
         self.task = task
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"device {device!r} asked for, but torch sees no CUDA device")
-        model_cls = getattr(transformers, _MODEL_CLASSES[task])
-        self.model: Any = model_cls.from_pretrained(str(source)).eval().to(self.device)
         self.kind = "torch-bf16" if bf16 else "torch"
         self.bf16 = bf16
-        if bf16:
-            linear_weights_to(self.model, torch.bfloat16)
+        self.runner = one_thread() if shared_thread and self.device.type == "cpu" else None
+        self.model: Any = self._run(self._load, source, threads)
         params = inspect.signature(self.model.forward).parameters
         self.input_names: tuple[str, ...] = tuple(n for n in _INPUTS if n in params)
         self.output_names = OUTPUT_NAMES[task]
 
+    def _run(self, function: Any, *args: Any) -> Any:
+        return function(*args) if self.runner is None else self.runner.submit(function, *args).result()
+
+    def _load(self, source: Path | str, threads: int | None) -> Any:
+        if threads:
+            torch.set_num_threads(threads)
+        model = getattr(transformers, _MODEL_CLASSES[self.task]).from_pretrained(str(source)).eval().to(self.device)
+        return linear_weights_to(model, torch.bfloat16) if self.bf16 else model
+
     def forward(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """On the shared thread when there is one (see `one_thread`)."""
+        result: dict[str, np.ndarray] = self._run(self._forward, inputs)
+        return result
+
+    def _forward(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Feed only the inputs the architecture takes; return float32 numpy."""
         feeds = {
             n: torch.from_numpy(np.ascontiguousarray(inputs[n], dtype=np.int64)).to(self.device)

@@ -3,6 +3,8 @@ probabilities and embeddings; int8: same labels/answers, embeddings at cosine > 
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -69,3 +71,5 @@ async def test_torch_bf16_serves_the_fp32_answers_at_bf16_precision(model_repo) 
         vectors = [np.array((await _post(client, "/embed", {"inputs": TEXTS, "model": "embed-teacher" + suffix})
                              )["embeddings"]) for suffix in ("", "@torch-bf16")]
         assert (vectors[0] * vectors[1]).sum(axis=1).min() > 0.995
+        # every torch model of the process loads and runs on one thread (one OpenMP team)
+        assert [t.name for t in threading.enumerate() if t.name.startswith("torch-cpu")] == ["torch-cpu_0"]
