@@ -65,8 +65,8 @@ def load_backend(
     transformers). `threads` sets intra-op threads (None: the runtime's default);
     `graph_optimization` and `spinning` (ORT thread spin-waiting) apply to ONNX only;
     `device` ("cpu", "cuda", "cuda:1") applies to torch only. `torch-bf16` is the torch model
-    with its Linear weights in bfloat16, run under autocast: on CPUs that multiply bf16 in
-    hardware (AMX) 1.5-1.9x ONNX Runtime's fp32 speed on long inputs, at bf16's precision.
+    with its Linear weights in bfloat16, run under autocast: on the 2-core AMX Xeon 2.0-2.3x
+    ONNX Runtime's fp32 speed (README, Benchmarks), at bf16's precision.
     `torch_thread`: on CPU, torch loads and runs on the process's one torch thread (the service
     sets it; see `inference.backends.torch.one_thread`).
     """

@@ -35,6 +35,14 @@ def linear_weights_to(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Mo
     return model
 
 
+# bf16 on CPU: a model call's padded tokens at most (whole rows, at least one). On the 2-core
+# AMX Xeon (2026-12-06) the 6-layer QA student's cost per row was least at about 512 tokens a
+# call at every length: 16 rows of 384 tokens 159 -> 86 ms a row, of 256 tokens 81 -> 48, 32 rows
+# of 128 tokens 25 -> 17; past that the activations outgrow the core's cache. torch fp32 gained
+# on long rows and lost on short ones (18 x 256 tokens 2,248 -> 1,828 ms at 512; 32 x 64 tokens
+# 709 -> 758) and ONNX Runtime at most 12%, so only bf16 slices.
+BF16_CPU_CALL_TOKENS = 512
+
 _ONE_THREAD: list[ThreadPoolExecutor] = []
 
 
@@ -85,8 +93,17 @@ class TorchBackend:
 
     def forward(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """On the shared thread when there is one (see `one_thread`)."""
-        result: dict[str, np.ndarray] = self._run(self._forward, inputs)
+        result: dict[str, np.ndarray] = self._run(self._sliced, inputs)
         return result
+
+    def _sliced(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """bf16 on CPU: the batch in slices of at most BF16_CPU_CALL_TOKENS padded tokens."""
+        rows, width = np.shape(inputs["input_ids"])
+        step = max(1, BF16_CPU_CALL_TOKENS // max(1, width))
+        if not (self.bf16 and self.device.type == "cpu") or step >= rows:
+            return self._forward(inputs)
+        parts = [self._forward({k: v[i : i + step] for k, v in inputs.items()}) for i in range(0, rows, step)]
+        return {name: np.concatenate([p[name] for p in parts]) for name in self.output_names}
 
     def _forward(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Feed only the inputs the architecture takes; return float32 numpy."""
