@@ -108,18 +108,17 @@ def export_fp32(model: PreTrainedModel, task: str, path: Path) -> None:
 
 # --- parity + manifest ---------------------------------------------------------------------
 
-def check_file(out_dir: Path, file: str, spec: Any, reference: Outputs, got: Outputs,
-               tolerance: dict[str, float]) -> dict:
-    """Compare `file`'s outputs (`got`, run through the ONNX serving backend) with `reference`;
-    the manifest entry."""
-    precision = "int8" if file == INT8_FILE else "fp32"
+def check_file(out_dir: Path, file: str, precision: str, spec: Any, reference: Outputs, got: Outputs,
+               tolerance: dict[str, float]) -> tuple[dict, list[tuple[str, float, float]]]:
+    """Compare `file`'s outputs (`got`, run through the ONNX serving backend) with `reference`:
+    the manifest entry and the tolerances it breaches."""
     figures = compare(spec.task, reference, got)
     bad = breaches(figures, tolerance)
     entry = {"precision": precision, "parity": {**figures, "ok": not bad}, "tolerance": tolerance,
              "opset": OPSET, "exporter": "torch.onnx (TorchScript, dynamo=False)",
              "size_bytes": (out_dir / file).stat().st_size}
     log.info("%s parity: %s", file, json.dumps(entry["parity"]))
-    return entry
+    return entry, bad
 
 
 def plain_manifest(model_dir: Path, out_dir: Path, task: str, model: PreTrainedModel) -> dict:
@@ -315,9 +314,9 @@ def _check_and_record(out_dir: Path, file: str, spec: Any, reference: Outputs, g
     and raise."""
     precision = "int8" if file == INT8_FILE else "fp32"
     tolerance = _tolerance(precision, spec.task, tolerances)
-    entry = check_file(out_dir, file, spec, reference, got, tolerance)
-    entry["scheme"] = SCHEMES[scheme][1] if entry["precision"] == "int8" else "fp32 (no quantisation)"
-    if entry["precision"] == "int8":
+    entry, bad = check_file(out_dir, file, precision, spec, reference, got, tolerance)
+    entry["scheme"] = SCHEMES[scheme][1] if precision == "int8" else "fp32 (no quantisation)"
+    if precision == "int8":
         entry["scheme_name"] = scheme
         if tried:
             entry["schemes_tried"] = list(tried)  # faster candidates that failed parity
@@ -325,7 +324,6 @@ def _check_and_record(out_dir: Path, file: str, spec: Any, reference: Outputs, g
     manifest.setdefault("onnx", {})[file] = entry
     manifest["versions"] = {**manifest.get("versions", {}), **versions()}
     write_manifest(out_dir, manifest)
-    bad = breaches(entry["parity"], entry["tolerance"])
     if bad:
         (out_dir / file).unlink(missing_ok=True)
         raise ExportParityError(file, *bad[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,9 +44,7 @@ def linear_weights_to(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Mo
 # 709 -> 758) and ONNX Runtime at most 12%, so only bf16 slices.
 BF16_CPU_CALL_TOKENS = 512
 
-_ONE_THREAD: list[ThreadPoolExecutor] = []
-
-
+@functools.cache
 def one_thread() -> ThreadPoolExecutor:
     """The process's one thread for torch CPU work (created on first use).
 
@@ -56,9 +55,7 @@ def one_thread() -> ThreadPoolExecutor:
     one thread did everything. A server that loads on one thread and computes on others (several
     torch models, a worker each) loses that much on every call; running all of it on this thread
     keeps one team. Training does not use it: its loops run on the main thread."""
-    if not _ONE_THREAD:
-        _ONE_THREAD.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch-cpu"))
-    return _ONE_THREAD[0]
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch-cpu")
 
 
 class TorchBackend:
@@ -76,7 +73,9 @@ class TorchBackend:
             raise RuntimeError(f"device {device!r} asked for, but torch sees no CUDA device")
         self.kind = "torch-bf16" if bf16 else "torch"
         self.bf16 = bf16
-        self.runner = one_thread() if shared_thread and self.device.type == "cpu" else None
+        on_cpu = self.device.type == "cpu"
+        self.runner = one_thread() if shared_thread and on_cpu else None
+        self.call_tokens = BF16_CPU_CALL_TOKENS if bf16 and on_cpu else None  # None: one call a batch
         self.model: Any = self._run(self._load, source, threads)
         params = inspect.signature(self.model.forward).parameters
         self.input_names: tuple[str, ...] = tuple(n for n in _INPUTS if n in params)
@@ -97,10 +96,10 @@ class TorchBackend:
         return result
 
     def _sliced(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """bf16 on CPU: the batch in slices of at most BF16_CPU_CALL_TOKENS padded tokens."""
+        """bf16 on CPU: the batch in slices of at most `call_tokens` padded tokens."""
         rows, width = np.shape(inputs["input_ids"])
-        step = max(1, BF16_CPU_CALL_TOKENS // max(1, width))
-        if not (self.bf16 and self.device.type == "cpu") or step >= rows:
+        step = rows if self.call_tokens is None else max(1, self.call_tokens // max(1, width))
+        if step >= rows:
             return self._forward(inputs)
         parts = [self._forward({k: v[i : i + step] for k, v in inputs.items()}) for i in range(0, rows, step)]
         return {name: np.concatenate([p[name] for p in parts]) for name in self.output_names}
