@@ -13,8 +13,9 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------------------------------------
-# base: interpreter, an unprivileged user and the /models mount point owned by it, so that an
-# empty named volume mounted there starts out writable by that user (Docker copies ownership).
+# base: interpreter, an unprivileged user and the /models and /var/lib/distilserve (remembered
+# model-worker choices) mount points owned by it, so that an empty named volume mounted there
+# starts out writable by that user (Docker copies ownership).
 FROM ${PYTHON_IMAGE} AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -25,8 +26,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     DISTILSERVE_MODELS_DIR=/models
 RUN groupadd --system --gid 10001 distilserve \
  && useradd --system --uid 10001 --gid distilserve --home-dir /srv/distilserve --shell /usr/sbin/nologin distilserve \
- && mkdir -p /models /srv/distilserve \
- && chown distilserve:distilserve /models /srv/distilserve
+ && mkdir -p /models /srv/distilserve /var/lib/distilserve \
+ && chown distilserve:distilserve /models /srv/distilserve /var/lib/distilserve
 WORKDIR /srv/distilserve
 
 # ---------------------------------------------------------------------------------------------

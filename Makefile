@@ -33,8 +33,11 @@ setup: $(VENV)/.dev $(VENV)/.weights
 models: setup
 	$(BIN)/python -m training build-defaults --recipe $(RECIPE)
 
+# The model-worker choice is measured at a model's first start on this machine and remembered:
+# later starts skip the measurement (a quarter of a MiniLM's cold start) and choose the same.
 serve: models
-	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) --no-access-log  # the service writes its own JSON access line
+	DISTILSERVE_MODEL_WORKERS_MEMORY=$${DISTILSERVE_MODEL_WORKERS_MEMORY-.cache/model-workers.json} \
+	  $(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) --no-access-log  # the service writes its own JSON access line
 
 # The tests use tiny models they build, and the one small pretrained model (MiniLM, 83 MB) that
 # `fetch-pretrained` is tested on.

@@ -284,6 +284,11 @@ class ModelInfo(BaseModel):
     model_workers: int | None = Field(
         default=None, description="model calls in flight at once (chosen at warm-up unless set)"
     )
+    startup_s: dict[str, float] = Field(
+        default_factory=dict,
+        description="seconds per start-up phase: load (backend + tokenizer), warm_up, model_workers (the choice), "
+        "calibrate (admission's service-time estimate)",
+    )
 
 
 class PairInfo(BaseModel):

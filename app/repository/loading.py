@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,21 @@ def all_specs(settings: Settings, skip: Collection[str] = (), missing: list[Mode
     return specs
 
 
+class Laps:
+    """Seconds per start-up phase of one model (backend and tokenizer load, warm-up, the
+    model-worker choice, admission calibration), shown on /models and logged: cold start is a
+    target per model, and a breakdown says which phase to make cheaper."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def __call__(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(now - self._last, 4)
+        self._last = now
+
+
 def build(
     spec: ModelSpec,
     name: str,
@@ -122,6 +138,7 @@ def build(
     loop: asyncio.AbstractEventLoop,
     load: BackendLoader = load_backend,
 ) -> ServedModel:
+    lap = Laps()
     backend = load(
         spec.path,
         spec.task,
@@ -133,14 +150,18 @@ def build(
         torch_thread=True,  # every torch model's calls on one thread: one OpenMP team
     )
     pipeline, pad = make_pipeline(spec)
+    lap("load")
     if settings.warmup:
         warm_up(pipeline, backend, pad, spec.task)
+    lap("warm_up")
     calls = choose_workers(pipeline, backend, pad, spec, name, kind, settings)
+    lap("model_workers")
     batcher = Batcher(pipeline, backend, batch_config(settings, calls), metric_labels(name, spec, kind), pad)
     if settings.warmup:
         batcher.calibrate(_WARMUP[spec.task])  # seeds the service-time estimate for admission
     batcher.start(loop)
-    model = ServedModel(name, spec, kind, backend, batcher)
+    lap("calibrate")
+    model = ServedModel(name, spec, kind, backend, batcher, startup_s=lap.seconds)
     register_model(
         name,
         spec.task,
@@ -200,6 +221,7 @@ async def load_all(settings: Settings, state: LoadState, source: BackendSource |
             continue
         models.append(model)
         log.info(
-            "serving %s (%s, %s, %s, %d model workers)", name, spec.task, spec.role, kind, model.batcher.config.workers
+            "serving %s (%s, %s, %s, %d model workers; start-up %s s)", name, spec.task, spec.role, kind,
+            model.batcher.config.workers, ", ".join(f"{k} {v:.3f}" for k, v in model.startup_s.items()),
         )
     return models

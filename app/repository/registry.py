@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +79,7 @@ class ServedModel:
     backend: Backend
     batcher: Batcher
     shadow: ShadowLink | None = None  # students with shadow traffic on: the link to their teacher
+    startup_s: dict[str, float] = field(default_factory=dict)  # seconds per start-up phase (loading.Laps)
 
     @property
     def labels(self) -> dict[str, str]:
@@ -96,7 +97,7 @@ class ServedModel:
             "max_length": s.max_length,
             "labels": [s.labels[k] for k in sorted(s.labels)] if s.labels else None,
             "quality": s.quality, "teacher": s.teacher, "student": s.student, "pair": s.pair,
-            "model_workers": self.batcher.config.workers,
+            "model_workers": self.batcher.config.workers, "startup_s": self.startup_s,
         }
 
 
