@@ -36,6 +36,18 @@ def hidden_cosine(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, ma
     return ((1.0 - cos) * weights).sum() / weights.sum().clamp(min=1.0)
 
 
+def mid_cosine(student_states: list[torch.Tensor], teacher_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over layer pairs of hidden_cosine: TinyBERT's intermediate-layer term, as cosine.
+
+    A student built from every other teacher layer starts with each layer fed what the teacher
+    layer below its source would have computed; matching the inputs layer by layer mends that
+    gap where the last-layer term alone leaves it to the task loss. student_states: one
+    [batch, seq, hidden] per pair; teacher_states: [pairs, batch, seq, hidden]; mask [batch, seq].
+    """
+    terms = [hidden_cosine(s, t, mask) for s, t in zip(student_states, teacher_states, strict=True)]
+    return torch.stack(terms).mean()
+
+
 def classification_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor | None,
@@ -81,14 +93,17 @@ def qa_loss(
     alpha_ce: float = 1.0,
     alpha_cos: float = 0.0,
     hidden: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    alpha_mid: float = 0.0,
+    mid: tuple[list[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """QA distillation: KL on start and on end logits (over positions) + CE on the gold span
     + alpha_cos * (1 - cosine) of the student's and teacher's last hidden states, as for
-    classification.
+    classification, + alpha_mid * mid_cosine of the intermediate layers.
 
     student/teacher: (start_logits, end_logits), each [batch, seq]; positions: gold token
     indices [batch]; mask [batch, seq] = positions allowed to be an answer; hidden: (student,
-    teacher [batch, seq, hidden], attention mask).
+    teacher [batch, seq, hidden], attention mask); mid: (student states, teacher states) as
+    mid_cosine takes them, masked by hidden's attention mask.
     """
     s_start, s_end = (masked_span_logits(x, mask) for x in student)
     total = s_start.new_zeros(())
@@ -103,6 +118,9 @@ def qa_loss(
     if alpha_cos and hidden is not None:
         cos = hidden_cosine(*hidden)
         total, parts["cos"] = total + alpha_cos * cos, cos.item()
+    if alpha_mid and mid is not None and hidden is not None:
+        term = mid_cosine(*mid, hidden[2])
+        total, parts["mid"] = total + alpha_mid * term, term.item()
     return total, parts
 
 

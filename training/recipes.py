@@ -41,6 +41,8 @@ class Common:
     alpha_kd: float = 1.0                 # weight of the soft-target KL(teacher || student) * T^2 term
     alpha_ce: float = 0.5                 # weight of the cross-entropy on gold labels (QA: on gold spans)
     alpha_cos: float = 0.0                # weight of the (1 - cosine) of student and teacher hidden states
+    alpha_mid: float = 0.0                # weight of the mean (1 - cosine) between each trained student layer's
+                                          # input and the input of the teacher layer it was copied from (TinyBERT)
     teacher_dropout: float | None = None  # dropout rate while the teacher trains (None: the base model's, 0.1)
     student_dropout: float | None = None  # dropout rate while the student distils (None: the teacher's config)
     skip_bad: bool = False                # skip malformed data rows (counted) instead of failing on the first

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.losses import classification_loss, embedding_loss, hidden_cosine, kd_kl, mean_pool, qa_loss
+from training.losses import classification_loss, embedding_loss, hidden_cosine, kd_kl, mean_pool, mid_cosine, qa_loss
 
 
 def test_kl_is_zero_when_student_equals_teacher() -> None:
@@ -74,6 +74,23 @@ def test_qa_loss_adds_the_hidden_state_cosine_when_asked() -> None:
     total, parts = qa_loss((start, end), (start, end), positions, mask, alpha_cos=0.5, hidden=hidden)
     assert parts["cos"] == pytest.approx(hidden_cosine(student, teacher, mask).item())
     assert total.item() == pytest.approx(plain.item() + 0.5 * parts["cos"], rel=1e-6)
+
+
+def test_the_intermediate_term_is_the_mean_cosine_gap_over_layer_pairs() -> None:
+    """alpha_mid adds mean over pairs of (1 - cos) on real tokens; padding takes no part."""
+    mask = torch.tensor([[1, 1, 0]])
+    near = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]])          # [batch, seq, hidden]
+    far = torch.tensor([[[0.0, 1.0], [0.0, 1.0], [1.0, -1.0]]])          # gaps 1, 0 (and padding)
+    teacher = torch.stack([near, near])                                  # [pairs, batch, seq, hidden]
+    assert mid_cosine([near, near], teacher, mask).item() == pytest.approx(0.0, abs=1e-6)
+    assert mid_cosine([near, far], teacher, mask).item() == pytest.approx((0.0 + (1.0 + 0.0) / 2) / 2)
+    start = end = torch.zeros(1, 3)
+    positions = (torch.tensor([0]), torch.tensor([1]))
+    plain, _ = qa_loss((start, end), None, positions, mask, hidden=(near, near, mask))
+    total, parts = qa_loss((start, end), None, positions, mask, hidden=(near, near, mask), alpha_mid=2.0,
+                           mid=([near, far], teacher))
+    assert parts["mid"] == pytest.approx(0.25)
+    assert total.item() == pytest.approx(plain.item() + 2.0 * 0.25)
 
 
 def test_embedding_losses_and_mean_pool() -> None:

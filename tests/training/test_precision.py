@@ -65,23 +65,28 @@ def test_the_bf16_copy_gives_autocasts_outputs_exactly_and_leaves_the_model_alon
     assert inference_copy(model) is model                                # fp32: no copy
 
 
-def test_a_qa_student_distils_with_the_hidden_state_cosine(tmp_path: Path, tiny_bases: dict,
-                                                           tiny_data: dict) -> None:
-    """alpha_cos reaches QA distillation too (DistilBERT's third term): it changes what the
-    student learns, and its recipe records it."""
+def test_a_qa_student_distils_with_the_hidden_state_terms(tmp_path: Path, tiny_bases: dict,
+                                                          tiny_data: dict) -> None:
+    """alpha_cos (DistilBERT's third term) and alpha_mid (TinyBERT's intermediate layers) reach
+    QA distillation: each changes what the student learns, and its recipe records it. alpha_mid
+    matches the input of the student's second layer to that of its source, teacher layer 2."""
     data = tiny_data["squad"]
     tiny_qa = [item for item in TINY if not item.startswith("min_words")]  # a classification field
     sets = [arg for item in [*tiny_qa, "heldout_articles=1", "max_length=40", "doc_stride=16",
-                             "serve_max_length=64", "precision=bf16"] for arg in ("--set", item)]
+                             "serve_max_length=64", "precision=bf16", "student_train_top=2"] for arg in ("--set", item)]
     cli("train", "--task", "qa", "--data", str(data), "--base", str(tiny_bases["mpnet"]), "--out",
         str(tmp_path / "teacher"), *sets, cache=tmp_path)
     students = {}
-    for alpha in ("0", "0.5"):
-        out = tmp_path / f"student-{alpha}"
+    variants = {"plain": ["alpha_cos=0"], "cos": ["alpha_cos=0.5"], "mid": ["alpha_cos=0", "alpha_mid=1.0"]}
+    for name, extra in variants.items():
+        out = tmp_path / f"student-{name}"
         cli("distil", "--task", "qa", "--data", str(data), "--teacher", str(tmp_path / "teacher"), "--out", str(out),
-            *sets, "--set", f"alpha_cos={alpha}", cache=tmp_path)
-        students[alpha] = load_file(str(out / "model.safetensors"))
-        assert manifest(out)["recipe"]["alpha_cos"] == float(alpha)
-    top = [k for k in students["0"] if "encoder.layer.1." in k]          # the trained top layer
-    assert top
-    assert any(not torch.equal(students["0"][k], students["0.5"][k]) for k in top)
+            *sets, *[arg for item in extra for arg in ("--set", item)], cache=tmp_path)
+        students[name] = load_file(str(out / "model.safetensors"))
+        recipe = manifest(out)["recipe"]
+        assert (recipe["alpha_cos"], recipe["alpha_mid"]) == {"plain": (0, 0), "cos": (0.5, 0), "mid": (0, 1.0)}[name]
+    for layer in ("0", "1"):  # both student layers train; the mid term reaches the first one's output
+        keys = [k for k in students["plain"] if f"encoder.layer.{layer}." in k]
+        assert keys
+        assert any(not torch.equal(students["plain"][k], students["cos"][k]) for k in keys)
+        assert any(not torch.equal(students["plain"][k], students["mid"][k]) for k in keys)

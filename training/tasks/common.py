@@ -59,26 +59,40 @@ def start(recipe: Common, base: str | Path | None = None) -> tuple[str, PreTrain
 
 @torch.no_grad()
 def teacher_outputs(teacher: PreTrainedModel, batches: list[Batch], first_top: int, keep_hidden: bool,
-                    desc: str) -> None:
+                    desc: str, mid_layers: Sequence[int] = ()) -> None:
     """Teacher outputs, computed once per example and stored in each batch (``t_*`` keys).
 
     A batch that still holds the teacher's cached lower layers (``t_hidden``) only runs the top
-    ``first_top..n`` layers; others run the whole teacher; one that holds the outputs already
-    (restored from a checkpoint) is skipped.
+    ``first_top..n`` layers, unless ``mid_layers`` (teacher hidden-state indices kept in
+    ``t_mid`` for alpha_mid) reach below them; others run the whole teacher; one that holds the
+    outputs already (restored from a checkpoint) is skipped.
     """
     teacher.eval()
     n = num_layers(teacher)
-    todo = [b for b in batches if not (TEACHER_KEYS & set(b)) or (keep_hidden and "t_last" not in b)]
+    todo = [b for b in batches if not (TEACHER_KEYS & set(b)) or (keep_hidden and "t_last" not in b)
+            or (mid_layers and "t_mid" not in b)]
     runner = inference_copy(teacher) if todo else teacher
     for batch in tqdm(todo, desc=desc, unit="batch", leave=False):
-        cached = "t_hidden" in batch
-        out = forward_range(runner, first_top if cached else 0, n, batch, hidden=batch.get("t_hidden"))
+        first = first_top if "t_hidden" in batch and min(mid_layers, default=n) >= first_top else 0
+        out = forward_range(runner, first, n, batch, hidden=batch.get("t_hidden") if first else None)
         for key in ("logits", "start_logits", "end_logits"):
             if getattr(out, key, None) is not None:
                 batch[f"t_{key}"] = out[key]
         if keep_hidden:
             batch["t_last"] = out.hidden_states[-1].to(torch.float16)  # [batch, seq, hidden]
+        if mid_layers:  # hidden_states[j] is the input of teacher layer first + j
+            batch["t_mid"] = torch.stack([out.hidden_states[m - first] for m in mid_layers]).to(torch.float16)
         batch.pop("t_hidden", None)
+
+
+def mid_pairs(recipe: Common, teacher: PreTrainedModel) -> list[tuple[int, int]]:
+    """(student layer k, teacher layer layer_map[k]) whose inputs alpha_mid matches: every trained
+    student layer but the first (its input is the embeddings, which both share); none when off."""
+    if not recipe.alpha_mid:
+        return []
+    layer_map = layer_map_for(recipe, teacher)
+    first = len(layer_map) - recipe.student_train_top
+    return [(k, layer_map[k]) for k in range(max(1, first + 1), len(layer_map))]
 
 
 def manifest_fields(recipe: Recipe, *, name: str, role: str, data: list[dict], result: LoopResult | None,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from training.tasks.common import (
     Clock,
     data_path,
     manifest_fields,
+    mid_pairs,
     stage_checkpoint,
     start,
     student_for,
@@ -106,14 +109,18 @@ def window_tokenizer(tokenizer) -> Tokenizer:
 
 
 def span_loss(recipe: QARecipe, model: PreTrainedModel, batch: Batch, first_top: int, key: str,
-              teacher: bool) -> tuple[torch.Tensor, dict]:
+              teacher: bool, mid_layers: Sequence[int] = ()) -> tuple[torch.Tensor, dict]:
     out = run_top(model, batch, first_top, key)                         # start/end_logits [batch, seq]
     targets = None if teacher else (batch["t_start_logits"], batch["t_end_logits"])
     alphas = ({"alpha_kd": 0.0, "alpha_ce": 1.0} if teacher
               else {"alpha_kd": recipe.alpha_kd, "alpha_ce": recipe.alpha_ce, "alpha_cos": recipe.alpha_cos})
     hidden = (out.hidden_states[-1], batch["t_last"], batch["attention_mask"]) if "t_last" in batch else None
+    mid = None
+    if mid_layers:  # hidden_states[j] is the input of student layer first_top + j
+        mid = ([out.hidden_states[k - first_top] for k in mid_layers], batch["t_mid"])
+        alphas["alpha_mid"] = recipe.alpha_mid
     return qa_loss((out.start_logits, out.end_logits), targets, (batch["start"], batch["end"]), batch["span_mask"],
-                   temperature=recipe.temperature, hidden=hidden, **alphas)
+                   temperature=recipe.temperature, hidden=hidden, mid=mid, **alphas)
 
 
 def train_teacher(recipe: QARecipe, out: Path, name: str) -> tuple[PreTrainedModel, list[Batch]]:
@@ -157,14 +164,18 @@ def distil_student(recipe: QARecipe, teacher_dir: Path, out: Path, name: str, te
     batches = ckpt.batches(lambda: cached + to_batches(window_tokenizer(tokenizer), examples[seen: recipe.student_rows],
                                                        recipe, tokenizer.pad_token_id)[0])
     first_top = num_layers(teacher) - recipe.teacher_train_top
-    teacher_outputs(teacher, batches, first_top, keep_hidden=recipe.alpha_cos > 0, desc="qa teacher span logits (once)")
+    pairs = mid_pairs(recipe, teacher)
+    teacher_outputs(teacher, batches, first_top, keep_hidden=recipe.alpha_cos > 0 or bool(pairs),
+                    desc="qa teacher span logits (once)", mid_layers=[m for _, m in pairs])
 
     student, layer_map, s_first, params = student_for(recipe, teacher, batches, "qa student")
     ckpt.keep(batches)
-    result = train_loop(student, params, batches, lambda m, b: span_loss(recipe, m, b, s_first, "s_hidden", False),
+    loss = partial(span_loss, recipe, first_top=s_first, key="s_hidden", teacher=False,
+                   mid_layers=[k for k, _ in pairs])
+    result = train_loop(student, params, batches, lambda m, b: loss(m, b),
                         epochs=recipe.student_epochs, lr=recipe.student_lr, max_seconds=recipe.student_max_s,
                         seed=recipe.seed, desc=f"{name}: distil", checkpoint=ckpt, dropout=recipe.student_dropout)
-    drop_keys(batches, "t_last")
+    drop_keys(batches, "t_last", "t_mid")
     rows = sum(len(b["start"]) for b in batches)
     fields = manifest_fields(recipe, name=name, role="student", data=[{**record, "rows": rows}], result=result,
                              seconds=clock.seconds(), teacher=teacher_name, layer_map=layer_map,
