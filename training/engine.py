@@ -66,14 +66,22 @@ def make_batches(encoded: list[dict[str, list[int]]], batch_size: int, pad_id: i
 
 
 @torch.no_grad()
-def cache_hidden(model: PreTrainedModel, batches: list[Batch], upto: int, key: str, desc: str) -> None:
+def cache_hidden(model: PreTrainedModel, batches: list[Batch], upto: int, key: str, desc: str,
+                 also: Sequence[int] = (), also_key: str = "t_low") -> None:
     """Store the output of layers [0, upto) in ``batch[key]`` ([batch, seq, hidden]): run once
-    (batches that hold it already, restored from a checkpoint, are left as they are)."""
+    (batches that hold it already, restored from a checkpoint, are left as they are). ``also``:
+    hidden-state indices below ``upto`` kept too, stacked in ``batch[also_key]`` (fp16), for a
+    later stage that needs them (alpha_mid) and would otherwise run these layers again."""
     model.eval()
     todo = [batch for batch in batches if key not in batch]
     runner = inference_copy(model) if todo else model
     for batch in tqdm(todo, desc=desc, unit="batch", leave=False):
-        batch[key] = forward_range(runner, 0, upto, batch, head=False)
+        if not also:
+            batch[key] = forward_range(runner, 0, upto, batch, head=False)
+            continue
+        states = forward_range(runner, 0, upto, batch).hidden_states  # the head's output is not used
+        batch[key] = states[upto]
+        batch[also_key] = torch.stack([states[m] for m in also]).to(torch.float16)  # [len(also), batch, seq, hidden]
 
 
 def run_top(model: PreTrainedModel, batch: Batch, start: int, hidden_key: str):

@@ -66,3 +66,28 @@ def test_cached_lower_layers_give_the_full_forward(tiny_bases: dict, arch: str) 
         top = forward_range(model, 3, 4, batch, hidden=hidden).logits
     torch.testing.assert_close(top, full)
     assert len(layers(model)) == 4  # the split view is undone
+
+
+@pytest.mark.parametrize("arch", ["bert", "mpnet"])
+def test_intermediate_targets_are_the_same_from_the_teachers_cache(tiny_bases: dict, arch: str) -> None:
+    """alpha_mid's targets (the inputs of teacher layers 1, 2 and 3 of 4) are the same whether the
+    teacher stage's cache pass kept the lower ones or the distillation runs the whole teacher."""
+    from training.engine import cache_hidden, make_batches
+    from training.tasks.common import teacher_outputs
+
+    teacher = AutoModelForQuestionAnswering.from_pretrained(tiny_bases[arch]).eval()
+    rows = [{"input_ids": [2, 5 + i, 7, 9, 3][: 3 + i % 3], "attention_mask": [1] * (3 + i % 3)} for i in range(5)]
+    full, cached = make_batches(rows, 2, 0), make_batches(rows, 2, 0)
+    cache_hidden(teacher, cached, 2, "t_hidden", "cache", also=[1])          # teacher first trained layer: 2
+    assert all(b["t_low"].shape[0] == 1 for b in cached)
+    for batches in (full, cached):
+        teacher_outputs(teacher, batches, 2, keep_hidden=True, desc="teacher", mid_layers=[1, 2, 3])
+    for a, b in zip(full, cached, strict=True):
+        assert a["t_mid"].shape == (3, *a["input_ids"].shape, 32)          # [pairs, batch, seq, hidden]
+        torch.testing.assert_close(a["t_mid"], b["t_mid"], atol=2e-3, rtol=2e-3)
+        torch.testing.assert_close(a["t_start_logits"], b["t_start_logits"], atol=1e-4, rtol=1e-4)
+        assert not {"t_hidden", "t_low"} & set(b)                           # the caches are freed
+    with torch.no_grad():
+        states = teacher(input_ids=full[0]["input_ids"], attention_mask=full[0]["attention_mask"],
+                         output_hidden_states=True).hidden_states
+    torch.testing.assert_close(full[0]["t_mid"][1].float(), states[2], atol=2e-3, rtol=2e-3)

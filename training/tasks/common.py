@@ -63,26 +63,31 @@ def teacher_outputs(teacher: PreTrainedModel, batches: list[Batch], first_top: i
     """Teacher outputs, computed once per example and stored in each batch (``t_*`` keys).
 
     A batch that still holds the teacher's cached lower layers (``t_hidden``) only runs the top
-    ``first_top..n`` layers, unless ``mid_layers`` (teacher hidden-state indices kept in
-    ``t_mid`` for alpha_mid) reach below them; others run the whole teacher; one that holds the
-    outputs already (restored from a checkpoint) is skipped.
+    ``first_top..n`` layers; ``mid_layers`` (teacher hidden-state indices kept in ``t_mid`` for
+    alpha_mid) below them come from ``t_low``, which that cache pass kept, or else the batch runs
+    the whole teacher, as batches without the cache do; one that holds the outputs already
+    (restored from a checkpoint) is skipped.
     """
     teacher.eval()
     n = num_layers(teacher)
+    low = [m for m in mid_layers if m < first_top]  # kept by the teacher stage's cache pass, if it ran here
     todo = [b for b in batches if not (TEACHER_KEYS & set(b)) or (keep_hidden and "t_last" not in b)
             or (mid_layers and "t_mid" not in b)]
     runner = inference_copy(teacher) if todo else teacher
     for batch in tqdm(todo, desc=desc, unit="batch", leave=False):
-        first = first_top if "t_hidden" in batch and min(mid_layers, default=n) >= first_top else 0
-        out = forward_range(runner, first, n, batch, hidden=batch.get("t_hidden") if first else None)
+        cached = "t_hidden" in batch and (not low or "t_low" in batch)
+        first = first_top if cached else 0
+        out = forward_range(runner, first, n, batch, hidden=batch["t_hidden"] if cached else None)
         for key in ("logits", "start_logits", "end_logits"):
             if getattr(out, key, None) is not None:
                 batch[f"t_{key}"] = out[key]
         if keep_hidden:
             batch["t_last"] = out.hidden_states[-1].to(torch.float16)  # [batch, seq, hidden]
         if mid_layers:  # hidden_states[j] is the input of teacher layer first + j
-            batch["t_mid"] = torch.stack([out.hidden_states[m - first] for m in mid_layers]).to(torch.float16)
+            states = torch.stack([out.hidden_states[m - first] for m in mid_layers if m >= first]).to(torch.float16)
+            batch["t_mid"] = torch.cat([batch["t_low"], states]) if cached and low else states
         batch.pop("t_hidden", None)
+        batch.pop("t_low", None)
 
 
 def mid_pairs(recipe: Common, teacher: PreTrainedModel) -> list[tuple[int, int]]:

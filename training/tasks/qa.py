@@ -135,7 +135,8 @@ def train_teacher(recipe: QARecipe, out: Path, name: str) -> tuple[PreTrainedMod
     rows = sum(len(b["start"]) for b in batches)
     first_top = num_layers(model) - recipe.teacher_train_top
     if first_top > 0:  # full fine-tuning (train_top = all layers) caches nothing
-        cache_hidden(model, batches, first_top, "t_hidden", "qa teacher: frozen layers (once)")
+        low = [m for _, m in mid_pairs(recipe, model) if m < first_top]  # the student's alpha_mid targets
+        cache_hidden(model, batches, first_top, "t_hidden", "qa teacher: frozen layers (once)", also=low)
     ckpt.keep(batches)
     params = freeze_below(model, first_top)
     result = train_loop(model, params, batches, lambda m, b: span_loss(recipe, m, b, first_top, "t_hidden", True),
