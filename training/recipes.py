@@ -81,6 +81,8 @@ class QARecipe(Common):
     serve_max_length: int | None = 256    # window length the service (and evaluate) uses
     teacher_rows: int = 400               # training windows (each holds its answer)
     student_rows: int = 800               # teacher's windows + more, soft-labelled by the teacher
+    student_windows: str = "first"        # first | all: the student reads each question's first answer window,
+                                          # or every window holding its answer (other crops of the context)
     teacher_train_top: int = 3            # lr 5e-4 on the top 3: F1 34.8 vs 16.2 (lr 2e-4, top 2), same budget
     student_train_top: int = 2            # student layers trained (lower ones frozen + cached)
     teacher_lr: float = 5e-4              # the span head starts from scratch: it needs a high rate

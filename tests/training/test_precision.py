@@ -65,11 +65,12 @@ def test_the_bf16_copy_gives_autocasts_outputs_exactly_and_leaves_the_model_alon
     assert inference_copy(model) is model                                # fp32: no copy
 
 
-def test_a_qa_student_distils_with_the_hidden_state_terms(tmp_path: Path, tiny_bases: dict,
-                                                          tiny_data: dict) -> None:
+def test_a_qa_student_distils_with_the_hidden_state_terms_and_more_windows(tmp_path: Path, tiny_bases: dict,
+                                                                           tiny_data: dict) -> None:
     """alpha_cos (DistilBERT's third term) and alpha_mid (TinyBERT's intermediate layers) reach
     QA distillation: each changes what the student learns, and its recipe records it. alpha_mid
-    matches the input of the student's second layer to that of its source, teacher layer 2."""
+    matches the input of the student's second layer to that of its source, teacher layer 2.
+    student_windows=all adds the other windows that hold each answer."""
     data = tiny_data["squad"]
     tiny_qa = [item for item in TINY if not item.startswith("min_words")]  # a classification field
     sets = [arg for item in [*tiny_qa, "heldout_articles=1", "max_length=40", "doc_stride=16",
@@ -77,14 +78,19 @@ def test_a_qa_student_distils_with_the_hidden_state_terms(tmp_path: Path, tiny_b
     cli("train", "--task", "qa", "--data", str(data), "--base", str(tiny_bases["mpnet"]), "--out",
         str(tmp_path / "teacher"), *sets, cache=tmp_path)
     students = {}
-    variants = {"plain": ["alpha_cos=0"], "cos": ["alpha_cos=0.5"], "mid": ["alpha_cos=0", "alpha_mid=1.0"]}
+    variants = {"plain": ["alpha_cos=0"], "cos": ["alpha_cos=0.5"], "mid": ["alpha_cos=0", "alpha_mid=1.0"],
+                "all": ["alpha_cos=0", "student_windows=all", "max_length=16", "doc_stride=6"]}  # short: 2+ windows
+    rows = {}
     for name, extra in variants.items():
         out = tmp_path / f"student-{name}"
         cli("distil", "--task", "qa", "--data", str(data), "--teacher", str(tmp_path / "teacher"), "--out", str(out),
             *sets, *[arg for item in extra for arg in ("--set", item)], cache=tmp_path)
         students[name] = load_file(str(out / "model.safetensors"))
-        recipe = manifest(out)["recipe"]
-        assert (recipe["alpha_cos"], recipe["alpha_mid"]) == {"plain": (0, 0), "cos": (0.5, 0), "mid": (0, 1.0)}[name]
+        recipe, rows[name] = manifest(out)["recipe"], manifest(out)["data"][0]["rows"]
+        assert (recipe["alpha_cos"], recipe["alpha_mid"]) == {"plain": (0, 0), "cos": (0.5, 0), "mid": (0, 1.0),
+                                                             "all": (0, 0)}[name]
+    questions = manifest(tmp_path / "teacher")["data"][0]["rows"]
+    assert rows["plain"] == rows["cos"] == questions < rows["all"]      # one window a question, or every one
     for layer in ("0", "1"):  # both student layers train; the mid term reaches the first one's output
         keys = [k for k in students["plain"] if f"encoder.layer.{layer}." in k]
         assert keys

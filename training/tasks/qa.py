@@ -39,18 +39,20 @@ from training.tasks.common import (
 log = logging.getLogger(__name__)
 
 
-def answer_window(tokenizer: Tokenizer, example: QAExample, recipe: QARecipe) -> dict[str, Any] | None:
-    """The first window holding the gold answer, with its start/end token and context mask."""
+def answer_windows(tokenizer: Tokenizer, example: QAExample, recipe: QARecipe) -> list[dict[str, Any]]:
+    """Every window holding the whole gold answer, in context order, each with its start/end token
+    and context mask; none when the answer is cut off (over-long question)."""
     first, last = example.answer_start, example.answer_start + len(example.answers[0])
+    found = []
     for window in encode_qa(tokenizer, example.question, example.context, recipe.max_length, recipe.doc_stride):
         spans = window.offsets                                          # char span per token, None off-context
         starts = [i for i, o in enumerate(spans) if o and o[0] <= first < o[1]]
         ends = [i for i, o in enumerate(spans) if o and o[0] < last <= o[1]]
         if starts and ends and starts[0] <= ends[-1]:
-            return {"input_ids": window.ids, "attention_mask": [1] * len(window.ids),
-                    "token_type_ids": window.type_ids, "span_mask": [int(o is not None) for o in spans],
-                    "start": starts[0], "end": ends[-1]}
-    return None  # answer cut off (over-long question); counted by the caller
+            found.append({"input_ids": window.ids, "attention_mask": [1] * len(window.ids),
+                          "token_type_ids": window.type_ids, "span_mask": [int(o is not None) for o in spans],
+                          "start": starts[0], "end": ends[-1]})
+    return found
 
 
 def split(recipe: QARecipe) -> tuple[list[QAExample], dict]:
@@ -93,12 +95,15 @@ def _article_count(path: Path | str) -> int:
     return len(load_squad_articles(path)[0])
 
 
-def to_batches(tokenizer: Tokenizer, examples: list[QAExample], recipe: QARecipe,
-               pad_id: int) -> tuple[list[Batch], int]:
-    windows = [answer_window(tokenizer, e, recipe) for e in examples]
-    kept = [w for w in windows if w is not None]
-    if len(kept) < len(windows):
-        log.warning("qa: %d questions have no window holding their answer; not trained on", len(windows) - len(kept))
+def to_batches(tokenizer: Tokenizer, examples: list[QAExample], recipe: QARecipe, pad_id: int,
+               windows: str = "first", skip_first: bool = False) -> tuple[list[Batch], int]:
+    """Batches of each question's first answer window ('first') or of all its answer windows
+    ('all': the same answer in other crops of its context); skip_first leaves out the first ones
+    (already in the teacher's batches)."""
+    found = [answer_windows(tokenizer, e, recipe) for e in examples]
+    if missing := sum(not f for f in found):
+        log.warning("qa: %d questions have no window holding their answer; not trained on", missing)
+    kept = [w for f in found for w in f[int(skip_first): None if windows == "all" else 1]]
     extras = {"start": [w.pop("start") for w in kept], "end": [w.pop("end") for w in kept]}
     return make_batches(kept, recipe.batch_size, pad_id, extras), len(kept)
 
@@ -152,6 +157,19 @@ def train_teacher(recipe: QARecipe, out: Path, name: str) -> tuple[PreTrainedMod
     return model, batches
 
 
+def student_batches(tokenizer: Tokenizer, examples: list[QAExample], seen: int, recipe: QARecipe,
+                    pad_id: int) -> list[Batch]:
+    """The student's windows beyond the teacher's ``seen`` ones: the next questions', and with
+    student_windows 'all' the other answer windows of the questions the teacher trained on too."""
+    windows = recipe.student_windows
+    if windows not in ("first", "all"):
+        raise ValueError(f"student_windows must be 'first' or 'all', got {windows!r}")
+    more = to_batches(tokenizer, examples[seen: recipe.student_rows], recipe, pad_id, windows)[0]
+    if windows != "all" or not seen:
+        return more
+    return to_batches(tokenizer, examples[:seen], recipe, pad_id, windows, skip_first=True)[0] + more
+
+
 def distil_student(recipe: QARecipe, teacher_dir: Path, out: Path, name: str, teacher_name: str,
                    teacher: PreTrainedModel | None = None, cached: list[Batch] | None = None) -> PreTrainedModel:
     """Student learns the teacher's start/end distributions (KL) plus the gold span (CE)."""
@@ -162,8 +180,8 @@ def distil_student(recipe: QARecipe, teacher_dir: Path, out: Path, name: str, te
     cached = cached or []
     seen = sum(len(b["start"]) for b in cached)
     ckpt = stage_checkpoint(recipe, out, "student", teacher_dir)
-    batches = ckpt.batches(lambda: cached + to_batches(window_tokenizer(tokenizer), examples[seen: recipe.student_rows],
-                                                       recipe, tokenizer.pad_token_id)[0])
+    batches = ckpt.batches(lambda: cached + student_batches(window_tokenizer(tokenizer), examples, seen, recipe,
+                                                            tokenizer.pad_token_id))
     first_top = num_layers(teacher) - recipe.teacher_train_top
     pairs = mid_pairs(recipe, teacher)
     teacher_outputs(teacher, batches, first_top, keep_hidden=recipe.alpha_cos > 0 or bool(pairs),
