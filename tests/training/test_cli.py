@@ -160,3 +160,19 @@ def test_another_recipe_builds_its_own_pair_beside(tmp_path: Path, tiny_bases: d
     assert {p.name for p in models.iterdir()} == {f"sst2-{r}-{role}" for r in ("quick", "tiny")
                                                   for role in ("teacher", "student")}
     assert manifest(models / "sst2-tiny-teacher")["recipe"]["name"] == "tiny"
+
+
+def test_a_qa_pair_builds_with_the_intermediate_term_and_every_answer_window(tmp_path: Path, tiny_bases: dict,
+                                                                             tiny_data: dict) -> None:
+    """build-defaults hands the teacher's batches to the student: with alpha_mid reaching below
+    the teacher's trained layers, its cache pass keeps those states (t_low), and the student also
+    reads the other windows of the teacher's questions."""
+    models = tmp_path / "models"
+    sets = ["qa.alpha_mid=1", "qa.teacher_train_top=1", "qa.student_train_top=2", "qa.student_windows=all",
+            "qa.max_length=16", "qa.doc_stride=6"]  # after TINY_QA: short windows, 2+ a context
+    cli(*build_args(models, tiny_bases["mpnet"], tiny_data), "--tasks", "qa",
+        *[a for s in sets for a in ("--set", s)], cache=tmp_path)
+    teacher, student = manifest(models / "squad-quick-teacher"), manifest(models / "squad-quick-student")
+    assert (student["recipe"]["alpha_mid"], student["recipe"]["student_windows"]) == (1, "all")
+    assert student["data"][0]["rows"] > teacher["data"][0]["rows"]      # the other answer windows too
+    assert student["quality"]["squad-heldout"]["onnx"]["rows"] == 6

@@ -84,8 +84,9 @@ def teacher_outputs(teacher: PreTrainedModel, batches: list[Batch], first_top: i
         if keep_hidden:
             batch["t_last"] = out.hidden_states[-1].to(torch.float16)  # [batch, seq, hidden]
         if mid_layers:  # hidden_states[j] is the input of teacher layer first + j
-            states = torch.stack([out.hidden_states[m - first] for m in mid_layers if m >= first]).to(torch.float16)
-            batch["t_mid"] = torch.cat([batch["t_low"], states]) if cached and low else states
+            high = [out.hidden_states[m - first] for m in mid_layers if m >= first]
+            parts = ([batch["t_low"]] if cached and low else []) + ([torch.stack(high).half()] if high else [])
+            batch["t_mid"] = torch.cat(parts)                           # [len(mid_layers), batch, seq, hidden]
         batch.pop("t_hidden", None)
         batch.pop("t_low", None)
 
