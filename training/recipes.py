@@ -41,8 +41,6 @@ class Common:
     alpha_kd: float = 1.0                 # weight of the soft-target KL(teacher || student) * T^2 term
     alpha_ce: float = 0.5                 # weight of the cross-entropy on gold labels (QA: on gold spans)
     alpha_cos: float = 0.0                # weight of the (1 - cosine) of student and teacher hidden states
-    alpha_mid: float = 0.0                # weight of the mean (1 - cosine) between each trained student layer's
-                                          # input and the input of the teacher layer it was copied from (TinyBERT)
     teacher_dropout: float | None = None  # dropout rate while the teacher trains (None: the base model's, 0.1)
     student_dropout: float | None = None  # dropout rate while the student distils (None: the teacher's config)
     skip_bad: bool = False                # skip malformed data rows (counted) instead of failing on the first
@@ -81,6 +79,8 @@ class QARecipe(Common):
     serve_max_length: int | None = 256    # window length the service (and evaluate) uses
     teacher_rows: int = 400               # training windows (each holds its answer)
     student_rows: int = 800               # teacher's windows + more, soft-labelled by the teacher
+    alpha_mid: float = 0.0                # weight of the mean (1 - cosine) between each trained student layer's
+                                          # input and the input of the teacher layer it was copied from (TinyBERT)
     student_windows: str = "first"        # first | all: the student reads each question's first answer window,
                                           # or every window holding its answer (other crops of the context)
     teacher_train_top: int = 3            # lr 5e-4 on the top 3: F1 34.8 vs 16.2 (lr 2e-4, top 2), same budget

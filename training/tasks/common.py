@@ -15,7 +15,7 @@ from training.engine import Batch, LoopResult, cache_hidden, setup_torch
 from training.modeling import forward_range, freeze_below, inference_copy, num_layers, precision_in_use, set_precision
 from training.paths import data_dir
 from training.pretrained import NAME, resolve_base
-from training.recipes import Common, Recipe, recipe_dict
+from training.recipes import Common, QARecipe, Recipe, recipe_dict
 from training.student import make_student, parse_layer_map
 
 TEACHER_KEYS = {"t_logits", "t_start_logits", "t_end_logits"}
@@ -91,9 +91,10 @@ def teacher_outputs(teacher: PreTrainedModel, batches: list[Batch], first_top: i
         batch.pop("t_low", None)
 
 
-def mid_pairs(recipe: Common, teacher: PreTrainedModel) -> list[tuple[int, int]]:
-    """(student layer k, teacher layer layer_map[k]) whose inputs alpha_mid matches: every trained
-    student layer but the first (its input is the embeddings, which both share); none when off."""
+def mid_pairs(recipe: QARecipe, teacher: PreTrainedModel) -> list[tuple[int, int]]:
+    """(student layer k, teacher layer layer_map[k]) whose inputs alpha_mid matches: every student
+    layer whose input a trained student layer computes (layer 0's input is the embeddings, which
+    both share; a frozen layer's output has nothing to learn); none when the term is off."""
     if not recipe.alpha_mid:
         return []
     layer_map = layer_map_for(recipe, teacher)

@@ -39,9 +39,9 @@ from training.tasks.common import (
 log = logging.getLogger(__name__)
 
 
-def answer_windows(tokenizer: Tokenizer, example: QAExample, recipe: QARecipe) -> list[dict[str, Any]]:
-    """Every window holding the whole gold answer, in context order, each with its start/end token
-    and context mask; none when the answer is cut off (over-long question)."""
+def answer_windows(tokenizer: Tokenizer, example: QAExample, recipe: QARecipe, every: bool) -> list[dict[str, Any]]:
+    """The first window holding the whole gold answer, or every one (in context order), each with its
+    start/end token and context mask; none when the answer is cut off (over-long question)."""
     first, last = example.answer_start, example.answer_start + len(example.answers[0])
     found = []
     for window in encode_qa(tokenizer, example.question, example.context, recipe.max_length, recipe.doc_stride):
@@ -52,6 +52,8 @@ def answer_windows(tokenizer: Tokenizer, example: QAExample, recipe: QARecipe) -
             found.append({"input_ids": window.ids, "attention_mask": [1] * len(window.ids),
                           "token_type_ids": window.type_ids, "span_mask": [int(o is not None) for o in spans],
                           "start": starts[0], "end": ends[-1]})
+            if not every:
+                break
     return found
 
 
@@ -100,10 +102,10 @@ def to_batches(tokenizer: Tokenizer, examples: list[QAExample], recipe: QARecipe
     """Batches of each question's first answer window ('first') or of all its answer windows
     ('all': the same answer in other crops of its context); skip_first leaves out the first ones
     (already in the teacher's batches)."""
-    found = [answer_windows(tokenizer, e, recipe) for e in examples]
+    found = [answer_windows(tokenizer, e, recipe, windows == "all") for e in examples]
     if missing := sum(not f for f in found):
         log.warning("qa: %d questions have no window holding their answer; not trained on", missing)
-    kept = [w for f in found for w in f[int(skip_first): None if windows == "all" else 1]]
+    kept = [w for f in found for w in f[int(skip_first):]]
     extras = {"start": [w.pop("start") for w in kept], "end": [w.pop("end") for w in kept]}
     return make_batches(kept, recipe.batch_size, pad_id, extras), len(kept)
 
