@@ -94,7 +94,7 @@ def qa_loss(
     alpha_cos: float = 0.0,
     hidden: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     alpha_mid: float = 0.0,
-    mid: tuple[list[torch.Tensor], torch.Tensor] | None = None,
+    mid: tuple[list[torch.Tensor], torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """QA distillation: KL on start and on end logits (over positions) + CE on the gold span
     + alpha_cos * (1 - cosine) of the student's and teacher's last hidden states, as for
@@ -102,8 +102,8 @@ def qa_loss(
 
     student/teacher: (start_logits, end_logits), each [batch, seq]; positions: gold token
     indices [batch]; mask [batch, seq] = positions allowed to be an answer; hidden: (student,
-    teacher [batch, seq, hidden], attention mask); mid: (student states, teacher states) as
-    mid_cosine takes them, masked by hidden's attention mask.
+    teacher [batch, seq, hidden], attention mask); mid: (student states, teacher states,
+    attention mask) as mid_cosine takes them.
     """
     s_start, s_end = (masked_span_logits(x, mask) for x in student)
     total = s_start.new_zeros(())
@@ -118,8 +118,8 @@ def qa_loss(
     if alpha_cos and hidden is not None:
         cos = hidden_cosine(*hidden)
         total, parts["cos"] = total + alpha_cos * cos, cos.item()
-    if alpha_mid and mid is not None and hidden is not None:
-        term = mid_cosine(*mid, hidden[2])
+    if alpha_mid and mid is not None:
+        term = mid_cosine(*mid)
         total, parts["mid"] = total + alpha_mid * term, term.item()
     return total, parts
 

@@ -88,7 +88,7 @@ def test_the_intermediate_term_is_the_mean_cosine_gap_over_layer_pairs() -> None
     positions = (torch.tensor([0]), torch.tensor([1]))
     plain, _ = qa_loss((start, end), None, positions, mask, hidden=(near, near, mask))
     total, parts = qa_loss((start, end), None, positions, mask, hidden=(near, near, mask), alpha_mid=2.0,
-                           mid=([near, far], teacher))
+                           mid=([near, far], teacher, mask))
     assert parts["mid"] == pytest.approx(0.25)
     assert total.item() == pytest.approx(plain.item() + 2.0 * 0.25)
 

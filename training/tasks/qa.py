@@ -124,7 +124,7 @@ def span_loss(recipe: QARecipe, model: PreTrainedModel, batch: Batch, first_top:
     hidden = (out.hidden_states[-1], batch["t_last"], batch["attention_mask"]) if "t_last" in batch else None
     mid = None
     if mid_layers:  # hidden_states[j] is the input of student layer first_top + j
-        mid = ([out.hidden_states[k - first_top] for k in mid_layers], batch["t_mid"])
+        mid = ([out.hidden_states[k - first_top] for k in mid_layers], batch["t_mid"], batch["attention_mask"])
         alphas["alpha_mid"] = recipe.alpha_mid
     return qa_loss((out.start_logits, out.end_logits), targets, (batch["start"], batch["end"]), batch["span_mask"],
                    temperature=recipe.temperature, hidden=hidden, mid=mid, **alphas)
@@ -186,14 +186,14 @@ def distil_student(recipe: QARecipe, teacher_dir: Path, out: Path, name: str, te
                                                             tokenizer.pad_token_id))
     first_top = num_layers(teacher) - recipe.teacher_train_top
     pairs = mid_pairs(recipe, teacher)
-    teacher_outputs(teacher, batches, first_top, keep_hidden=recipe.alpha_cos > 0 or bool(pairs),
+    teacher_outputs(teacher, batches, first_top, keep_hidden=recipe.alpha_cos > 0,
                     desc="qa teacher span logits (once)", mid_layers=[m for _, m in pairs])
 
     student, layer_map, s_first, params = student_for(recipe, teacher, batches, "qa student")
     ckpt.keep(batches)
     loss = partial(span_loss, recipe, first_top=s_first, key="s_hidden", teacher=False,
                    mid_layers=[k for k, _ in pairs])
-    result = train_loop(student, params, batches, lambda m, b: loss(m, b),
+    result = train_loop(student, params, batches, loss,
                         epochs=recipe.student_epochs, lr=recipe.student_lr, max_seconds=recipe.student_max_s,
                         seed=recipe.seed, desc=f"{name}: distil", checkpoint=ckpt, dropout=recipe.student_dropout)
     drop_keys(batches, "t_last", "t_mid")
