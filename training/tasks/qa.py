@@ -39,12 +39,13 @@ from training.tasks.common import (
 log = logging.getLogger(__name__)
 
 
-def answer_windows(tokenizer: Tokenizer, example: QAExample, recipe: QARecipe, every: bool) -> list[dict[str, Any]]:
-    """The first window holding the whole gold answer, or every one (in context order), each with its
-    start/end token and context mask; none when the answer is cut off (over-long question)."""
+def answer_windows(tokenizer: Tokenizer, example: QAExample, recipe: QARecipe, every: bool,
+                   length: int) -> list[dict[str, Any]]:
+    """The first window of ``length`` tokens holding the whole gold answer, or every one (in context
+    order), each with its start/end token and context mask; none when the answer is cut off."""
     first, last = example.answer_start, example.answer_start + len(example.answers[0])
     found = []
-    for window in encode_qa(tokenizer, example.question, example.context, recipe.max_length, recipe.doc_stride):
+    for window in encode_qa(tokenizer, example.question, example.context, length, recipe.doc_stride):
         spans = window.offsets                                          # char span per token, None off-context
         starts = [i for i, o in enumerate(spans) if o and o[0] <= first < o[1]]
         ends = [i for i, o in enumerate(spans) if o and o[0] < last <= o[1]]
@@ -98,16 +99,22 @@ def _article_count(path: Path | str) -> int:
 
 
 def to_batches(tokenizer: Tokenizer, examples: list[QAExample], recipe: QARecipe, pad_id: int,
-               windows: str = "first", skip_first: bool = False) -> tuple[list[Batch], int]:
+               windows: str = "first", skip_first: bool = False, student: bool = False) -> tuple[list[Batch], int]:
     """Batches of each question's first answer window ('first') or of all its answer windows
     ('all': the same answer in other crops of its context); skip_first leaves out the first ones
-    (already in the teacher's batches)."""
-    found = [answer_windows(tokenizer, e, recipe, windows == "all") for e in examples]
+    (already in the teacher's batches); windows of the student's length when ``student``."""
+    length = student_length(recipe) if student else recipe.max_length
+    found = [answer_windows(tokenizer, e, recipe, windows == "all", length) for e in examples]
     if missing := sum(not f for f in found):
         log.warning("qa: %d questions have no window holding their answer; not trained on", missing)
     kept = [w for f in found for w in f[int(skip_first):]]
     extras = {"start": [w.pop("start") for w in kept], "end": [w.pop("end") for w in kept]}
     return make_batches(kept, recipe.batch_size, pad_id, extras), len(kept)
+
+
+def student_length(recipe: QARecipe) -> int:
+    """Tokens per student window: its own length when the recipe sets one, else the teacher's."""
+    return recipe.student_max_length or recipe.max_length
 
 
 def window_tokenizer(tokenizer) -> Tokenizer:
@@ -142,7 +149,8 @@ def train_teacher(recipe: QARecipe, out: Path, name: str) -> tuple[PreTrainedMod
     rows = sum(len(b["start"]) for b in batches)
     first_top = num_layers(model) - recipe.teacher_train_top
     if first_top > 0:  # full fine-tuning (train_top = all layers) caches nothing
-        low = [m for _, m in mid_pairs(recipe, model) if m < first_top]  # the student's alpha_mid targets
+        low = ([m for _, m in mid_pairs(recipe, model) if m < first_top]  # the student's alpha_mid targets,
+               if student_length(recipe) == recipe.max_length else [])  # when it reads these windows
         cache_hidden(model, batches, first_top, "t_hidden", "qa teacher: frozen layers (once)", also=low)
     ckpt.keep(batches)
     params = freeze_below(model, first_top)
@@ -166,10 +174,10 @@ def student_batches(tokenizer: Tokenizer, examples: list[QAExample], seen: int, 
     windows = recipe.student_windows
     if windows not in ("first", "all"):
         raise ValueError(f"student_windows must be 'first' or 'all', got {windows!r}")
-    more = to_batches(tokenizer, examples[seen: recipe.student_rows], recipe, pad_id, windows)[0]
+    more = to_batches(tokenizer, examples[seen: recipe.student_rows], recipe, pad_id, windows, student=True)[0]
     if windows != "all" or not seen:
         return more
-    return to_batches(tokenizer, examples[:seen], recipe, pad_id, windows, skip_first=True)[0] + more
+    return to_batches(tokenizer, examples[:seen], recipe, pad_id, windows, skip_first=True, student=True)[0] + more
 
 
 def distil_student(recipe: QARecipe, teacher_dir: Path, out: Path, name: str, teacher_name: str,
@@ -179,6 +187,11 @@ def distil_student(recipe: QARecipe, teacher_dir: Path, out: Path, name: str, te
     _, tokenizer = start(recipe, teacher_dir)
     teacher = teacher or load_model(teacher_dir, "qa")
     examples, record = split(recipe)
+    if student_length(recipe) != recipe.max_length:  # the teacher's windows are not the student's:
+        log.info("qa student: windows of %d tokens, not the teacher's %d: the whole teacher runs on them",
+                 student_length(recipe), recipe.max_length)
+        drop_keys(cached or [], "t_hidden", "t_low")
+        cached = None
     cached = cached or []
     seen = sum(len(b["start"]) for b in cached)
     ckpt = stage_checkpoint(recipe, out, "student", teacher_dir)
@@ -201,6 +214,7 @@ def distil_student(recipe: QARecipe, teacher_dir: Path, out: Path, name: str, te
     fields = manifest_fields(recipe, name=name, role="student", data=[{**record, "rows": rows}], result=result,
                              seconds=clock.seconds(), teacher=teacher_name, layer_map=layer_map,
                              doc_stride=recipe.doc_stride, validation=validation_entry(recipe),
+                             train_max_length=student_length(recipe),
                              trained_layers=list(range(s_first, num_layers(student))))
     save_model(student, tokenizer, out, describe(student, **fields))
     return student
