@@ -117,6 +117,12 @@ def student_length(recipe: QARecipe) -> int:
     return recipe.student_max_length or recipe.max_length
 
 
+def student_reads_teacher_windows(recipe: QARecipe) -> bool:
+    """Whether the student distils on the teacher's own windows, and so can reuse what its
+    frozen-layer pass cached (build-defaults hands them over)."""
+    return student_length(recipe) == recipe.max_length
+
+
 def window_tokenizer(tokenizer) -> Tokenizer:
     """A private copy of the fast tokenizer's backend (encode_qa reconfigures what it is given)."""
     return Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
@@ -149,8 +155,8 @@ def train_teacher(recipe: QARecipe, out: Path, name: str) -> tuple[PreTrainedMod
     rows = sum(len(b["start"]) for b in batches)
     first_top = num_layers(model) - recipe.teacher_train_top
     if first_top > 0:  # full fine-tuning (train_top = all layers) caches nothing
-        low = ([m for _, m in mid_pairs(recipe, model) if m < first_top]  # the student's alpha_mid targets,
-               if student_length(recipe) == recipe.max_length else [])  # when it reads these windows
+        low = ([m for _, m in mid_pairs(recipe, model) if m < first_top]  # the student's alpha_mid targets
+               if student_reads_teacher_windows(recipe) else [])
         cache_hidden(model, batches, first_top, "t_hidden", "qa teacher: frozen layers (once)", also=low)
     ckpt.keep(batches)
     params = freeze_below(model, first_top)
@@ -187,11 +193,11 @@ def distil_student(recipe: QARecipe, teacher_dir: Path, out: Path, name: str, te
     _, tokenizer = start(recipe, teacher_dir)
     teacher = teacher or load_model(teacher_dir, "qa")
     examples, record = split(recipe)
-    if student_length(recipe) != recipe.max_length:  # the teacher's windows are not the student's:
+    if not student_reads_teacher_windows(recipe):
         log.info("qa student: windows of %d tokens, not the teacher's %d: the whole teacher runs on them",
                  student_length(recipe), recipe.max_length)
         drop_keys(cached or [], "t_hidden", "t_low")
-        cached = None
+        cached = []
     cached = cached or []
     seen = sum(len(b["start"]) for b in cached)
     ckpt = stage_checkpoint(recipe, out, "student", teacher_dir)
