@@ -86,6 +86,9 @@ class QARecipe(Common):
                                           # input and the input of the teacher layer it was copied from (TinyBERT)
     student_windows: str = "first"        # first | all: the student reads each question's first answer window,
                                           # or every window holding its answer (other crops of the context)
+    student_crops: int = 0                # extra contexts per training question for the student only: a random
+                                          # half of the sentences without the answer left out (training.augment),
+                                          # labelled by the teacher's soft targets; 1 doubles the student's windows
     teacher_train_top: int = 3            # lr 5e-4 on the top 3: F1 34.8 vs 16.2 (lr 2e-4, top 2), same budget
     student_train_top: int = 2            # student layers trained (lower ones frozen + cached)
     teacher_lr: float = 5e-4              # the span head starts from scratch: it needs a high rate

@@ -180,14 +180,18 @@ def test_a_qa_pair_builds_with_the_intermediate_term_and_every_answer_window(tmp
 
 def test_a_qa_student_distils_on_its_own_window_length(tmp_path: Path, tiny_bases: dict, tiny_data: dict) -> None:
     """student_max_length: the student reads longer windows than the teacher trained on (the
-    served length); the teacher's cached windows are not reused, its whole pass runs on the student's."""
+    served length); the teacher's cached windows are not reused, its whole pass runs on the student's.
+    student_crops: the student also reads each question's context with a sentence left out."""
     models = tmp_path / "models"
     sets = ["qa.alpha_mid=1", "qa.teacher_train_top=1", "qa.max_length=16", "qa.student_max_length=40",
-            "qa.doc_stride=6"]
+            "qa.doc_stride=6", "qa.student_crops=1"]
     done = cli(*build_args(models, tiny_bases["mpnet"], tiny_data), "--tasks", "qa",
                *[a for s in sets for a in ("--set", s)], cache=tmp_path)
     assert "windows of 40 tokens, not the teacher's 16" in done.stderr
     teacher, student = manifest(models / "squad-quick-teacher"), manifest(models / "squad-quick-student")
     assert (teacher["train_max_length"], student["train_max_length"]) == (16, 40)
     assert student["recipe"]["student_max_length"] == 40
+    questions = teacher["data"][0]["rows"]                              # every tiny context has 2 sentences
+    assert f"{questions} cropped contexts beside {questions} questions" in done.stderr
+    assert student["data"][0]["rows"] == 2 * questions
     assert student["quality"]["squad-heldout"]["onnx"]["rows"] == 6

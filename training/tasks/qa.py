@@ -19,6 +19,7 @@ from tokenizers import Tokenizer
 from transformers import PreTrainedModel
 
 from inference.tasks.qa import encode_qa  # the serving windowing: one definition for both sides
+from training.augment import crops
 from training.data import QAExample, load_squad_articles, sha256_file, split_articles, squad_examples
 from training.engine import Batch, cache_hidden, drop_keys, make_batches, run_top, train_loop
 from training.losses import qa_loss
@@ -175,12 +176,18 @@ def train_teacher(recipe: QARecipe, out: Path, name: str) -> tuple[PreTrainedMod
 
 def student_batches(tokenizer: Tokenizer, examples: list[QAExample], seen: int, recipe: QARecipe,
                     pad_id: int) -> list[Batch]:
-    """The student's windows beyond the teacher's ``seen`` ones: the next questions', and with
-    student_windows 'all' the other answer windows of the questions the teacher trained on too."""
+    """The student's windows beyond the teacher's ``seen`` ones: the next questions', with
+    student_windows 'all' the other answer windows of the questions the teacher trained on too,
+    and with student_crops each question's cropped contexts (their first answer windows)."""
     windows = recipe.student_windows
     if windows not in ("first", "all"):
         raise ValueError(f"student_windows must be 'first' or 'all', got {windows!r}")
     more = to_batches(tokenizer, examples[seen: recipe.student_rows], recipe, pad_id, windows, student=True)[0]
+    if recipe.student_crops:
+        questions = examples[: recipe.student_rows]
+        cropped = crops(questions, recipe.student_crops, recipe.seed)
+        log.info("qa student: %d cropped contexts beside %d questions", len(cropped), len(questions))
+        more += to_batches(tokenizer, cropped, recipe, pad_id, "first", student=True)[0]
     if windows != "all" or not seen:
         return more
     return to_batches(tokenizer, examples[:seen], recipe, pad_id, windows, skip_first=True, student=True)[0] + more
