@@ -38,6 +38,7 @@ from training.tasks.common import (
 )
 
 log = logging.getLogger(__name__)
+CROP = "cropped"  # batch key of cropped contexts' batches: soft targets, gold spans, last-layer cosine; no t_mid
 
 
 def answer_windows(tokenizer: Tokenizer, example: QAExample, recipe: QARecipe, every: bool,
@@ -100,16 +101,20 @@ def _article_count(path: Path | str) -> int:
 
 
 def to_batches(tokenizer: Tokenizer, examples: list[QAExample], recipe: QARecipe, pad_id: int,
-               windows: str = "first", skip_first: bool = False, student: bool = False) -> tuple[list[Batch], int]:
+               windows: str = "first", skip_first: bool = False, student: bool = False,
+               cropped: bool = False) -> tuple[list[Batch], int]:
     """Batches of each question's first answer window ('first') or of all its answer windows
     ('all': the same answer in other crops of its context); skip_first leaves out the first ones
-    (already in the teacher's batches); windows of the student's length when ``student``."""
+    (already in the teacher's batches); windows of the student's length when ``student``;
+    ``cropped`` marks batches of cropped contexts (``CROP`` key)."""
     length = student_length(recipe) if student else recipe.max_length
     found = [answer_windows(tokenizer, e, recipe, windows == "all", length) for e in examples]
     if missing := sum(not f for f in found):
         log.warning("qa: %d questions have no window holding their answer; not trained on", missing)
     kept = [w for f in found for w in f[int(skip_first):]]
     extras = {"start": [w.pop("start") for w in kept], "end": [w.pop("end") for w in kept]}
+    if cropped:
+        extras[CROP] = [True] * len(kept)
     return make_batches(kept, recipe.batch_size, pad_id, extras), len(kept)
 
 
@@ -137,7 +142,7 @@ def span_loss(recipe: QARecipe, model: PreTrainedModel, batch: Batch, first_top:
               else {"alpha_kd": recipe.alpha_kd, "alpha_ce": recipe.alpha_ce, "alpha_cos": recipe.alpha_cos})
     hidden = (out.hidden_states[-1], batch["t_last"], batch["attention_mask"]) if "t_last" in batch else None
     mid = None
-    if mid_layers:  # hidden_states[j] is the input of student layer first_top + j
+    if mid_layers and "t_mid" in batch:  # hidden_states[j] is the input of student layer first_top + j
         mid = ([out.hidden_states[k - first_top] for k in mid_layers], batch["t_mid"], batch["attention_mask"])
         alphas["alpha_mid"] = recipe.alpha_mid
     return qa_loss((out.start_logits, out.end_logits), targets, (batch["start"], batch["end"]), batch["span_mask"],
@@ -187,7 +192,7 @@ def student_batches(tokenizer: Tokenizer, examples: list[QAExample], seen: int, 
         questions = examples[: recipe.student_rows]
         cropped = crops(questions, recipe.student_crops, recipe.seed)
         log.info("qa student: %d cropped contexts beside %d questions", len(cropped), len(questions))
-        more += to_batches(tokenizer, cropped, recipe, pad_id, "first", student=True)[0]
+        more += to_batches(tokenizer, cropped, recipe, pad_id, "first", student=True, cropped=True)[0]
     if windows != "all" or not seen:
         return more
     return to_batches(tokenizer, examples[:seen], recipe, pad_id, windows, skip_first=True, student=True)[0] + more
@@ -212,8 +217,11 @@ def distil_student(recipe: QARecipe, teacher_dir: Path, out: Path, name: str, te
                                                             tokenizer.pad_token_id))
     first_top = num_layers(teacher) - recipe.teacher_train_top
     pairs = mid_pairs(recipe, teacher)
-    teacher_outputs(teacher, batches, first_top, keep_hidden=recipe.alpha_cos > 0,
+    plain = [b for b in batches if CROP not in b]
+    teacher_outputs(teacher, plain, first_top, keep_hidden=recipe.alpha_cos > 0,
                     desc="qa teacher span logits (once)", mid_layers=[m for _, m in pairs])
+    teacher_outputs(teacher, [b for b in batches if CROP in b], first_top, keep_hidden=recipe.alpha_cos > 0,
+                    desc="qa teacher span logits, cropped contexts (once)")  # their t_mid would not fit in memory
 
     student, layer_map, s_first, params = student_for(recipe, teacher, batches, "qa student")
     ckpt.keep(batches)
