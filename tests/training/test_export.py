@@ -289,7 +289,7 @@ def test_static_qdq_calibrates_on_the_given_texts(tmp_path: Path, caplog: pytest
     texts = tmp_path / "calibration.tsv"
     texts.write_text("sentence\n" + "".join(f"the film number {i} was a good one\n" for i in range(40)))
     assert main(["export", str(folder), "--int8-scheme", "static-qdq"]) == 2  # no texts: one clear line
-    assert "static-qdq fixes activation scales from calibration texts" in caplog.text
+    assert "static-qdq sets its scales from calibration texts" in caplog.text
     assert not (folder / "model.onnx").exists()  # refused before any work
 
     assert main(["export", str(folder), "--int8-scheme", "static-qdq", "--calibration", str(texts)]) == 0
@@ -301,6 +301,47 @@ def test_static_qdq_calibrates_on_the_given_texts(tmp_path: Path, caplog: pytest
     # each of the 12 encoder MatMuls reads a quantised activation and a per-channel int8 weight
     assert ops.count("QuantizeLinear") >= 12
     assert ops.count("DequantizeLinear") >= 2 * 12
+
+
+def test_smooth_dynamic_moves_activation_ranges_into_the_weights(tmp_path: Path) -> None:
+    """SmoothQuant divides each encoder MatMul's input channels by s and multiplies the weight's
+    rows by s: the fp32 function is unchanged, and the dynamic int8 file built on it passes parity
+    with every encoder MatMul reading a smoothed input."""
+    import onnx
+
+    from training.int8 import weight_matmuls
+    from training.int8_speed import calibration_batches
+    from training.smoothing import smooth
+
+    folder = save_tiny(tmp_path, "bert", "classification")
+    texts = tmp_path / "calibration.tsv"
+    texts.write_text("sentence\n" + "".join(f"a long and winding film, number {i}\n" for i in range(40)))
+    assert main(["export", str(folder), "--int8-scheme", "smooth-dynamic"]) == 2  # no texts: refused
+    assert main(["export", str(folder), "--int8-scheme", "smooth-dynamic", "--calibration", str(texts)]) == 0
+    entry = json.loads((folder / "manifest.json").read_text())["onnx"]["model.int8.onnx"]
+    assert entry["scheme_name"] == "smooth-dynamic"
+    assert entry["parity"]["ok"]
+    graph = onnx.load(str(folder / "model.int8.onnx")).graph
+    made_by = {out: node.op_type for node in graph.node for out in node.output}
+    quantised = [n for n in graph.node if n.op_type == "DynamicQuantizeMatMul"]
+    assert len(quantised) == 2 * 6  # q, k, v, o, FFN up, FFN down per layer
+    assert {made_by[n.input[0]] for n in quantised} == {"Mul"}
+    assert main(["export", str(folder), "--calibration", str(texts)]) == 0  # auto: the chain, and smooth-dynamic
+    built = json.loads((folder / "manifest.json").read_text())["onnx"]["model.int8.onnx"]["candidates"]
+    assert sorted(c["scheme_name"] for c in built) == sorted((*AUTO_CHAIN, "smooth-dynamic"))
+
+    config = json.loads((folder / "config.json").read_text())
+    roles = weight_matmuls(onnx.load(str(folder / "model.onnx")).graph, config["hidden_size"],
+                           config["intermediate_size"])
+    batches = calibration_batches(folder, "classification", texts.read_text().splitlines()[1:], 32)
+    smooth(folder / "model.onnx", tmp_path / "smoothed.onnx", [n for names in roles.values() for n in names], batches)
+    feeds = {k: v for k, v in batches[0].items() if k in {i.name for i in _session(folder / "model.onnx").get_inputs()}}
+    before = _session(folder / "model.onnx").run(None, feeds)[0]
+    after = _session(tmp_path / "smoothed.onnx").run(None, feeds)[0]
+    np.testing.assert_allclose(after, before, atol=1e-4)
+    node_count = {name: len(onnx.load(str(path)).graph.node)
+                  for name, path in (("before", folder / "model.onnx"), ("after", tmp_path / "smoothed.onnx"))}
+    assert node_count["after"] == node_count["before"] + 4 * 2  # a Mul per input: QKV's, o's, FFN up's, down's
 
 
 def test_a_candidate_is_rejected_on_the_first_items_only_when_no_later_item_could_save_it() -> None:
