@@ -1,8 +1,8 @@
 """Export a model folder to ONNX (fp32 `model.onnx`, int8 `model.int8.onnx`) with parity checks.
 
 The int8 schemes are in `training.int8`; with the default `auto`, every scheme of `AUTO_CHAIN`
-(and of `CALIBRATED_CHAIN` when calibration texts are given) is built and timed against fp32 on
-this machine (`training.int8_speed`), and the fastest whose file passes parity is kept.
+is built and timed against fp32 on this machine (`training.int8_speed`), and the fastest whose
+file passes parity is kept.
 `python -m training export MODEL --compare-schemes` (training/int8_compare.py, which adds that
 flag to this command) measures every scheme on a model instead of exporting it.
 
@@ -29,15 +29,7 @@ from transformers import PreTrainedModel
 from inference.backends import OUTPUT_NAMES, load_backend
 from inference.modelfolder import read_spec
 from training.graph_opt import AT_LOAD
-from training.int8 import (
-    AUTO_CHAIN,
-    CALIBRATED_CHAIN,
-    DEFAULT_SCHEME,
-    SCHEMES,
-    candidates,
-    export_int8,
-    require_calibration,
-)
+from training.int8 import AUTO_CHAIN, DEFAULT_SCHEME, SCHEMES, export_int8, require_calibration
 from training.int8_speed import calibration_batches, shape_key
 from training.manifest import describe, read_manifest, versions, write_manifest
 from training.modeling import position_limit
@@ -216,8 +208,7 @@ def export_model(model_dir: Path, *, int8: bool = True, parity_texts: list[str] 
     if int8:  # only from an fp32 graph that passed
         batches = calibration_batches(out_dir, task, calibration_texts, spec.max_length) if calibration_texts else []
         quantise = partial(export_int8, config=model.config, calibration=batches)
-        _export_int8_checked(out_dir, quantise, spec, (fp32, every), texts, manifest, candidates(scheme, bool(batches)),
-                             tolerances, graph, memo)
+        _export_int8_checked(out_dir, quantise, spec, (fp32, every), texts, manifest, scheme, tolerances, graph, memo)
     return manifest
 
 
@@ -240,13 +231,14 @@ def _bench_batch(out_dir: Path, spec: Any, texts: list[str] | None) -> dict[str,
 
 
 def _export_int8_checked(out_dir: Path, quantise: Quantise, spec: Any, parity: tuple[Outputs, ParitySet],
-                         texts: list[str] | None, manifest: dict, names: tuple[str, ...], tolerances: dict | None,
-                         graph: dict, memo: dict) -> None:
-    """Quantise with the scheme of `names`; with several (`auto`'s chain, `training.int8.candidates`),
-    time each against fp32 and check them fastest first, keeping the first that passes (with an
-    order in `memo`, build them one by one in that order instead). `parity`: the fp32 file's
-    outputs and the items they are of; `texts` the speed batch. The failed attempts and every candidate's
+                         texts: list[str] | None, manifest: dict, scheme: str, tolerances: dict | None, graph: dict,
+                         memo: dict) -> None:
+    """Quantise with `scheme`; with `auto`, build every scheme of `AUTO_CHAIN`, time each against
+    fp32 and check them fastest first, keeping the first that passes (with an order in `memo`,
+    build them one by one in that order instead). `parity`: the fp32 file's outputs and the items
+    they are of; `texts` the speed batch. The failed attempts and every candidate's
     speed stay in the manifest entry. Raises the last breach."""
+    names = AUTO_CHAIN if scheme == "auto" else (scheme,)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".int8-") as tmp:
         files: dict[str, Path] = {}
         if "int8" not in memo or set(memo["int8"]) != set(names):
@@ -367,8 +359,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "measured 0.93-0.99x on every CPU tried")
     parser.add_argument("--int8-scheme", default=DEFAULT_SCHEME, choices=["auto", *sorted(SCHEMES)],
                         help=f"int8 quantisation scheme (default {DEFAULT_SCHEME}: the fastest of "
-                             f"{', '.join(AUTO_CHAIN)}, timed here, that passes parity; with --calibration "
-                             f"also {', '.join(CALIBRATED_CHAIN)})")
+                             f"{', '.join(AUTO_CHAIN)}, timed here, that passes parity)")
     parser.add_argument("--calibration", type=Path, metavar="FILE",
                         help="texts (TSV/CSV/JSONL) that set activation ranges: for the static schemes' scales "
                              "and smooth-dynamic's migration")

@@ -8,6 +8,11 @@ row j of the weight by s_j leaves the product unchanged and moves that range int
 which are quantised per column. s_j = max|x_j|^alpha / max|w_j|^(1 - alpha) (Xiao et al., 2023),
 with max|x_j| measured on calibration batches.
 
+What it does not move: outliers that belong to tokens rather than channels. On the export's 24
+parity texts in one padded batch the smoothed file's worst text fell to cosine 0.945 on MiniLM
+(plain dynamic 0.978) and 0.926 on all-mpnet-base-v2 (plain dynamic 0.705), under the 0.98 the
+export asks, so the scheme is opt-in (`--int8-scheme smooth-dynamic --calibration FILE`).
+
 The division is a `Mul` node in front of the MatMuls that share the input (Q, K and V share one):
 the inputs are LayerNorm outputs that also feed the residual path, or GELU outputs, so it cannot
 be folded into the op before them.
@@ -21,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-SMOOTH_ALPHA = 0.8  # measured on all-MiniLM-L6-v2 and the standard QA student; README, int8 section
+SMOOTH_ALPHA = 0.8  # on the standard QA student: 0.5, 0.9, 1.0 kept fewer spans (README, standard QA)
 SCALE_RANGE = (1e-2, 1e3)  # s_j kept within this: a channel never seen active is not blown up
 
 

@@ -326,9 +326,6 @@ def test_smooth_dynamic_moves_activation_ranges_into_the_weights(tmp_path: Path)
     quantised = [n for n in graph.node if n.op_type == "DynamicQuantizeMatMul"]
     assert len(quantised) == 2 * 6  # q, k, v, o, FFN up, FFN down per layer
     assert {made_by[n.input[0]] for n in quantised} == {"Mul"}
-    assert main(["export", str(folder), "--calibration", str(texts)]) == 0  # auto: the chain, and smooth-dynamic
-    built = json.loads((folder / "manifest.json").read_text())["onnx"]["model.int8.onnx"]["candidates"]
-    assert sorted(c["scheme_name"] for c in built) == sorted((*AUTO_CHAIN, "smooth-dynamic"))
 
     config = json.loads((folder / "config.json").read_text())
     roles = weight_matmuls(onnx.load(str(folder / "model.onnx")).graph, config["hidden_size"],
