@@ -4,8 +4,10 @@
 
 (a) 32 concurrent keep-alive clients, one sentence per request: HTTP throughput divided by the
     in-process throughput of the same pipeline (tokenize + model + post-process, no HTTP, no
-    queue) at its best batch size and the better of one caller and two concurrent callers
-    (`--workers` more), whatever number of model workers the server chose. Target >= 0.85.
+    queue) at its best batch size and the best of one caller, two concurrent callers
+    (`--workers` more) and, unless `--threads` is set, two concurrent callers on a session of
+    half the threads (as the server runs concurrent calls), whatever the server chose.
+    Target >= 0.85.
     It also reports CPU seconds per item on each side (in-process vs server + load client,
     read from /proc): a figure that other processes on the machine barely move.
 (b) One client, one sentence: p50 HTTP latency minus in-process batch-1 p50. Target <= +2 ms.
@@ -33,11 +35,13 @@ import random
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file, too
 
+from app.repository.workers import split_threads
 from benchmarks.harness import (
     ENDPOINT,
     QA_CONTEXT,
@@ -106,6 +110,7 @@ class InProcess:
     """The worker's exact per-batch work (app pipeline + backend), without HTTP or queueing."""
 
     def __init__(self, model_dir: Path, kind: str, threads: int | None, device: str = "cpu") -> None:
+        self.threads = threads
         self.spec = read_spec(model_dir)
         self.backend = load_backend(model_dir, self.spec.task, kind, threads, device=device)
         self.pipeline, self.pad = make_pipeline(self.spec)
@@ -168,12 +173,13 @@ def paired_latency(local: InProcess, port: int, reqs: list[bytes], n: int) -> tu
 
 
 # ---- the three measurements -----------------------------------------------------------------
-def round_ab(args: argparse.Namespace, local: InProcess, best: tuple[int, int], server: Server,
+def round_ab(args: argparse.Namespace, local: InProcess, best: Ceiling, server: Server,
              reqs: list[bytes]) -> dict[str, float]:
     """One interleaved round: in-process and HTTP back to back, so that load from other
-    processes on the machine hits both sides of each ratio alike."""
+    processes on the machine hits both sides of each ratio alike. (b)'s lone item runs on the
+    shared session, as the server's lone calls do."""
     cpu0 = time.process_time()
-    inproc, items = local.throughput(best[0], args.seconds, count=True, callers=best[1])
+    inproc, items = best.local.throughput(best.batch, args.seconds, count=True, callers=best.callers)
     inproc_cpu = (time.process_time() - cpu0) / items
     before, srv0, cli0 = batch_stats(server.url, server.name), cpu_seconds(server.pid), time.process_time()
     rps, lat32 = run_load(args.port, rotations(reqs, 32), args.seconds)
@@ -206,7 +212,9 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, float], list[dict[str, 
     model_dir = Path(args.model_dir)
     local = InProcess(model_dir, args.backend, args.threads, args.device)
     task, name = local.spec.task, model_dir.name
-    best = best_in_process(local, max(2, args.workers or 2))
+    callers = max(2, args.workers or 2)
+    split = split_threads(args.threads, callers) if args.backend.startswith("onnx") else None
+    best = best_in_process(local, callers, InProcess(model_dir, args.backend, split, args.device) if split else None)
     reqs = [request_bytes(ENDPOINT[task], body(task, s, name)) for s in SENTENCES]
     env = {"DISTILSERVE_THREADS": str(args.threads)} if args.threads else {}
     env["DISTILSERVE_DEVICE"] = args.device
@@ -230,17 +238,30 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, float], list[dict[str, 
         mixed = mixed_rounds(args, model_dir, task, name, texts, env)
         ceiling = padding_ceiling(lengths, min(args.mixed_clients, args.sort_window))
         rounds += [{**m, "padding_ceiling": ceiling} for m in mixed]
-    return {**median_rounds(rounds), "inproc_best_batch": best[0], "inproc_best_callers": best[1]}, rounds
+    return {**median_rounds(rounds), "inproc_best_batch": best.batch, "inproc_best_callers": best.callers,
+            "inproc_best_threads": best.local.threads or 0}, rounds
 
 
-def best_in_process(local: InProcess, workers: int) -> tuple[int, int]:
-    """The in-process ceiling's (batch size, concurrent callers): the best of one caller (one
-    call at a time, every intra-op thread on it) and `workers` concurrent callers, whatever
-    the server chose, so that the ratio credits HTTP with nothing the model could do without it."""
-    scan = {(b, c): local.throughput(b, 1.0, callers=c) for c in sorted({1, workers}) for b in (1, 8, 16, 32, 64)}
-    for c in sorted({1, workers}):
-        line = json.dumps({b: round(v, 1) for (b, k), v in scan.items() if k == c})
-        print(f"in-process items/s by batch size, {c} caller(s): {line}", flush=True)
+@dataclass(frozen=True, slots=True)
+class Ceiling:
+    """Where the in-process ceiling of (a) was found: the session, the batch size, the callers."""
+
+    local: InProcess
+    batch: int
+    callers: int
+
+
+def best_in_process(local: InProcess, workers: int, split: InProcess | None = None) -> Ceiling:
+    """The in-process ceiling: the best of one caller (one call at a time, every intra-op
+    thread on it), `workers` concurrent callers, and `workers` concurrent callers on a session
+    of fewer threads each (`split`, as the server runs concurrent calls), whatever the server
+    chose, so that the ratio credits HTTP with nothing the model could do without it."""
+    runs = [(local, c) for c in sorted({1, workers})] + ([(split, workers)] if split else [])
+    scan = {Ceiling(ip, b, c): ip.throughput(b, 1.0, callers=c) for ip, c in runs for b in (1, 8, 16, 32, 64)}
+    for ip, c in runs:
+        line = json.dumps({k.batch: round(v, 1) for k, v in scan.items() if (k.local, k.callers) == (ip, c)})
+        threads = f"{ip.threads} thread(s)" if ip.threads else "default threads"
+        print(f"in-process items/s by batch size, {c} caller(s) on {threads}: {line}", flush=True)
     return max(scan, key=scan.__getitem__)
 
 
@@ -290,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (2 cores; other processes share them)")
     print(f"(a) 32 clients: HTTP / in-process = {r['ratio_a']:.2f}, median of the rounds' ratios (medians: HTTP "
           f"{r['http_32c_req_s']:.0f} req/s, in-process {r['inproc_best_items_s']:.0f} items/s at batch "
-          f"{r['inproc_best_batch']:.0f} x {r['inproc_best_callers']:.0f} caller(s))  (target >= 0.85; server mean "
+          f"{r['inproc_best_batch']:.0f} x {r['inproc_best_callers']:.0f} caller(s) on "
+          f"{r['inproc_best_threads'] or 'default'} thread(s))  (target >= 0.85; server mean "
           f"batch {r['http_32c_mean_batch']:.1f})")
     print(f"    CPU per item: in-process {r['inproc_cpu_ms_item']:.2f} ms; HTTP server {r['server_cpu_ms_req']:.2f} ms "
           f"+ load client {r['client_cpu_ms_req']:.2f} ms => CPU-bound ratio {r['cpu_ratio_a']:.2f} (what (a) is on "

@@ -51,6 +51,8 @@ class Batcher:
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._m = ModelMetrics(pipeline.task, labels)
+        self.split: Backend | None = None  # the same model on fewer threads, for concurrent calls
+        self.split_threads: int | None = None
 
     @property
     def name(self) -> str:
@@ -66,6 +68,11 @@ class Batcher:
 
     def retry_after(self, wait: float | None = None) -> int:
         return self.queue.retry_after(wait)
+
+    def use_split(self, backend: Backend, threads: int) -> None:
+        """A second session of the same model on `threads` intra-op threads, for the calls that
+        start while another worker's call runs (`app.repository.workers.split_threads`)."""
+        self.split, self.split_threads = backend, threads
 
     # ---- event-loop side -------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -181,7 +188,7 @@ class Batcher:
             return
         self.queue.busy_until[worker] = now + self.rate.work(len(items), self.config.max_batch_size)
         inputs = pad_batch([j.seqs[i] for j, i in items], self.pad)
-        outputs = self.pipeline.reduce(self.backend.forward(inputs), inputs)
+        outputs = self.pipeline.reduce(self._backend(worker).forward(inputs), inputs)
         elapsed = time.perf_counter() - now
         self._m.batch(len(items), inputs["input_ids"].size)
         done = self._store(items, outputs)
@@ -191,6 +198,14 @@ class Batcher:
         seconds = time.perf_counter() - now + batch.tokenize_share * len(items)
         ids = inputs["input_ids"]
         self.queue.record(int(ids.size), len(items), seconds, int(ids.shape[1]), len(done) + len(expired))
+
+    def _backend(self, worker: int) -> Backend:
+        """The split session while another worker's call is in flight, else the shared one: a
+        lone call keeps every core, and concurrent calls do not oversubscribe them."""
+        split = self.split
+        if split is not None and any(t > 0.0 for k, t in enumerate(self.queue.busy_until) if k != worker):
+            return split
+        return self.backend
 
     def _store(self, items: list[tuple[Job, int]], outputs: dict[str, Any]) -> list[Job]:
         """Each sequence's output row into its job; returns the jobs now complete."""

@@ -284,6 +284,11 @@ class ModelInfo(BaseModel):
     model_workers: int | None = Field(
         default=None, description="model calls in flight at once (chosen at warm-up unless set)"
     )
+    split_threads: int | None = Field(
+        default=None,
+        description="intra-op threads of the second session that a call runs on while another is in flight; "
+        "null: every call runs on the one session (one worker, threads set, or not yet opened)",
+    )
     startup_s: dict[str, float] = Field(
         default_factory=dict,
         description="seconds per start-up phase: load (backend + tokenizer), warm_up, model_workers (the choice), "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -139,16 +140,7 @@ def build(
     load: BackendLoader = load_backend,
 ) -> ServedModel:
     lap = Laps()
-    backend = load(
-        spec.path,
-        spec.task,
-        kind,
-        settings.threads,
-        settings.graph_optimization,
-        settings.ort_spinning,
-        settings.device,
-        torch_thread=True,  # every torch model's calls on one thread: one OpenMP team
-    )
+    backend = _open(load, spec, kind, settings, settings.threads)
     pipeline, pad = make_pipeline(spec)
     lap("load")
     if settings.warmup:
@@ -161,6 +153,8 @@ def build(
         batcher.calibrate(_WARMUP[spec.task])  # seeds the service-time estimate for admission
     batcher.start(loop)
     lap("calibrate")
+    if kind.startswith("onnx") and (threads := workers.split_threads(settings.threads, calls)) is not None:
+        open_split(batcher, lambda: _open(load, spec, kind, settings, threads), threads, name, settings.warmup)
     model = ServedModel(name, spec, kind, backend, batcher, startup_s=lap.seconds)
     register_model(
         name,
@@ -175,6 +169,39 @@ def build(
         },
     )
     return model
+
+
+def _open(load: BackendLoader, spec: ModelSpec, kind: str, settings: Settings, threads: int | None) -> Backend:
+    return load(
+        spec.path,
+        spec.task,
+        kind,
+        threads,
+        settings.graph_optimization,
+        settings.ort_spinning,
+        settings.device,
+        torch_thread=True,  # every torch model's calls on one thread: one OpenMP team
+    )
+
+
+def open_split(batcher: Batcher, opener: Callable[[], Backend], threads: int, name: str, warm: bool) -> None:
+    """Open the split session (`app.repository.workers.split_threads`) in the background: the
+    model serves on its shared session meanwhile, so cold start does not wait for a second
+    load. A session that fails to open leaves every call on the shared one."""
+
+    def run() -> None:
+        try:
+            split = opener()
+            if warm:
+                warm_up(batcher.pipeline, split, batcher.pad, batcher.pipeline.task)
+        except Exception as exc:  # noqa: BLE001 - the model serves on without it
+            log.warning("model %s: no split session (%s: %s); concurrent calls share one", name,
+                        type(exc).__name__, exc)
+            return
+        batcher.use_split(split, threads)
+        log.info("model %s: calls that start while another runs use a session of %d thread(s)", name, threads)
+
+    threading.Thread(target=run, name=f"split-{name}", daemon=True).start()
 
 
 def choose_workers(pipeline: Pipeline, backend: Backend, pad: int, spec: ModelSpec, name: str, kind: str,

@@ -72,6 +72,33 @@ async def test_validation_names_the_field_and_limit(client) -> None:
     _error(await client.post("/classify", content=b"{not json", headers=headers), 422, "invalid_input")
 
 
+async def test_a_body_is_json_only_when_declared_json(client) -> None:
+    """The inference routes parse their bodies themselves (app.http.deps.DirectRoute) and keep
+    FastAPI's rules: a form post from another site's page is refused, an empty body is missing,
+    and broken JSON says where it broke."""
+    sentence = b'{"inputs": "a fine film"}'
+    for route in ("/classify", "/embed", "/v1/embeddings", "/qa", "/compare"):
+        err = _error(await client.post(route, content=sentence, headers={"content-type": "text/plain"}), 422,
+                     "invalid_input")
+        assert err["param"] == "body"
+        assert err["message"] == "body: Content-Type must be application/json (got text/plain)"
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    assert "x-www-form-urlencoded" in _error(await client.post("/classify", content=sentence, headers=form), 422,
+                                             "invalid_input")["message"]
+    err = _error(await client.post("/classify", content=b"", headers={"content-type": "application/json"}), 422,
+                 "invalid_input")
+    assert (err["param"], err["message"]) == ("body", "body: Field required")
+    err = _error(await client.post("/classify", content=b'{"inputs": [', headers={"content-type": "application/json"}),
+                 422, "invalid_input")
+    assert err["param"] == "body"
+    assert "line 1 column 12" in err["message"]
+    ok = await client.post("/classify", content=sentence, headers={"content-type": "application/json; charset=utf-8"})
+    assert ok.status_code == 200
+    assert ok.json()["results"][0][0]["label"] in ("negative", "positive")
+    schema = (await client.get("/openapi.json")).json()["paths"]["/classify"]["post"]["requestBody"]
+    assert schema["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ClassifyRequest"}
+
+
 async def test_limits_from_settings(small) -> None:
     err = _error(await small.post("/classify", json={"inputs": ["a"] * 4}), 413, "payload_too_large")
     assert "limit of 3" in err["message"]

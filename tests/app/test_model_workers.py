@@ -3,13 +3,16 @@ and model file, so that the next start makes the same choice without measuring."
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from app.settings import Settings
 from tests.conftest import serve
+from tests.polling import wait_for_async
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -45,3 +48,34 @@ async def test_an_unreadable_memory_is_measured_around(model_repo: Path, tmp_pat
     async with serve(settings) as client:
         assert set((await _workers(client)).values()) <= {1, 2}
     assert len(json.loads(memory.read_text())) == 6  # rewritten with what was measured
+
+
+async def _layout(client) -> dict[str, tuple[int, int | None]]:
+    return {m["name"]: (m["model_workers"], m["split_threads"]) for m in (await client.get("/models")).json()["models"]}
+
+
+async def test_concurrent_calls_get_a_session_of_their_own_share_of_the_cores(model_repo: Path) -> None:
+    """Two calls in flight on default threads: a second session with half the cores' threads
+    opens in the background for the call that starts while the other runs; with threads set
+    (or one call) there is nothing to split."""
+    cores = len(os.sched_getaffinity(0))
+    settings = Settings(models_dir=model_repo, backends=["onnx"], model_workers=2)
+    async with serve(settings) as client:
+        if cores >= 2:
+            split = await wait_for_async(lambda: _all_split(client), timeout=60)
+            assert set(split.values()) == {(2, cores // 2)}
+        texts = [f"a fine film, take {i}" for i in range(24)]
+        together = await asyncio.gather(*(client.post("/classify", json={"inputs": t}) for t in texts))
+        alone = [await client.post("/classify", json={"inputs": t}) for t in texts]
+        for a, b in zip(together, alone, strict=True):
+            assert a.json()["results"][0][0]["label"] == b.json()["results"][0][0]["label"]
+            assert abs(a.json()["results"][0][0]["score"] - b.json()["results"][0][0]["score"]) < 1e-4
+    for pinned in (Settings(models_dir=model_repo, backends=["onnx"], model_workers=2, threads=1),
+                   Settings(models_dir=model_repo, backends=["onnx"], model_workers=1)):
+        async with serve(pinned) as client:
+            assert {s for _, s in (await _layout(client)).values()} == {None}
+
+
+async def _all_split(client) -> dict[str, tuple[int, int | None]] | None:
+    layout = await _layout(client)
+    return layout if all(s is not None for _, s in layout.values()) else None

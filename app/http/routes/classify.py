@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from app.http.deps import RegistryDep, SettingsDep
+from app.http.deps import DirectRoute, RegistryDep, SettingsDep
 from app.http.responses import FastJSON
 from app.http.routes.common import check_limits, check_max, error_docs, resolve_servable, results_body, run_items
 from app.http.schemas import ClassifyRequest, ClassifyResponse
 from app.settings import Settings
 from inference.pipelines import ClassifyItem
 
-router = APIRouter(tags=["inference"])
+router = APIRouter(tags=["inference"], route_class=DirectRoute)
 
 
 def prepare(body: ClassifyRequest, settings: Settings) -> list[ClassifyItem]:

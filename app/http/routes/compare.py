@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from app.http.deps import RegistryDep, SettingsDep
+from app.http.deps import DirectRoute, RegistryDep, SettingsDep
 from app.http.errors import ServiceError
 from app.http.responses import FastJSON
 from app.http.routes import classify, embed, qa
@@ -26,7 +26,7 @@ from app.repository.registry import Registry, Servable, ServedModel
 from app.settings import Settings
 from inference.agreement import item_agreement, summarize
 
-router = APIRouter(tags=["comparison"])
+router = APIRouter(tags=["comparison"], route_class=DirectRoute)
 
 def _resolve(registry: Registry, name: str, task: str, param: str) -> Servable:
     try:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request
 
-from app.http.deps import RegistryDep, SettingsDep
+from app.http.deps import DirectRoute, RegistryDep, SettingsDep
 from app.http.errors import ServiceError
 from app.http.responses import FastJSON
 from app.http.routes.common import check_limits, error_docs, items_and_usage, resolve, run_items
@@ -18,7 +18,7 @@ from app.settings import Settings
 from inference.pipelines import EmbedItem
 from inference.tasks.embed import normalize
 
-router = APIRouter(tags=["inference"])
+router = APIRouter(tags=["inference"], route_class=DirectRoute)
 
 
 async def embed_texts(

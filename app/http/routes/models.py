@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.http.deps import RegistryDep
+from app.http.deps import DirectRoute, RegistryDep
 from app.http.responses import FastJSON
 from app.http.routes.common import error_docs
 from app.http.schemas import ModelsResponse
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], route_class=DirectRoute)
 
 
 @router.get("/models", response_model=ModelsResponse, responses=error_docs())

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request
 
-from app.http.deps import RegistryDep, SettingsDep
+from app.http.deps import DirectRoute, RegistryDep, SettingsDep
 from app.http.errors import ServiceError
 from app.http.responses import FastJSON
 from app.http.routes.common import check_limits, error_docs, items_and_usage
@@ -17,7 +17,7 @@ from app.http.schemas import RerankRequest, RerankResponse, SimilarityRequest, S
 from app.repository.registry import Registry
 from app.settings import Settings
 
-router = APIRouter(tags=["inference"])
+router = APIRouter(tags=["inference"], route_class=DirectRoute)
 
 
 async def _scores(
