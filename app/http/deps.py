@@ -48,6 +48,8 @@ class DirectRoute(APIRoute):
     route with any other parameter keeps FastAPI's handler. Dependency overrides do not reach
     these routes (nothing here uses them)."""
 
+    direct: Callable[[Request], Coroutine[Any, Any, Response]] | None = None  # set when the plan covers it
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         plan = _plan(self.endpoint)
         if plan is None:
@@ -59,6 +61,7 @@ class DirectRoute(APIRoute):
             response: Response = await endpoint(**kwargs)
             return response
 
+        self.direct = handler
         return handler
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -131,9 +132,22 @@ async def _unhandled(request: Request, exc: Exception) -> FastJSON:
     return error_response("internal_error", "internal server error", task=_task(request))
 
 
+_HANDLERS: list[tuple[type[Exception], Callable[[Request, Any], Awaitable[FastJSON]]]] = [
+    (RequestValidationError, _validation),
+    (ServiceError, _service),
+    (StarletteHTTPException, _http),
+    (Exception, _unhandled),
+]
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers; the catch-all turns anything unexpected into a bare 500."""
-    app.add_exception_handler(RequestValidationError, _validation)  # type: ignore[arg-type]
-    app.add_exception_handler(ServiceError, _service)  # type: ignore[arg-type]
-    app.add_exception_handler(StarletteHTTPException, _http)  # type: ignore[arg-type]
-    app.add_exception_handler(Exception, _unhandled)
+    for kind, handler in _HANDLERS:
+        app.add_exception_handler(kind, handler)
+
+
+async def render(request: Request, exc: Exception) -> FastJSON:
+    """The response the registered handlers give `exc`, for routes called without Starlette's
+    exception middleware (`app.http.middleware.ServiceMiddleware`'s direct calls)."""
+    handler = next(h for kind, h in _HANDLERS if isinstance(exc, kind))
+    return await handler(request, exc)

@@ -13,14 +13,16 @@ code in one place (here, app/http/shutdown.py, app/http/security.py, app/observa
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.http.errors import TASK_BY_PATH, error_response
+from app.http.deps import DirectRoute
+from app.http.errors import TASK_BY_PATH, error_response, render
 from app.observability.access_log import AccessLog, header, request_id
 from app.observability.logs import REQUEST_ID, configure_logging
 from app.observability.metrics import REQUEST_DURATION, REQUESTS
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 
 _LOGGED_BODY_BYTES = 4096
 Gate = Callable[[Scope], "Response | None"]  # a response that answers the request instead of the route
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 class ServiceMiddleware:
@@ -44,6 +47,7 @@ class ServiceMiddleware:
         self.log_inputs, self.limit = settings.log_inputs, settings.max_body_bytes
         self.access = AccessLog() if settings.access_log else None
         self.shed, self.metrics = Shedder(), ServingMetrics()
+        self._handlers: dict[str, Handler] | None = None  # POST path -> direct handler, indexed on first use
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -95,10 +99,27 @@ class ServiceMiddleware:
         self, scope: Scope, receive: Receive, send: Send, task: str, status: list[int], start: float
     ) -> None:
         try:
-            shed = self.shed.rejection(scope, task)
-            await (self.app if shed is None else shed)(scope, receive, send)
+            if (shed := self.shed.rejection(scope, task)) is not None:
+                await shed(scope, receive, send)
+            elif (handler := self._direct(scope)) is not None:
+                await _call(handler, scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
         finally:
             self.metrics.record(scope, task, str(status[0]), time.perf_counter() - start)
+
+    def _direct(self, scope: Scope) -> Handler | None:
+        """The route's own handler for a POST to a `DirectRoute` (every inference route): called
+        straight from here, it skips the router's match over every route and three framework
+        layers (exception middleware, exit stack, request-response wrapper) that cost about a
+        fifth of the event loop's time per request under load. Other methods go the usual way
+        (405 from the router)."""
+        if scope["method"] != "POST":
+            return None
+        if self._handlers is None:
+            routes = scope["app"].router.routes
+            self._handlers = {r.path: r.direct for r in routes if isinstance(r, DirectRoute) and r.direct is not None}
+        return self._handlers.get(scope["path"])
 
     def _log(self, access: AccessLog, rid: str, scope: Scope, status: int, seconds: float, body: bytearray) -> None:
         served: Any = scope.get("state", {}).get("served")
@@ -113,6 +134,17 @@ class ServiceMiddleware:
         if self.log_inputs:
             fields["body"] = body.decode("utf-8", "replace")
         access.write(rid, fields)
+
+
+async def _call(handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
+    """A route handler without Starlette's exception middleware: its errors get the responses
+    the app's registered handlers give them (`app.http.errors.render`)."""
+    request = Request(scope, receive)
+    try:
+        response = await handler(request)
+    except Exception as exc:  # noqa: BLE001 - rendered exactly as the registered handlers would
+        response = await render(request, exc)
+    await response(scope, receive, send)
 
 
 def _logged(receive: Receive, body: bytearray) -> Receive:
