@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.engine.cost import ServiceRate
-from app.engine.cutting import greedy_bounds, partition
+from app.engine.cutting import greedy_bounds, partition, shares
 from app.engine.queue import Batch, BatchConfig, Job, WorkQueue
 from app.http.errors import ServiceError
 from app.observability.metrics import ModelMetrics
@@ -35,6 +35,7 @@ from inference.pipelines import Pipeline, run_once
 from inference.tasks import pad_batch
 
 Outcome = tuple[Job, Any, BaseException | None]
+_PARALLEL_MIN = 8  # sequences per call below which a window that fits one call is not shared out
 
 __all__ = ["Batch", "BatchConfig", "Batcher", "Job"]
 
@@ -175,7 +176,13 @@ class Batcher:
             bounds = partition(lengths, cfg.max_batch_size, cfg.max_batch_tokens, self.rate.fixed, self.rate.item_cost)
         else:
             bounds = greedy_bounds(lengths, cfg.max_batch_size, cfg.max_batch_tokens)
+            if len(bounds) == 2 and self._idle_workers():
+                bounds = shares(len(seqs), cfg.workers, _PARALLEL_MIN)
         return [seqs[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+    def _idle_workers(self) -> bool:
+        """Every worker is free (none has a call in flight), and there is more than one."""
+        return self.config.workers > 1 and not any(self.queue.busy_until)
 
     def _compute(self, batch: Batch, worker: int = 0) -> None:
         """Run one model call; items that expired before compute are dropped from it. Its time
@@ -203,7 +210,8 @@ class Batcher:
         """The split session while another worker's call is in flight, else the shared one: a
         lone call keeps every core, and concurrent calls do not oversubscribe them."""
         split = self.split
-        if split is not None and any(t > 0.0 for k, t in enumerate(self.queue.busy_until) if k != worker):
+        others = any(t > 0.0 for k, t in enumerate(self.queue.busy_until) if k != worker)
+        if split is not None and (others or self.queue.ready_waiting):  # a cut call about to start counts
             return split
         return self.backend
 

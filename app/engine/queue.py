@@ -166,6 +166,11 @@ class WorkQueue:
                 return batch
             return self._collect()
 
+    @property
+    def ready_waiting(self) -> bool:
+        """A cut call waits for a worker (read without the lock: a hint)."""
+        return bool(self._ready)
+
     def put_ready(self, batches: list[Batch]) -> None:
         """Calls a worker cut and leaves to whichever worker is free first."""
         if batches:

@@ -11,7 +11,7 @@ import random
 import pytest
 
 from app.engine.cost import ServiceRate
-from app.engine.cutting import greedy_bounds, partition
+from app.engine.cutting import greedy_bounds, partition, shares
 
 
 def cost(lengths: list[int], bounds: list[int], overhead: float) -> float:
@@ -89,3 +89,11 @@ def test_cost_fit_with_one_width_falls_back_to_tokens_and_stays_positive() -> No
     assert rate.per_sq == 0
     assert rate.per_token == pytest.approx(40e-6 + 0.16e-6 * 16 + 2e-3 / 512, rel=0.15)
     assert rate.work(64, 32) == pytest.approx(2 * 32 * 16 * rate.per_token)
+
+
+def test_shares_split_a_window_evenly_and_never_below_the_least() -> None:
+    assert shares(32, 2, 8) == [0, 16, 32]
+    assert shares(33, 2, 8) == [0, 16, 33]
+    assert shares(15, 2, 8) == [0, 15]  # two calls of 7 and 8 would be under the least
+    assert shares(24, 4, 8) == [0, 8, 16, 24]
+    assert shares(5, 1, 8) == [0, 5]

@@ -139,3 +139,27 @@ async def test_windows_spread_over_model_workers_give_the_serial_answer(model_re
         assert [a["answer"] for a in parallel["results"][0]] == [a["answer"] for a in serial["results"][0]]
         scores = [a["score"] for a in serial["results"][0]]
         assert [a["score"] for a in parallel["results"][0]] == pytest.approx(scores, abs=1e-6)
+
+
+async def test_a_request_that_fits_one_call_is_shared_over_idle_workers(model_repo, tmp_path) -> None:
+    """32 sentences in one request, every worker idle: with two model workers they run as two
+    concurrent calls of 16 (one per worker, each on its share of the cores), with one worker as
+    one call of 32; the vectors are the same either way."""
+    from app.settings import Settings
+    from tests.conftest import serve
+
+    (tmp_path / "embed-student").symlink_to(model_repo / "embed-student")
+    body = {"inputs": [f"sentence number {i} of the request" for i in range(32)]}
+    out = {}
+    for workers in (1, 2):
+        async with serve(Settings(models_dir=tmp_path, model_workers=workers)) as c:
+            before = await _metric(c, "distilserve_batch_size_count", "embed-student")
+            response = await c.post("/embed", json=body)
+            calls = await _metric(c, "distilserve_batch_size_count", "embed-student") - before
+            small = await c.post("/embed", json={"inputs": body["inputs"][:12]})  # under 2 x 8: one call
+            small_calls = await _metric(c, "distilserve_batch_size_count", "embed-student") - before - calls
+        assert response.status_code == small.status_code == 200
+        assert (calls, small_calls) == ((1, 1) if workers == 1 else (2, 1))
+        out[workers] = response.json()
+    np.testing.assert_allclose(out[2]["embeddings"], out[1]["embeddings"], atol=1e-5)
+    assert out[2]["items"] == out[1]["items"]
