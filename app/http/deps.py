@@ -10,6 +10,7 @@ from fastapi import Depends, Request, params
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from app.http.errors import ServiceError
@@ -100,7 +101,11 @@ def _body_parser(model: type[BaseModel]) -> Resolver:
         raw = await request.body()
         _check_body(request.headers.get("content-type"), raw)
         try:
-            return model.model_validate_json(raw)
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:  # 400 as FastAPI's parsing gives, naming where
+            raise HTTPException(400, f"body is not valid UTF-8 (byte {exc.start})") from None
+        try:
+            return model.model_validate_json(text)
         except ValidationError as exc:
             errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
             raise RequestValidationError(errors) from None
