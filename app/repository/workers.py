@@ -13,11 +13,14 @@ short rounds chose differently between identical idle starts; the median of pair
 Where two calls run, a second session of the model with half the intra-op threads serves the
 calls that start while another is in flight (`split_threads`, `app.engine.batcher`): two calls
 of every thread each put twice as many threads as cores to work, two calls of half each
-synchronise less and oversubscribe nothing, and a lone call still gets every core. Measured
-over HTTP with 32 clients on a 2-core EPYC (2026-12-07, `benchmarks.bench_serving --threads 1`
-against the default): int8 MiniLM 606-617 against 526-593 req/s, fp32 MiniLM 418 against 362,
-while a lone item took 10-20% longer on one thread than on two (fp32 MiniLM 5.3 against
-4.5-4.9 ms), which is why the lone call keeps the shared session.
+synchronise less and oversubscribe nothing, and a lone call still gets every core. On a 2-core
+EPYC (2026-12-07), two in-process callers of the int8 MiniLM reached 786-870 items/s on
+one-thread sessions against 680-760 on the shared one; over HTTP with 32 one-sentence clients the
+gain was smaller, the event loop taking its share of the cores (three paired 10 s runs: int8
+632-652 against 614-638 req/s, fp32 412-432 against 405-425), and with one client sending 32
+sentences, shared out as two calls of 16 on idle workers (`app.engine.cutting.shares`), int8
+684-688 against 536-588 sentences/s. A lone item took 10-20% longer on one thread than on two
+(fp32 MiniLM 5.3 against 4.5-4.9 ms), which is why the lone call keeps the shared session.
 """
 
 from __future__ import annotations
