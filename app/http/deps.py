@@ -71,7 +71,10 @@ Resolver = Callable[[Request], Awaitable[Any]]
 
 def _plan(endpoint: Callable[..., Any]) -> dict[str, Resolver] | None:
     """Per parameter, how to get its value from the request; None when one is of another kind."""
-    hints = get_type_hints(endpoint, include_extras=True)
+    try:
+        hints = get_type_hints(endpoint, include_extras=True)
+    except NameError:  # an annotation only a type checker can resolve: FastAPI's handler then
+        return None
     plan: dict[str, Resolver] = {}
     for name in inspect.signature(endpoint).parameters:
         resolver = _resolver(hints.get(name))
