@@ -213,7 +213,7 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, float], list[dict[str, 
     local = InProcess(model_dir, args.backend, args.threads, args.device)
     task, name = local.spec.task, model_dir.name
     callers = max(2, args.workers or 2)
-    split = split_threads(args.threads, callers) if args.backend.startswith("onnx") else None
+    split = split_threads(args.backend, args.threads, callers)
     best = best_in_process(local, callers, InProcess(model_dir, args.backend, split, args.device) if split else None)
     reqs = [request_bytes(ENDPOINT[task], body(task, s, name)) for s in SENTENCES]
     env = {"DISTILSERVE_THREADS": str(args.threads)} if args.threads else {}

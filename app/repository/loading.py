@@ -153,7 +153,7 @@ def build(
         batcher.calibrate(_WARMUP[spec.task])  # seeds the service-time estimate for admission
     batcher.start(loop)
     lap("calibrate")
-    if kind.startswith("onnx") and (threads := workers.split_threads(settings.threads, calls)) is not None:
+    if (threads := workers.split_threads(kind, settings.threads, calls)) is not None:
         open_split(batcher, lambda: _open(load, spec, kind, settings, threads), threads, name, settings.warmup)
     model = ServedModel(name, spec, kind, backend, batcher, startup_s=lap.seconds)
     register_model(

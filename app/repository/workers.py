@@ -56,11 +56,12 @@ def decide(figures: dict[str, float]) -> int:
     return 2 if figures["ratio"] >= PAIR_GAIN else 1
 
 
-def split_threads(threads: int | None, calls: int) -> int | None:
+def split_threads(kind: str, threads: int | None, calls: int) -> int | None:
     """Intra-op threads of the session for concurrent calls: the cores shared out over the
-    calls; None where there is nothing to split (one call, one core, or threads set)."""
+    calls; None where there is nothing to split (not ONNX Runtime, one call, one core, or
+    threads set)."""
     cores = len(os.sched_getaffinity(0))
-    if threads is not None or calls < 2 or cores < 2:
+    if not kind.startswith("onnx") or threads is not None or calls < 2 or cores < 2:
         return None
     return max(1, cores // calls)
 
