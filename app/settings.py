@@ -53,6 +53,9 @@ class Settings(BaseSettings):
         "the 12-layer fp32 teacher 8% slower; two torch calls on CPU oversubscribe its OpenMP threads",
     )
     ort_spinning: bool = Field(default=False, description="let ONNX Runtime pool threads spin-wait between batches")
+    int8_guard: bool = Field(
+        default=True, description="onnx-int8 models whose manifest records a guard read their near ties again on "
+        "the fp32 file (inference.guard); false serves every int8 answer as the int8 file gives it")
     model_workers_memory: Path | None = Field(
         default=None,
         description="a JSON file where the measured model-worker choice is remembered per machine and model file, so "

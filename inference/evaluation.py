@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inference.backends import Backend
+from inference.guard import Guard
 from inference.pipelines import Pipeline, valid_sequences
 from inference.tasks import pad_batch
 
@@ -30,9 +31,10 @@ class Served:
 
 
 def serve(pipeline: Pipeline, backend: Backend, pad: int, payloads: Sequence[Any], batch_size: int,
-          progress: Callable[[int], object] | None = None) -> Served:
+          progress: Callable[[int], object] | None = None, guard: Guard | None = None) -> Served:
     """Run payloads as the batcher does: encode a group, sort its sequences by length, cut
-    into batches, one model call per batch, reduce, reassemble per payload, finish.
+    into batches, one model call per batch, reduce, reassemble per payload, finish, and (an int8
+    file with a guard) read its near ties again in fp32.
     `progress` is told how many payloads each group finished (a progress bar's update)."""
     results: list[dict[str, Any]] = []
     tokens = sequences = 0
@@ -41,8 +43,10 @@ def serve(pipeline: Pipeline, backend: Backend, pad: int, payloads: Sequence[Any
         group = payloads[i : i + CHUNK]
         encoded = [valid_sequences(s) for s in pipeline.encode(group)]
         rows = _run_sorted(pipeline, backend, pad, encoded, batch_size)
-        for payload, seqs, item_rows in zip(group, encoded, rows, strict=False):
-            results.append(pipeline.finish(payload, seqs, item_rows))
+        finished = [(payload, seqs, pipeline.finish(payload, seqs, item_rows))
+                    for payload, seqs, item_rows in zip(group, encoded, rows, strict=False)]
+        results += guard.recheck(pipeline, pad, finished) if guard else [result for _, _, result in finished]
+        for seqs in encoded:
             tokens += sum(len(s.ids) for s in seqs)
             sequences += len(seqs)
         if progress is not None:

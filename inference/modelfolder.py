@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.backends import available_kinds
+from inference.guard import read_threshold
 
 _MAX_HEADER = 100_000_000  # bytes: a bigger "header" is not safetensors
 
@@ -70,6 +71,7 @@ class ModelSpec:
     pair: str | None = None  # the teacher/student pair it belongs to (None: a lone model)
     recipe: str | None = None  # the training recipe's name (quick, standard, full, a file)
     cascade: dict[str, Any] = field(default_factory=dict)  # a student's calibration (training's calibrate)
+    int8_guard: float | None = None  # the int8 file's calibrated lead threshold (inference.guard)
 
 
 def _infer_task(config: dict[str, Any]) -> str:
@@ -148,6 +150,7 @@ def read_spec(folder: Path) -> ModelSpec:
         kinds=available_kinds(folder),
         pair=pair_of(folder.name, manifest),
         cascade=manifest.get("cascade") or {},
+        int8_guard=read_threshold((manifest.get("onnx") or {}).get("model.int8.onnx") or {}),
         recipe=(manifest.get("recipe") or {}).get("name") if isinstance(manifest.get("recipe"), dict) else None,
     )
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from tokenizers import Tokenizer
 
+from inference.guard import lead
 from inference.modelfolder import ModelSpec
 from inference.tasks import Encoded, classify, embed, load_tokenizer, pad_batch, pad_id, qa
 from inference.tasks.classify import score_function
@@ -131,8 +132,10 @@ class ClassifyPipeline:
         return outputs
 
     def finish(self, payload: ClassifyItem, seqs: Sequence[Encoded], rows: Rows) -> dict[str, Any]:
-        labels = classify.postprocess(rows[0]["logits"], self.id2label, payload.top_k, self.function)
-        return {"result": labels, **_meta(seqs)}
+        top_k = payload.top_k
+        labels = classify.postprocess(rows[0]["logits"], self.id2label, top_k and max(2, top_k), self.function)
+        ahead = lead([float(label["score"]) for label in labels], self.function != "none")
+        return {"result": labels[:top_k] if top_k else labels, "lead": ahead, **_meta(seqs)}
 
 
 class EmbedPipeline:
@@ -177,11 +180,12 @@ class QAPipeline:
     def finish(self, payload: QAItem, seqs: Sequence[qa.QAWindow], rows: Rows) -> dict[str, Any]:
         answers = qa.decode_qa(
             seqs, [r["start_logits"] for r in rows], [r["end_logits"] for r in rows], payload.context,
-            payload.top_k, payload.max_answer_len, payload.handle_impossible_answer,
+            max(2, payload.top_k), payload.max_answer_len, payload.handle_impossible_answer,
         )
+        ahead = lead([float(a["score"]) for a in answers])  # the best span's lead over the second
         total = seqs[0].context_windows if seqs else None
         skipped = {"windows_skipped": total - len(seqs)} if total else {}
-        return {"result": answers, **_meta(seqs), "windows": len(seqs), **skipped}
+        return {"result": answers[: payload.top_k], "lead": ahead, **_meta(seqs), "windows": len(seqs), **skipped}
 
 
 def make_pipeline(spec: ModelSpec) -> tuple[Pipeline, int]:

@@ -93,6 +93,7 @@ def finish(build: Build, recipe: Recipe, tmp: Path, name: str) -> Path:
             raise
         # fp32 passed; the failed int8 file was removed and its figures recorded (ok: false)
         log.warning("%s: %s: %s; serving fp32 ONNX only", build.command, name, exc)
+    guard_int8(build, recipe, tmp, name)
     path, articles = eval_target(recipe)
     evaluated = timed(build, name, f"evaluate ({recipe.eval_backend})", evaluate_model, tmp, recipe.eval_backend,
                       path, limit=recipe.eval_limit, articles=articles, set_name=recipe.eval_name,
@@ -110,6 +111,21 @@ def finish(build: Build, recipe: Recipe, tmp: Path, name: str) -> Path:
         shutil.rmtree(final)
     tmp.rename(final)
     return final
+
+
+def guard_int8(build: Build, recipe: Recipe, tmp: Path, name: str) -> None:
+    """Calibrate the int8 file's guard on the validation split (`training.int8_guard`), before
+    the report set's evaluations, which then measure the int8 file as it is served."""
+    from inference.modelfolder import read_spec
+    from training.int8_guard import TASKS, calibrate
+    from training.manifest import read_manifest
+
+    if not (tmp / "model.int8.onnx").is_file() or read_spec(tmp).task not in TASKS:
+        return
+    if not read_manifest(tmp).get("validation"):
+        log.warning("%s: %s records no validation split; its int8 file is served unguarded", build.command, name)
+    else:
+        timed(build, name, "int8 guard", calibrate, tmp, limit=recipe.calibrate_limit, threads=recipe.threads)
 
 
 def build_task(build: Build, task: str, prefix: str) -> None:

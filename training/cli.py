@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "training.export",
     "training.int8_compare",  # adds --compare-schemes to export: after training.export
     "training.evaluate",
+    "training.int8_guard",
     "training.int8_agreement",
     "training.calibrate",
     "training.curve",
@@ -43,6 +44,7 @@ EPILOG = (
     "  python -m training build --task classification --data tickets.csv --no-header --name tickets\n"
     "  python -m training export models/sst2-quick-student\n"
     "  python -m training evaluate models/sst2-quick-student --backend onnx --data ../shared/data/sst2/dev.tsv\n"
+    "  python -m training guard models/squad-quick-student\n"
     "  python -m training agreement models/sst2-quick-student --data ../shared/data/sst2/dev.tsv\n"
     "  python -m training calibrate sst2-quick\n"
     "  python -m training curve models/sst2-quick-student --data ../shared/data/sst2/dev.tsv\n"

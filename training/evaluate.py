@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from inference.backends import KINDS, load_backend
 from inference.evaluation import Served, serve
-from inference.modelfolder import read_spec
+from inference.guard import Guard
+from inference.modelfolder import ModelSpec, read_spec
 from inference.pipelines import make_pipeline
 from training.data import Columns, data_sha256, is_hub_spec, parse_hub_spec
 from training.scoring import score_classification, score_squad, score_stsb
@@ -76,12 +77,14 @@ def set_name_for(path: Path | str, dataset: str, articles: Sequence[int] | None)
 def evaluate_model(model_dir: Path, backend: str, data_path: Path | str, *, dataset: str | None = None,
                    limit: int | None = None, articles: Sequence[int] | None = None, set_name: str | None = None,
                    batch_size: int = 32, threads: int | None = None, write: bool = True,
-                   columns: Columns | None = None) -> dict:
+                   columns: Columns | None = None, guard: bool = True) -> dict:
     """Evaluate `model_dir` on `data_path` with `backend`; return the figures and (if the folder
     has a manifest and `write`) store them as manifest["quality"][set_name][backend], with the
     per-item records in `evaluations/<set>@<backend>.jsonl` beside it. `columns`: how a labelled
-    file is read (default: its header names the columns). The result also carries each served
-    item's raw output (`outputs`: vectors for embeddings), which is not stored."""
+    file is read (default: its header names the columns). An int8 file with a calibrated guard
+    is evaluated as it is served, near ties read again in fp32 (`guard=False`: the bare int8
+    file). The result also carries each served item's raw output (`outputs`: vectors for
+    embeddings), which is not stored."""
     model_dir, data_path = Path(model_dir), data_source(str(data_path))
     spec = read_spec(model_dir)
     dataset = dataset or detect_dataset(data_path, spec.task)
@@ -89,10 +92,11 @@ def evaluate_model(model_dir: Path, backend: str, data_path: Path | str, *, data
         raise ValueError(f"{model_dir.name} is a {spec.task} model; dataset {dataset!r} needs {TASK_OF.get(dataset)}")
     pipeline, pad = make_pipeline(spec)
     model = load_backend(model_dir, spec.task, backend, threads)
+    checker = _guard(spec, backend, threads) if guard else None
 
     def run(items: list) -> Served:
         with tqdm(total=len(items), desc=f"{model_dir.name} [{backend}]", unit="item") as bar:
-            return serve(pipeline, model, pad, items, batch_size, progress=bar.update)
+            return serve(pipeline, model, pad, items, batch_size, progress=bar.update, guard=checker)
 
     if dataset == "squad":
         scored = score_squad(spec, run, data_path, limit, articles)
@@ -103,11 +107,28 @@ def evaluate_model(model_dir: Path, backend: str, data_path: Path | str, *, data
              **_throughput(scored.served), "backend": backend, "rows": len(scored.records), "dataset": dataset,
              "data": {"path": str(data_path), "sha256": data_sha256(data_path)},
              **({"articles": [articles[0], articles[-1] + 1]} if articles else {}),
+             **_guard_figures(checker, scored.records),
              "predictions": predictions_file(name, backend),
              "evaluated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
     if write:
         _record(model_dir, name, entry, scored.records)
     return {"set": name, **entry, "records": scored.records, "outputs": [r["result"] for r in scored.served.results]}
+
+
+def _guard(spec: ModelSpec, backend: str, threads: int | None) -> Guard | None:
+    """The int8 file's guard as the service builds it (`app.repository.loading`): its fp32 file
+    and the calibrated threshold; None for other backends and files without one."""
+    if backend != "onnx-int8" or spec.int8_guard is None:
+        return None
+    return Guard(load_backend(spec.path, spec.task, "onnx", threads), spec.int8_guard)
+
+
+def _guard_figures(guard: Guard | None, records: list[dict[str, Any]]) -> dict[str, Any]:
+    if guard is None:
+        return {}
+    again = sum(1 for r in records if r.get("rechecked"))
+    return {"guard": {"threshold": guard.threshold, "rechecked": again,
+                      "rechecked_share": round(again / max(1, len(records)), 6)}}
 
 
 def predictions_file(set_name: str, backend: str) -> str:

@@ -79,7 +79,15 @@ def _same_answers(task: str, fp32: list[dict[str, Any]], int8: list[dict[str, An
     same = [float(a["prediction"] == b["prediction"]) for a, b in zip(fp32, int8, strict=True)]
     key = "label_agreement" if task == "classification" else "span_agreement"
     ci = interval(mean_of(same), len(same)).as_dict()
-    return {key: ci["value"], "interval": {key: ci}, "items": len(same), "differ": int(len(same) - sum(same))}
+    figures = {key: ci["value"], "interval": {key: ci}, "items": len(same), "differ": int(len(same) - sum(same))}
+    again = [b for b in int8 if b.get("rechecked")]
+    if again:  # the guard's share, and what the bare int8 file would have agreed
+        bare = [float(a["prediction"] == b.get("int8_prediction", b["prediction"])) for a, b in zip(fp32, int8,
+                                                                                                   strict=True)]
+        figures["guard"] = {"rechecked": len(again), "rechecked_share": round(len(again) / len(int8), 6),
+                            "bare": {key: interval(mean_of(bare), len(bare)).as_dict(),
+                                     "differ": int(len(bare) - sum(bare))}}
+    return figures
 
 
 def _cosines(fp32: list[np.ndarray], int8: list[np.ndarray]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ and EM on a 0-1 scale); STS-B {"i", "cosine", "gold"}.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,18 @@ def headline_statistic(headline: str, records: Sequence[dict[str, Any]]) -> Call
     return mean_of([scale * r[key] for r in records])
 
 
+def near_tie(result: dict[str, Any], key: str) -> dict[str, Any]:
+    """How far the best answer led the second (`inference.guard.lead`; null with one candidate),
+    and, where an int8 guard read the item again in fp32, what the bare int8 file had answered
+    (its top `key`): what `int8_guard` calibrates on and `agreement` reports both ways."""
+    ahead = result.get("lead")
+    fields: dict[str, Any] = {"lead": round(ahead, 6) if isinstance(ahead, float) and math.isfinite(ahead) else None}
+    if result.get("rechecked"):
+        int8 = result.get("int8_result") or []
+        fields.update(rechecked=True, int8_prediction=int8[0][key] if int8 else "")
+    return fields
+
+
 def score_classification(spec: ModelSpec, run: Run, path: Path | str, limit: int | None,
                          columns: Columns | None = None) -> Scored:
     """Accuracy; gold labels are mapped through the model's label names (or their indices); a
@@ -69,7 +82,7 @@ def score_classification(spec: ModelSpec, run: Run, path: Path | str, limit: int
         gold = names[int(example.label)] if example.label is not None else None
         predicted = result["result"][0]["label"]
         records.append({"i": i, "gold": gold, "prediction": predicted, "correct": int(predicted == gold),
-                        "labels": result["result"]})
+                        "labels": result["result"], **near_tie(result, "label")})
     accuracy = float(np.mean([r["correct"] for r in records]))
     return Scored({"accuracy": accuracy}, records, served, "accuracy")
 
@@ -109,7 +122,8 @@ def score_squad(spec: ModelSpec, run: Run, path: Path | str, limit: int | None,
         best: dict[str, Any] = result["result"][0] if result["result"] else {"answer": "", "score": 0.0}
         records.append({"i": i, "id": example.qid, "prediction": best["answer"], "score": float(best["score"]),
                         "f1": best_over_golds(f1, best["answer"], example.answers),
-                        "exact_match": best_over_golds(exact_match, best["answer"], example.answers)})
+                        "exact_match": best_over_golds(exact_match, best["answer"], example.answers),
+                        **near_tie(result, "answer")})
     figures = {"exact_match": 100.0 * float(np.mean([r["exact_match"] for r in records])),
                "f1": 100.0 * float(np.mean([r["f1"] for r in records]))}
     return Scored(figures, records, served, "f1")

@@ -20,6 +20,7 @@ models parallelise well within a call, so the number is measured per model at wa
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -31,9 +32,11 @@ from app.engine.queue import Batch, BatchConfig, Job, WorkQueue
 from app.http.errors import ServiceError
 from app.observability.metrics import ModelMetrics
 from inference.backends import Backend
+from inference.guard import Guard
 from inference.pipelines import Pipeline, run_once
 from inference.tasks import pad_batch
 
+log = logging.getLogger("distilserve")
 Outcome = tuple[Job, Any, BaseException | None]
 _PARALLEL_MIN = 8  # sequences per call below which a window that fits one call is not shared out
 
@@ -44,9 +47,11 @@ class Batcher:
     """Queue + worker threads for one (model, backend)."""
 
     def __init__(
-        self, pipeline: Pipeline, backend: Backend, config: BatchConfig, labels: dict[str, str], pad: int = 0
+        self, pipeline: Pipeline, backend: Backend, config: BatchConfig, labels: dict[str, str], pad: int = 0,
+        guard: Guard | None = None,
     ) -> None:
         self.pipeline, self.backend, self.config, self.pad = pipeline, backend, config, pad
+        self.guard = guard  # an int8 model's fp32 re-read of near ties (inference.guard)
         self.queue = WorkQueue(config)
         self._rows = threading.Lock()  # a request's sequences can be in calls on two workers
         self._threads: list[threading.Thread] = []
@@ -201,7 +206,7 @@ class Batcher:
         done = self._store(items, outputs)
         for _ in items:
             self._m.observe("inference", elapsed)
-        self._resolve([self._finish(j) for j in done])
+        self._resolve(self._finish_all(done))
         seconds = time.perf_counter() - now + batch.tokenize_share * len(items)
         ids = inputs["input_ids"]
         self.queue.record(int(ids.size), len(items), seconds, int(ids.shape[1]), len(done) + len(expired))
@@ -225,6 +230,23 @@ class Batcher:
                 if job.pending == 0:
                     done.append(job)
         return done
+
+    def _finish_all(self, jobs: list[Job]) -> list[Outcome]:
+        """Each complete job's result; under a guard, near ties read again in fp32 first. If
+        that read fails, the int8 answers stand: the guard never fails a request."""
+        outcomes = [self._finish(j) for j in jobs]
+        done = [(job, result) for job, result, exc in outcomes if exc is None]
+        if self.guard is None or not done:
+            return outcomes
+        try:
+            results = self.guard.recheck(self.pipeline, self.pad, [(j.payload, j.seqs, r) for j, r in done])
+        except Exception as exc:  # noqa: BLE001 - the int8 answers are still answers
+            log.warning("model %s: the fp32 re-read of near ties failed (%s: %s); int8 answers kept",
+                        self.name, type(exc).__name__, exc)
+            return outcomes
+        self._m.rechecked(sum(1 for r in results if r.get("rechecked")))
+        failed = [o for o in outcomes if o[2] is not None]
+        return failed + [(job, result, None) for (job, _), result in zip(done, results, strict=True)]
 
     def _finish(self, job: Job) -> Outcome:
         start = time.perf_counter()

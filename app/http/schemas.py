@@ -37,6 +37,10 @@ class ItemInfo(BaseModel):
         default=None, description="cascades: the item went to the teacher, who answered or refused (`reason`)"
     )
     reason: str | None = Field(default=None, description="cascades: why the teacher refused the escalation")
+    rechecked: bool | None = Field(
+        default=None, description="int8 models with a guard: true when int8's best answer led the second by less "
+        "than the calibrated margin, and the answer given is the fp32 file's"
+    )
 
 
 class Usage(BaseModel):

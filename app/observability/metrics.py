@@ -55,6 +55,11 @@ TRUNCATED_INPUTS = Counter(
 ERRORS = Counter(
     "distilserve_errors_total", "Error responses by error type", ("type", "task"), registry=REGISTRY,
 )
+INT8_RECHECKED = Counter(
+    "distilserve_int8_rechecked_total", "Items an int8 model read again on its fp32 file: near ties, where the "
+    "best answer led the second by less than the file's calibrated guard (inference.guard)",
+    MODEL_LABELS, registry=REGISTRY,
+)
 MODEL_INFO = Info(
     "distilserve_model", "Served models",
     ("model", "task", "role", "backend", "layers", "hidden_size", "params", "max_length"),
@@ -130,6 +135,7 @@ class ModelMetrics:
         self._size, self._tokens = BATCH_SIZE.labels(**labels), BATCH_TOKENS.labels(**labels)
         self._in_tokens = INPUT_TOKENS.labels(task=task, **labels)
         self._truncated = TRUNCATED_INPUTS.labels(task=task, **labels)
+        self._rechecked = INT8_RECHECKED.labels(**labels)
 
     def observe(self, stage: str, seconds: float) -> None:
         self._stages[stage].observe(seconds)
@@ -142,3 +148,7 @@ class ModelMetrics:
         self._in_tokens.inc(tokens)
         if truncated:
             self._truncated.inc()
+
+    def rechecked(self, items: int) -> None:
+        if items:
+            self._rechecked.inc(items)

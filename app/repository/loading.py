@@ -26,6 +26,7 @@ from app.repository.registry import (
 )
 from app.settings import Settings
 from inference.backends import Backend, available_kinds, load_backend
+from inference.guard import Guard
 from inference.modelfolder import ModelSpec, read_spec
 from inference.pipelines import (
     ClassifyItem,
@@ -148,7 +149,8 @@ def build(
     lap("warm_up")
     calls = choose_workers(pipeline, backend, pad, spec, name, kind, settings)
     lap("model_workers")
-    batcher = Batcher(pipeline, backend, batch_config(settings, calls), metric_labels(name, spec, kind), pad)
+    guard = _guard(load, spec, kind, settings)
+    batcher = Batcher(pipeline, backend, batch_config(settings, calls), metric_labels(name, spec, kind), pad, guard)
     if settings.warmup:
         batcher.calibrate(_WARMUP[spec.task])  # seeds the service-time estimate for admission
     batcher.start(loop)
@@ -169,6 +171,17 @@ def build(
         },
     )
     return model
+
+
+def _guard(load: BackendLoader, spec: ModelSpec, kind: str, settings: Settings) -> Guard | None:
+    """An int8 model's guard: its fp32 file, opened beside it, for the near ties the manifest's
+    calibrated threshold names (`inference.guard`); None for other backends, for a file without
+    a calibrated guard, or with `INT8_GUARD=false`."""
+    if kind != "onnx-int8" or spec.int8_guard is None or not settings.int8_guard or "onnx" not in spec.kinds:
+        return None
+    log.info("model %s: int8 answers that lead by less than %.4g are read again on the fp32 file",
+             spec.name, spec.int8_guard)
+    return Guard(_open(load, spec, "onnx", settings, settings.threads), spec.int8_guard)
 
 
 def _open(load: BackendLoader, spec: ModelSpec, kind: str, settings: Settings, threads: int | None) -> Backend:

@@ -14,8 +14,8 @@ from app.repository.registry import Registry, Servable, ServedModel, is_cascade
 from app.settings import Settings
 from inference.tasks.classify import InputTooLong
 
-# QA windows (read, and left unread under max_windows); a cascade's who and why
-_ITEM_EXTRAS = ("windows", "windows_skipped", "answered_by", "escalation", "reason")
+# QA windows (read, and left unread under max_windows); a cascade's who and why; an int8 guard's re-read
+_ITEM_EXTRAS = ("windows", "windows_skipped", "answered_by", "escalation", "reason", "rechecked")
 
 
 def error_docs() -> dict[int | str, dict[str, Any]]:

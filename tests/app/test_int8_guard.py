@@ -1,0 +1,80 @@
+"""The int8 guard over HTTP: an int8 model whose manifest records a guard reads its near ties
+again on its fp32 file, says so per item, counts it in /metrics, and can be switched off."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import serve
+from tests.scrape import delta, parse
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+TEXTS = ["a good film", "the worst movie of the year, really boring", "funny story", "dull", "a fine cast"]
+QA = {"question": "who jumps?", "context": "the quick brown fox jumps over the lazy dog", "top_k": 2}
+
+
+def _guarded_copy(model_repo: Path, tmp_path: Path, name: str, threshold: float) -> Path:
+    """A repository holding one model of `model_repo`, its int8 file guarded at `threshold`."""
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repo / name, repo / name)
+    path = repo / name / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["onnx"] = {"model.int8.onnx": {"precision": "int8", "guard": {"threshold": threshold}}}
+    path.write_text(json.dumps(manifest))
+    return repo
+
+
+async def _answers(client, path: str, body: dict) -> dict:
+    response = await client.post(path, json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def test_every_item_under_the_threshold_gets_the_fp32_answer(model_repo: Path, tmp_path: Path) -> None:
+    from app.settings import Settings
+
+    repo = _guarded_copy(model_repo, tmp_path, "sst2-student", 1e9)  # every answer is a "near tie"
+    async with serve(Settings(models_dir=repo, backends=["onnx", "onnx-int8"], threads=1)) as client:
+        before = parse((await client.get("/metrics")).text)
+        body = {"inputs": TEXTS, "top_k": None}
+        fp32 = await _answers(client, "/classify", {**body, "model": "sst2-student"})
+        int8 = await _answers(client, "/classify", {**body, "model": "sst2-student@onnx-int8"})
+        after = parse((await client.get("/metrics")).text)
+    assert int8["results"] == fp32["results"]  # the very fp32 numbers, not int8's
+    assert [item.get("rechecked") for item in int8["items"]] == [True] * len(TEXTS)
+    assert all("rechecked" not in item for item in fp32["items"])
+    assert delta(before, after, "distilserve_int8_rechecked_total", backend="onnx-int8") == len(TEXTS)
+
+
+async def test_no_item_is_read_again_above_the_threshold_or_with_the_guard_off(model_repo: Path,
+                                                                                tmp_path: Path) -> None:
+    from app.settings import Settings
+
+    body = {"inputs": TEXTS, "top_k": None, "model": "sst2-student@onnx-int8"}
+    bare = {}
+    for threshold, enabled in ((1e-12, True), (1e9, False)):
+        repo = _guarded_copy(model_repo, tmp_path / f"{threshold}-{enabled}", "sst2-student", threshold)
+        settings = Settings(models_dir=repo, backends=["onnx", "onnx-int8"], threads=1, int8_guard=enabled)
+        async with serve(settings) as client:
+            answer = await _answers(client, "/classify", body)
+        assert all("rechecked" not in item for item in answer["items"])
+        bare[enabled] = answer["results"]
+    assert bare[True] == bare[False]  # both are the int8 file's own answers
+
+
+async def test_qa_near_ties_are_read_again_whole(model_repo: Path, tmp_path: Path) -> None:
+    """A QA item is read again with all its windows: the answers (spans and scores) are fp32's."""
+    from app.settings import Settings
+
+    repo = _guarded_copy(model_repo, tmp_path, "squad-teacher", 1e9)
+    async with serve(Settings(models_dir=repo, backends=["onnx", "onnx-int8"], threads=1)) as client:
+        fp32 = await _answers(client, "/qa", {**QA, "model": "squad-teacher"})
+        int8 = await _answers(client, "/qa", {**QA, "model": "squad-teacher@onnx-int8"})
+    assert int8["results"] == fp32["results"]
+    assert int8["items"][0]["rechecked"] is True
+    assert int8["items"][0]["windows"] == fp32["items"][0]["windows"]

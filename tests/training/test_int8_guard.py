@@ -1,0 +1,102 @@
+"""`python -m training guard` on a tiny exported classifier whose int8 file moves labels: the
+threshold reads again what int8 changed on the calibration set, `evaluate` and `agreement` then
+measure the int8 file as it is served, and `agreement` also reports the bare file."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from tests.tiny import WORDS
+from tests.training.tiny_models import save_tiny
+from training.cli import main
+from training.evaluate import read_predictions
+from training.export import export_model
+
+
+def _near_ties(folder: Path, texts: list[str]) -> None:
+    """Re-head the tiny classifier so that its two logits nearly tie on some of `texts`: the
+    logit gap becomes the standardised position of each text's pooled vector along their first
+    principal direction (about half the texts each way, a few near 0), which int8 can flip."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from tests.tiny import build_tokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    encodings = build_tokenizer().encode_batch(texts)
+    width = max(len(e.ids) for e in encodings)
+    ids = torch.tensor([e.ids + [0] * (width - len(e.ids)) for e in encodings])
+    mask = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in encodings])
+    with torch.no_grad():
+        pooled = model.bert(input_ids=ids, attention_mask=mask).pooler_output  # [texts, hidden]
+        centre = pooled.mean(0)
+        direction = torch.linalg.svd(pooled - centre, full_matrices=False).Vh[0]  # [hidden]
+        scale = 1.0 / float(((pooled - centre) @ direction).std())
+        model.classifier.weight.zero_()
+        model.classifier.weight[1] = direction * scale
+        model.classifier.bias.copy_(torch.tensor([0.0, -float(centre @ direction) * scale]))
+    model.save_pretrained(folder, safe_serialization=True)
+
+
+def _manifest(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def _lead(record: dict) -> float:
+    return math.inf if record["lead"] is None else float(record["lead"])
+
+
+def test_the_guard_reads_again_what_int8_changed_and_agreement_reports_both(tmp_path: Path, capsys) -> None:
+    rng = random.Random(0)
+    texts = [" ".join(rng.choices(WORDS, k=rng.randint(3, 9))) for _ in range(160)]
+    folder = save_tiny(tmp_path, "bert", "classification", seed=3)
+    _near_ties(folder, texts)
+    export_model(folder, scheme="dynamic-per-channel")  # a lossy scheme: near ties move
+    data = tmp_path / "dev.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{k % 2}\n" for k, t in enumerate(texts)))
+    for backend in ("onnx", "onnx-int8"):  # before any guard: the bare int8 file
+        assert main(["evaluate", str(folder), "--backend", backend, "--data", str(data), "--name", "dev"]) == 0
+    fp32, bare = read_predictions(folder, "dev", "onnx"), read_predictions(folder, "dev", "onnx-int8")
+    changed = [a["prediction"] != b["prediction"] for a, b in zip(fp32, bare, strict=True)]
+    assert any(changed), "the test needs an int8 file that moves labels"
+    capsys.readouterr()
+
+    assert main(["guard", str(folder), "--data", str(data)]) == 0
+    entry = json.loads(capsys.readouterr().out)
+    assert _manifest(folder)["onnx"]["model.int8.onnx"]["guard"] == entry
+    threshold, leads = entry["threshold"], [_lead(r) for r in bare]
+    under = [lead < threshold for lead in leads]
+    assert entry["validation"]["changed"] == sum(changed)
+    assert entry["validation"]["missed"] == sum(c and not u for c, u in zip(changed, under, strict=True))
+    assert entry["rechecked_share"] == pytest.approx(sum(under) / len(under), abs=1e-6)
+    assert entry["rechecked_share"] <= entry["most"]
+    # it reads again at least the changed item of least lead, and nothing it need not
+    assert min(lead for lead, c in zip(leads, changed, strict=True) if c) < threshold
+    assert threshold <= max(lead for lead, c in zip(leads, changed, strict=True) if c) + 1e-6
+
+    assert main(["agreement", str(folder), "--data", str(data), "--name", "dev"]) == 0
+    agreement = _manifest(folder)["int8_agreement"]["dev"]
+    served = read_predictions(folder, "dev", "onnx-int8")  # evaluated with the guard now
+    for a, b, u in zip(fp32, served, under, strict=True):
+        assert bool(b.get("rechecked")) == u
+        if u:
+            assert b["prediction"] == a["prediction"]
+    assert agreement["differ"] == entry["validation"]["missed"]
+    assert agreement["guard"]["rechecked"] == sum(under)
+    assert agreement["guard"]["bare"]["differ"] == sum(changed)
+    assert agreement["guard"]["bare"]["label_agreement"]["value"] == pytest.approx(1 - sum(changed) / len(changed))
+    quality = _manifest(folder)["quality"]["dev"]["onnx-int8"]
+    assert quality["guard"] == {"threshold": threshold, "rechecked": sum(under),
+                                "rechecked_share": round(sum(under) / len(under), 6)}
+
+
+def test_an_embedding_model_has_no_guard_to_calibrate(tmp_path: Path, caplog) -> None:
+    folder = save_tiny(tmp_path, "mpnet", "embedding", seed=5)
+    export_model(folder)
+    assert main(["guard", str(folder), "--data", str(tmp_path / "none.tsv")]) == 2
+    assert "task 'embedding' has no best answer to keep; the int8 guard serves classification, qa" in caplog.text

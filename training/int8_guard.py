@@ -1,0 +1,111 @@
+"""`guard`: calibrate an int8 file's guard (`inference.guard`) on the model's validation split.
+
+The fp32 and the bare int8 file answer the split through the serving code; every item where
+their answers differ had int8's best answer leading its second by some lead. The threshold kept
+is the least that reads all of those again in fp32 (unless that would read more than `MOST` of
+the items: then the int8 file would run at about fp32's cost, and the threshold is capped
+there). It is recorded beside the int8 file in the manifest (`onnx.model.int8.onnx.guard`), with
+what it caught on the split and the share of items it reads again; the service and `evaluate`
+apply it from there. The report set is never looked at: `agreement` measures it afterwards.
+
+  python -m training guard models/squad-quick-student
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from inference.guard import choose_threshold
+from inference.modelfolder import read_spec
+from training.calibrate import validation_split
+from training.data import Columns
+from training.evaluate import data_source, evaluate_model, parse_articles
+from training.manifest import read_manifest, write_manifest
+
+log = logging.getLogger(__name__)
+
+MOST = 0.25  # the largest share of items the guard may read again in fp32
+TASKS = ("classification", "qa")  # an embedding has no best answer to flip: its int8 check is a cosine
+
+
+def calibrate(model_dir: Path, data: Path | str | None = None, articles: Sequence[int] | None = None,
+              limit: int | None = None, threads: int | None = None, columns: Columns | None = None
+              ) -> dict[str, Any]:
+    """Evaluate fp32 and bare int8 on the validation split (or `data`), choose the threshold,
+    record it beside the int8 file; returns the manifest entry."""
+    model_dir = Path(model_dir)
+    task = read_spec(model_dir).task
+    if task not in TASKS:
+        raise ValueError(f"{model_dir.name}: task {task!r} has no best answer to keep; the int8 guard serves "
+                         f"{', '.join(TASKS)}")
+    if not (model_dir / "model.int8.onnx").is_file():
+        raise ValueError(f"{model_dir}: no model.int8.onnx to guard (export it first)")
+    path, articles = (data, articles) if data else validation_split(model_dir)
+    args: dict[str, Any] = {"articles": articles, "limit": limit, "threads": threads, "columns": columns,
+                            "write": False}
+    fp32 = evaluate_model(model_dir, "onnx", data_source(str(path)), **args)["records"]
+    int8 = evaluate_model(model_dir, "onnx-int8", data_source(str(path)), guard=False, **args)["records"]
+    entry = {**_choose(fp32, int8), "data": {"path": str(path), **({"articles": list(articles)} if articles else {})},
+             "calibrated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    _record(model_dir, entry)
+    log.info("%s: int8 guard %.4g reads %.1f%% of validation items again; agreement %.4f -> %.4f", model_dir.name,
+             entry["threshold"], 100 * entry["rechecked_share"], entry["validation"]["agreement_bare"],
+             entry["validation"]["agreement_guarded"])
+    return entry
+
+
+def _choose(fp32: list[dict[str, Any]], int8: list[dict[str, Any]]) -> dict[str, Any]:
+    """The threshold and what it does on the split, from the two runs' per-item records."""
+    if len(fp32) != len(int8):
+        raise ValueError(f"the fp32 and int8 runs cover different items ({len(fp32)} vs {len(int8)})")
+    changed = [a["prediction"] != b["prediction"] for a, b in zip(fp32, int8, strict=True)]
+    leads = [math.inf if r.get("lead") is None else float(r["lead"]) for r in int8]
+    threshold, share = choose_threshold(leads, changed, MOST)
+    missed = sum(1 for c, lead in zip(changed, leads, strict=True) if c and not lead < threshold)
+    n = len(changed)
+    return {"threshold": round(threshold, 6), "rechecked_share": round(share, 6), "most": MOST,
+            "lead": "log(best score / second score) of the int8 answer",
+            "validation": {"items": n, "changed": sum(changed), "missed": missed,
+                           "agreement_bare": round(1 - sum(changed) / max(1, n), 6),
+                           "agreement_guarded": round(1 - missed / max(1, n), 6)}}
+
+
+def _record(model_dir: Path, entry: dict[str, Any]) -> None:
+    manifest = read_manifest(model_dir)
+    int8 = manifest.get("onnx", {}).get("model.int8.onnx")
+    if isinstance(int8, dict):
+        int8["guard"] = entry
+        write_manifest(model_dir, manifest)
+
+
+# --- CLI -----------------------------------------------------------------------------------
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """`python -m training guard`."""
+    from training.cli import add_command, add_data_options
+
+    parser = add_command(subparsers, "guard", "Calibrate the int8 file's guard on the validation split: the "
+                         "lead under which an int8 answer is read again in fp32 (recorded in the manifest).",
+                         "python -m training guard models/squad-quick-student")
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("--data", help="calibrate on this file instead of the recorded validation split")
+    parser.add_argument("--articles", help="SQuAD articles as a slice '26:30' or a list '1,4,9'")
+    parser.add_argument("--limit", type=int, help="only the first N rows / questions")
+    parser.add_argument("--threads", type=int, help="intra-op threads (default: runtime's)")
+    add_data_options(parser)
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from training.cli import columns_from_args
+
+    entry = calibrate(args.model_dir, args.data, parse_articles(args.articles), args.limit, args.threads,
+                      columns_from_args(args))
+    print(json.dumps(entry, indent=2))
+    return 0
