@@ -1,10 +1,10 @@
 """`guard`: calibrate an int8 file's guard (`inference.guard`) on the model's validation split.
 
-The fp32 and the bare int8 file answer the split through the serving code; every item where
-their answers differ had int8's best answer leading its second by some lead. The threshold kept
-is the least that reads all of those again in fp32 (unless that would read more than `MOST` of
-the items: then the int8 file would run at about fp32's cost, and the threshold is capped
-there). It is recorded beside the int8 file in the manifest (`onnx.model.int8.onnx.guard`), with
+The fp32 and the bare int8 file answer the split through the serving code. The threshold kept
+is how far int8 moves an answer's lead on 99.5% of the items, and at least the lead of every
+item whose answer it changed (`inference.guard.choose_threshold`), unless that would read more
+than `MOST` of the items again (then the int8 file would run at about fp32's cost, and the
+threshold is capped there). It is recorded beside the int8 file in the manifest (`onnx.model.int8.onnx.guard`), with
 what it caught on the split and the share of items it reads again; the service and `evaluate`
 apply it from there. The report set is never looked at: `agreement` measures it afterwards.
 
@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from inference.guard import choose_threshold
+from inference.guard import QUANTILE, choose_threshold
 from inference.modelfolder import read_spec
 from training.calibrate import validation_split
 from training.data import Columns
@@ -65,15 +65,19 @@ def _choose(fp32: list[dict[str, Any]], int8: list[dict[str, Any]]) -> dict[str,
     if len(fp32) != len(int8):
         raise ValueError(f"the fp32 and int8 runs cover different items ({len(fp32)} vs {len(int8)})")
     changed = [a["prediction"] != b["prediction"] for a, b in zip(fp32, int8, strict=True)]
-    leads = [math.inf if r.get("lead") is None else float(r["lead"]) for r in int8]
-    threshold, share = choose_threshold(leads, changed, MOST)
+    leads, fp32_leads = _leads(int8), _leads(fp32)
+    threshold, share = choose_threshold(leads, fp32_leads, changed, MOST)
     missed = sum(1 for c, lead in zip(changed, leads, strict=True) if c and not lead < threshold)
     n = len(changed)
     return {"threshold": round(threshold, 6), "rechecked_share": round(share, 6), "most": MOST,
-            "lead": "log(best score / second score) of the int8 answer",
+            "quantile": QUANTILE, "lead": "log(best score / second score) of the int8 answer",
             "validation": {"items": n, "changed": sum(changed), "missed": missed,
                            "agreement_bare": round(1 - sum(changed) / max(1, n), 6),
                            "agreement_guarded": round(1 - missed / max(1, n), 6)}}
+
+
+def _leads(records: list[dict[str, Any]]) -> list[float]:
+    return [math.inf if r.get("lead") is None else float(r["lead"]) for r in records]
 
 
 def _record(model_dir: Path, entry: dict[str, Any]) -> None:

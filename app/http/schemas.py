@@ -293,6 +293,10 @@ class ModelInfo(BaseModel):
         description="intra-op threads of the second session that a call runs on while another is in flight; "
         "null: every call runs on the one session (one worker, threads set, or not yet opened)",
     )
+    int8_guard: float | None = Field(
+        default=None, description="onnx-int8 with a guard: the lead (log of best over second score) under which "
+        "an answer is read again on the fp32 file; null: every answer is the int8 file's",
+    )
     startup_s: dict[str, float] = Field(
         default_factory=dict,
         description="seconds per start-up phase: load (backend + tokenizer), warm_up, model_workers (the choice), "

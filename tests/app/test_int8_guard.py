@@ -45,6 +45,9 @@ async def test_every_item_under_the_threshold_gets_the_fp32_answer(model_repo: P
         fp32 = await _answers(client, "/classify", {**body, "model": "sst2-student"})
         int8 = await _answers(client, "/classify", {**body, "model": "sst2-student@onnx-int8"})
         after = parse((await client.get("/metrics")).text)
+        listed = {m["name"]: m for m in (await client.get("/models")).json()["models"]}
+    assert listed["sst2-student@onnx-int8"]["int8_guard"] == 1e9
+    assert listed["sst2-student"]["int8_guard"] is None
     assert int8["results"] == fp32["results"]  # the very fp32 numbers, not int8's
     assert [item.get("rechecked") for item in int8["items"]] == [True] * len(TEXTS)
     assert all("rechecked" not in item for item in fp32["items"])

@@ -9,6 +9,7 @@ import math
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.tiny import WORDS
@@ -75,9 +76,13 @@ def test_the_guard_reads_again_what_int8_changed_and_agreement_reports_both(tmp_
     assert entry["validation"]["missed"] == sum(c and not u for c, u in zip(changed, under, strict=True))
     assert entry["rechecked_share"] == pytest.approx(sum(under) / len(under), abs=1e-6)
     assert entry["rechecked_share"] <= entry["most"]
-    # it reads again at least the changed item of least lead, and nothing it need not
-    assert min(lead for lead, c in zip(leads, changed, strict=True) if c) < threshold
-    assert threshold <= max(lead for lead, c in zip(leads, changed, strict=True) if c) + 1e-6
+    # every changed item is read again, unless that would pass the cap on the share
+    capped = entry["rechecked_share"] >= entry["most"] - 1 / len(under)
+    assert entry["validation"]["missed"] == 0 or capped
+    # the floor: how far int8 moves leads on 99.5% of the items (same answer: the difference)
+    fp32_leads = [_lead(r) for r in fp32]
+    moves = [abs(a - b) if not c else a + b for a, b, c in zip(leads, fp32_leads, changed, strict=True)]
+    assert threshold >= float(np.quantile([m for m in moves if math.isfinite(m)], 0.995)) - 1e-6 or capped
 
     assert main(["agreement", str(folder), "--data", str(data), "--name", "dev"]) == 0
     agreement = _manifest(folder)["int8_agreement"]["dev"]
