@@ -83,20 +83,23 @@ def read_threshold(int8_entry: dict[str, Any]) -> float | None:
 
 
 def choose_threshold(int8_leads: Sequence[float], fp32_leads: Sequence[float], changed: Sequence[bool],
-                     most: float, quantile: float = QUANTILE) -> tuple[float, float]:
+                     same_pair: Sequence[bool], most: float, quantile: float = QUANTILE) -> tuple[float, float]:
     """(threshold, share of items read again) from a validation run of both files.
 
     An int8 answer flips when int8 moves the lead by more than the lead itself, so the threshold
-    must exceed how far int8 moves leads: the `quantile` of that move over every item (|int8
-    lead - fp32 lead| where both put the same answer first; the sum of both leads where they
-    differ), and at least every changed item's own lead. A split holds few changed items (one of
-    872 on the SST-2 quick student, against three on dev, all three with larger leads); the moves
-    of all its items say more. Capped at the lead under which `most` of the items fall: past
-    that, the int8 file would run at about fp32's cost. 0 when no item moved at all."""
+    must exceed how far int8 moves leads: the `quantile` of that move over the items where both
+    files rank the same two answers first (`same_pair`: |int8 lead - fp32 lead|; where the two
+    swapped places, the sum of both leads), and at least every changed item's own lead. A split
+    holds few changed items (one of 872 on the SST-2 quick student, against three on dev, all
+    three with larger leads); the moves of all its items say more. Only same-pair items measure
+    a move: where the second answers differ (common in QA, whose second span is often a sub-span
+    of the first) the two leads compare different things. Capped at the lead under which `most`
+    of the items fall: past that, the int8 file would run at about fp32's cost. 0 when no item
+    moved at all."""
     l8, l32 = np.asarray(int8_leads, dtype=np.float64), np.asarray(fp32_leads, dtype=np.float64)
-    flipped = np.asarray(changed, dtype=bool)
+    flipped, pair = np.asarray(changed, dtype=bool), np.asarray(same_pair, dtype=bool)
     with np.errstate(invalid="ignore"):  # inf - inf: one candidate in both runs, nothing to move
-        moves = np.where(flipped, l8 + l32, np.abs(l8 - l32))
+        moves = np.where(flipped, l8 + l32, np.abs(l8 - l32))[pair]
     moves = moves[np.isfinite(moves)]
     if l8.size == 0 or (not flipped.any() and not moves.any()):
         return 0.0, 0.0

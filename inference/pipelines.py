@@ -135,7 +135,8 @@ class ClassifyPipeline:
         top_k = payload.top_k
         labels = classify.postprocess(rows[0]["logits"], self.id2label, top_k and max(2, top_k), self.function)
         ahead = lead([float(label["score"]) for label in labels], self.function != "none")
-        return {"result": labels[:top_k] if top_k else labels, "lead": ahead, **_meta(seqs)}
+        second = labels[1]["label"] if len(labels) > 1 else None
+        return {"result": labels[:top_k] if top_k else labels, "lead": ahead, "runner_up": second, **_meta(seqs)}
 
 
 class EmbedPipeline:
@@ -183,9 +184,11 @@ class QAPipeline:
             max(2, payload.top_k), payload.max_answer_len, payload.handle_impossible_answer,
         )
         ahead = lead([float(a["score"]) for a in answers])  # the best span's lead over the second
+        second = answers[1]["answer"] if len(answers) > 1 else None
         total = seqs[0].context_windows if seqs else None
         skipped = {"windows_skipped": total - len(seqs)} if total else {}
-        return {"result": answers[: payload.top_k], "lead": ahead, **_meta(seqs), "windows": len(seqs), **skipped}
+        return {"result": answers[: payload.top_k], "lead": ahead, "runner_up": second, **_meta(seqs),
+                "windows": len(seqs), **skipped}
 
 
 def make_pipeline(spec: ModelSpec) -> tuple[Pipeline, int]:

@@ -1,7 +1,8 @@
 """`guard`: calibrate an int8 file's guard (`inference.guard`) on the model's validation split.
 
 The fp32 and the bare int8 file answer the split through the serving code. The threshold kept
-is how far int8 moves an answer's lead on 99.5% of the items, and at least the lead of every
+is how far int8 moves an answer's lead on 99.5% of the items whose first two answers are the same
+two in both files, and at least the lead of every
 item whose answer it changed (`inference.guard.choose_threshold`), unless that would read more
 than `MOST` of the items again (then the int8 file would run at about fp32's cost, and the
 threshold is capped there). It is recorded beside the int8 file in the manifest (`onnx.model.int8.onnx.guard`), with
@@ -66,7 +67,7 @@ def _choose(fp32: list[dict[str, Any]], int8: list[dict[str, Any]]) -> dict[str,
         raise ValueError(f"the fp32 and int8 runs cover different items ({len(fp32)} vs {len(int8)})")
     changed = [a["prediction"] != b["prediction"] for a, b in zip(fp32, int8, strict=True)]
     leads, fp32_leads = _leads(int8), _leads(fp32)
-    threshold, share = choose_threshold(leads, fp32_leads, changed, MOST)
+    threshold, share = choose_threshold(leads, fp32_leads, changed, _same_pair(fp32, int8), MOST)
     missed = sum(1 for c, lead in zip(changed, leads, strict=True) if c and not lead < threshold)
     n = len(changed)
     return {"threshold": round(threshold, 6), "rechecked_share": round(share, 6), "most": MOST,
@@ -74,6 +75,12 @@ def _choose(fp32: list[dict[str, Any]], int8: list[dict[str, Any]]) -> dict[str,
             "validation": {"items": n, "changed": sum(changed), "missed": missed,
                            "agreement_bare": round(1 - sum(changed) / max(1, n), 6),
                            "agreement_guarded": round(1 - missed / max(1, n), 6)}}
+
+
+def _same_pair(fp32: list[dict[str, Any]], int8: list[dict[str, Any]]) -> list[bool]:
+    """Items whose first two answers are the same two in both runs (in either order)."""
+    return [{a["prediction"], a.get("runner_up")} == {b["prediction"], b.get("runner_up")}
+            for a, b in zip(fp32, int8, strict=True)]
 
 
 def _leads(records: list[dict[str, Any]]) -> list[float]:

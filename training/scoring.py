@@ -56,10 +56,12 @@ def headline_statistic(headline: str, records: Sequence[dict[str, Any]]) -> Call
 
 def near_tie(result: dict[str, Any], key: str) -> dict[str, Any]:
     """How far the best answer led the second (`inference.guard.lead`; null with one candidate),
-    and, where an int8 guard read the item again in fp32, what the bare int8 file had answered
-    (its top `key`): what `int8_guard` calibrates on and `agreement` reports both ways."""
+    which answer was second (`runner_up`), and, where an int8 guard read the item again in fp32,
+    what the bare int8 file had answered (its top `key`): what `int8_guard` calibrates on and
+    `agreement` reports both ways."""
     ahead = result.get("lead")
-    fields: dict[str, Any] = {"lead": round(ahead, 6) if isinstance(ahead, float) and math.isfinite(ahead) else None}
+    fields: dict[str, Any] = {"lead": round(ahead, 6) if isinstance(ahead, float) and math.isfinite(ahead) else None,
+                              "runner_up": result.get("runner_up")}
     if result.get("rechecked"):
         int8 = result.get("int8_result") or []
         fields.update(rechecked=True, int8_prediction=int8[0][key] if int8 else "")

@@ -82,6 +82,7 @@ def test_the_guard_reads_again_what_int8_changed_and_agreement_reports_both(tmp_
     # the floor: how far int8 moves leads on 99.5% of the items (same answer: the difference)
     fp32_leads = [_lead(r) for r in fp32]
     moves = [abs(a - b) if not c else a + b for a, b, c in zip(leads, fp32_leads, changed, strict=True)]
+    assert all(r["runner_up"] for r in fp32 + bare)  # two labels: the same pair in both runs
     assert threshold >= float(np.quantile([m for m in moves if math.isfinite(m)], 0.995)) - 1e-6 or capped
 
     assert main(["agreement", str(folder), "--data", str(data), "--name", "dev"]) == 0
