@@ -60,14 +60,16 @@ class Guard:
         the int8 answers they replace as `int8_result`: what the bare int8 file would have said)."""
         results = [result for _, _, result in finished]
         near = [k for k, result in enumerate(results) if self.near_tie(result)]
-        flat = [(k, seq) for k in near for seq in finished[k][1]]
-        rows: dict[int, list[dict[str, np.ndarray]]] = {k: [] for k in near}
+        # every window of every near tie, sorted by length so that each fp32 call pads little
+        flat = sorted(((k, i) for k in near for i in range(len(finished[k][1]))),
+                      key=lambda ki: len(finished[ki[0]][1][ki[1]].ids))
+        rows: dict[int, list[dict[str, np.ndarray]]] = {k: [{}] * len(finished[k][1]) for k in near}
         for at in range(0, len(flat), CHUNK):
             chunk = flat[at : at + CHUNK]
-            inputs = pad_batch([seq for _, seq in chunk], pad)
+            inputs = pad_batch([finished[k][1][i] for k, i in chunk], pad)
             outputs = pipeline.reduce(self.fp32.forward(inputs), inputs)
-            for row, (k, _) in enumerate(chunk):
-                rows[k].append({name: value[row] for name, value in outputs.items()})
+            for row, (k, i) in enumerate(chunk):
+                rows[k][i] = {name: value[row] for name, value in outputs.items()}
         for k in near:
             payload, seqs, _ = finished[k]
             results[k] = {**pipeline.finish(payload, seqs, rows[k]), "rechecked": True,

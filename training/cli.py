@@ -119,6 +119,15 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
                        "are read by position")
 
 
+def add_item_options(parser: argparse.ArgumentParser, articles: str) -> None:
+    """Which items of a data set a command reads (SQuAD articles, the first N), on how many
+    threads, and how a labelled file's columns are read (`agreement`, `guard`)."""
+    parser.add_argument("--articles", help=f"SQuAD articles as a slice '{articles}' or a list '1,4,9'")
+    parser.add_argument("--limit", type=int, help="only the first N rows / questions")
+    parser.add_argument("--threads", type=int, help="intra-op threads (default: runtime's)")
+    add_data_options(parser)
+
+
 def columns_from_args(args: argparse.Namespace) -> Columns:
     from training.data import Columns
 

@@ -118,18 +118,15 @@ def _record(model_dir: Path, name: str, figures: dict[str, Any]) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """`python -m training agreement`."""
-    from training.cli import add_command, add_data_options
+    from training.cli import add_command, add_item_options
 
     parser = add_command(subparsers, "agreement", "int8 against fp32 ONNX on an evaluation set: label / span "
                          "agreement or per-sentence cosine, with its interval, into the manifest.",
                          "python -m training agreement models/sst2-quick-student --data ../shared/data/sst2/dev.tsv")
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--data", type=data_source, required=True, help="the evaluation file (as `evaluate` takes)")
-    parser.add_argument("--articles", help="SQuAD articles as a slice '30:38' or a list '1,4,9'")
-    parser.add_argument("--limit", type=int, help="only the first N rows / questions")
     parser.add_argument("--name", help="evaluation set name (default e.g. sst2-dev)")
-    parser.add_argument("--threads", type=int, help="intra-op threads (default: runtime's)")
-    add_data_options(parser)
+    add_item_options(parser, "30:38")
     parser.set_defaults(func=_run)
 
 

@@ -99,17 +99,14 @@ def _record(model_dir: Path, entry: dict[str, Any]) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """`python -m training guard`."""
-    from training.cli import add_command, add_data_options
+    from training.cli import add_command, add_item_options
 
     parser = add_command(subparsers, "guard", "Calibrate the int8 file's guard on the validation split: the "
                          "lead under which an int8 answer is read again in fp32 (recorded in the manifest).",
                          "python -m training guard models/squad-quick-student")
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--data", help="calibrate on this file instead of the recorded validation split")
-    parser.add_argument("--articles", help="SQuAD articles as a slice '26:30' or a list '1,4,9'")
-    parser.add_argument("--limit", type=int, help="only the first N rows / questions")
-    parser.add_argument("--threads", type=int, help="intra-op threads (default: runtime's)")
-    add_data_options(parser)
+    add_item_options(parser, "26:30")
     parser.set_defaults(func=_run)
 
 
