@@ -81,3 +81,17 @@ async def test_qa_near_ties_are_read_again_whole(model_repo: Path, tmp_path: Pat
     assert int8["results"] == fp32["results"]
     assert int8["items"][0]["rechecked"] is True
     assert int8["items"][0]["windows"] == fp32["items"][0]["windows"]
+
+
+async def test_an_fp32_file_that_does_not_open_leaves_the_int8_answers(model_repo: Path, tmp_path: Path) -> None:
+    """The fp32 file opens in the background; if it cannot, the near ties keep int8's answers
+    (logged) and the service goes on answering."""
+    from app.settings import Settings
+
+    repo = _guarded_copy(model_repo, tmp_path, "sst2-student", 1e9)
+    (repo / "sst2-student" / "model.onnx").write_bytes(b"not an onnx graph")
+    body = {"inputs": TEXTS, "top_k": None, "model": "sst2-student"}  # int8, the one backend served
+    async with serve(Settings(models_dir=repo, backends=["onnx-int8"], threads=1)) as client:
+        first, again = await _answers(client, "/classify", body), await _answers(client, "/classify", body)
+    assert first["results"] == again["results"] and len(first["results"]) == len(TEXTS)
+    assert all("rechecked" not in item for item in first["items"] + again["items"])
