@@ -1,13 +1,14 @@
 """`guard`: calibrate an int8 file's guard (`inference.guard`) on the model's validation split.
 
 The fp32 and the bare int8 file answer the split through the serving code. The threshold kept
-is how far int8 moves an answer's lead on 99.5% of the items whose first two answers are the same
-two in both files, and at least the lead of every
-item whose answer it changed (`inference.guard.choose_threshold`), unless that would read more
-than `MOST` of the items again (then the int8 file would run at about fp32's cost, and the
-threshold is capped there). It is recorded beside the int8 file in the manifest (`onnx.model.int8.onnx.guard`), with
-what it caught on the split and the share of items it reads again; the service and `evaluate`
-apply it from there. The report set is never looked at: `agreement` measures it afterwards.
+is how far int8 moves an answer's lead on 99.5% of the items whose first two answers are the
+same two in both files, and at least the lead of every item whose answer it changed
+(`inference.guard.choose_threshold`), unless that would read more than `MOST` of the items
+again (then the int8 file would run at about fp32's cost, and the threshold is capped there).
+It is recorded beside the int8 file in the manifest (`onnx.model.int8.onnx.guard`), with what it
+caught on the split and the share of items it reads again; the service and `evaluate` apply it
+from there. The report set is never looked at: `agreement` measures it afterwards. A new export
+writes a new int8 file without a guard: calibrate it again.
 
   python -m training guard models/squad-quick-student
 """

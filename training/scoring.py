@@ -4,7 +4,8 @@ intervals, teacher/student retention and cascade calibration are computed from t
 
 A record per item: classification {"i", "gold", "prediction", "correct", "labels"} (every
 label's score, best first); SQuAD {"i", "id", "prediction", "score", "f1", "exact_match"} (F1
-and EM on a 0-1 scale); STS-B {"i", "cosine", "gold"}.
+and EM on a 0-1 scale); both also {"lead", "runner_up"} and, for an item an int8 guard read
+again in fp32, {"rechecked", "int8_prediction"} (`near_tie`); STS-B {"i", "cosine", "gold"}.
 """
 
 from __future__ import annotations
