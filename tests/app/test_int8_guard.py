@@ -93,5 +93,6 @@ async def test_an_fp32_file_that_does_not_open_leaves_the_int8_answers(model_rep
     body = {"inputs": TEXTS, "top_k": None, "model": "sst2-student"}  # int8, the one backend served
     async with serve(Settings(models_dir=repo, backends=["onnx-int8"], threads=1)) as client:
         first, again = await _answers(client, "/classify", body), await _answers(client, "/classify", body)
-    assert first["results"] == again["results"] and len(first["results"]) == len(TEXTS)
+    assert first["results"] == again["results"]
+    assert len(first["results"]) == len(TEXTS)
     assert all("rechecked" not in item for item in first["items"] + again["items"])
