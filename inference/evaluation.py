@@ -14,8 +14,7 @@ from typing import Any
 
 from inference.backends import Backend
 from inference.guard import Guard
-from inference.pipelines import Pipeline, valid_sequences
-from inference.tasks import pad_batch
+from inference.pipelines import Pipeline, run_sorted, valid_sequences
 
 CHUNK = 256  # payloads encoded together, like one collected group of the batcher
 
@@ -42,7 +41,7 @@ def serve(pipeline: Pipeline, backend: Backend, pad: int, payloads: Sequence[Any
     for i in range(0, len(payloads), CHUNK):
         group = payloads[i : i + CHUNK]
         encoded = [valid_sequences(s) for s in pipeline.encode(group)]
-        rows = _run_sorted(pipeline, backend, pad, encoded, batch_size)
+        rows = run_sorted(pipeline, backend, pad, encoded, batch_size)
         finished = [(payload, seqs, pipeline.finish(payload, seqs, item_rows))
                     for payload, seqs, item_rows in zip(group, encoded, rows, strict=False)]
         results += guard.recheck(pipeline, pad, finished) if guard else [result for _, _, result in finished]
@@ -53,17 +52,3 @@ def serve(pipeline: Pipeline, backend: Backend, pad: int, payloads: Sequence[Any
             progress(len(group))
     return Served(results, time.perf_counter() - started, tokens, sequences)
 
-
-def _run_sorted(pipeline: Pipeline, backend: Backend, pad: int, encoded: list[Any], batch_size: int
-                ) -> list[list[dict[str, Any]]]:
-    """Rows per payload per sequence; sorting by length keeps padding (and time) as served."""
-    flat = sorted(((j, k) for j, seqs in enumerate(encoded) for k in range(len(seqs))),
-                  key=lambda jk: len(encoded[jk[0]][jk[1]].ids))
-    rows: list[list[dict[str, Any]]] = [[{}] * len(seqs) for seqs in encoded]
-    for b in range(0, len(flat), batch_size):
-        batch = flat[b : b + batch_size]
-        inputs = pad_batch([encoded[j][k] for j, k in batch], pad)
-        outputs = pipeline.reduce(backend.forward(inputs), inputs)
-        for row, (j, k) in enumerate(batch):
-            rows[j][k] = {name: value[row] for name, value in outputs.items()}
-    return rows

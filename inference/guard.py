@@ -5,8 +5,10 @@ Why: int8 moves a model's scores a little, and where two answers score almost al
 the other one first. On QA models that is 2-4% of spans (no int8 scheme tried kept 99.5%: blocks
 of 32 with FFN-down in fp32 still changed 6 of 662 validation spans), on classifiers up to 1% of
 labels. Those items are the near ties, and a near tie is visible in the int8 answer itself: the
-log-ratio of the best score to the second (`lead`; a logit gap for softmax classifiers). Reading
-only them again keeps int8's speed on the rest. The threshold is calibrated per model file on
+log-ratio of the best score to the second (`inference.tasks.lead`, which every classification
+and QA result carries; a logit gap for softmax classifiers). Reading only them again keeps
+int8's speed on the rest. The re-read runs through `inference.pipelines.run_sorted`, the loop
+`evaluate` runs every item through. The threshold is calibrated per model file on
 its validation split (`training.int8_guard`) and recorded in the manifest beside the file, where
 both the service and `evaluate` read it, so a figure measured with `evaluate` is the served one.
 """
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from inference.tasks import pad_batch
+from inference.pipelines import run_sorted
 
 if TYPE_CHECKING:
     from inference.backends import Backend
@@ -28,21 +30,8 @@ if TYPE_CHECKING:
 
 QUANTILE = 0.995  # of how far int8 moves leads: the threshold's floor (`choose_threshold`)
 RESOLUTION = 1e-6  # leads are recorded to 6 decimals: a threshold this far above one reads it again
-CHUNK = 32  # sequences per fp32 call when many items are read again at once
+CHUNK = 32  # sequences per fp32 call when many items are read again at once (sorted by length)
 Finished = tuple[Any, Sequence[Any], dict[str, Any]]  # (payload, its sequences, its int8 result)
-
-
-def lead(scores: Sequence[float], probabilities: bool = True) -> float:
-    """How far the best of `scores` (sorted best first) leads the second: log(best / second) for
-    probabilities, the plain difference for raw scores; infinite with a single candidate."""
-    if len(scores) < 2:
-        return math.inf
-    best, second = float(scores[0]), float(scores[1])
-    if not probabilities:
-        return best - second
-    if best <= 0.0:
-        return 0.0
-    return math.inf if second <= 0.0 else math.log(best / second)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,28 +49,12 @@ class Guard:
         the int8 answers they replace as `int8_result`: what the bare int8 file would have said)."""
         results = [result for _, _, result in finished]
         near = [k for k, result in enumerate(results) if self.near_tie(result)]
-        # every window of every near tie, sorted by length so that each fp32 call pads little
-        flat = sorted(((k, i) for k in near for i in range(len(finished[k][1]))),
-                      key=lambda ki: len(finished[ki[0]][1][ki[1]].ids))
-        rows: dict[int, list[dict[str, np.ndarray]]] = {k: [{}] * len(finished[k][1]) for k in near}
-        for at in range(0, len(flat), CHUNK):
-            chunk = flat[at : at + CHUNK]
-            inputs = pad_batch([finished[k][1][i] for k, i in chunk], pad)
-            outputs = pipeline.reduce(self.fp32.forward(inputs), inputs)
-            for row, (k, i) in enumerate(chunk):
-                rows[k][i] = {name: value[row] for name, value in outputs.items()}
-        for k in near:
+        rows = run_sorted(pipeline, self.fp32, pad, [finished[k][1] for k in near], CHUNK)
+        for k, item_rows in zip(near, rows, strict=True):
             payload, seqs, _ = finished[k]
-            results[k] = {**pipeline.finish(payload, seqs, rows[k]), "rechecked": True,
+            results[k] = {**pipeline.finish(payload, seqs, item_rows), "rechecked": True,
                           "int8_result": results[k]["result"]}
         return results
-
-
-def read_threshold(int8_entry: dict[str, Any]) -> float | None:
-    """The calibrated lead threshold recorded for an int8 file (None: the file has no guard)."""
-    guard = int8_entry.get("guard") if isinstance(int8_entry, dict) else None
-    value = guard.get("threshold") if isinstance(guard, dict) else None
-    return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
 def choose_threshold(int8_leads: Sequence[float], fp32_leads: Sequence[float], changed: Sequence[bool],

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from inference.backends import available_kinds
-from inference.guard import read_threshold
 
 _MAX_HEADER = 100_000_000  # bytes: a bigger "header" is not safetensors
 
@@ -150,9 +149,16 @@ def read_spec(folder: Path) -> ModelSpec:
         kinds=available_kinds(folder),
         pair=pair_of(folder.name, manifest),
         cascade=manifest.get("cascade") or {},
-        int8_guard=read_threshold((manifest.get("onnx") or {}).get("model.int8.onnx") or {}),
+        int8_guard=_guard_threshold((manifest.get("onnx") or {}).get("model.int8.onnx") or {}),
         recipe=(manifest.get("recipe") or {}).get("name") if isinstance(manifest.get("recipe"), dict) else None,
     )
+
+
+def _guard_threshold(int8_entry: dict[str, Any]) -> float | None:
+    """The calibrated lead threshold recorded for an int8 file (None: the file has no guard)."""
+    guard = int8_entry.get("guard") if isinstance(int8_entry, dict) else None
+    value = guard.get("threshold") if isinstance(guard, dict) else None
+    return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
 def quality_entries(quality: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:

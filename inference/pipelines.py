@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from tokenizers import Tokenizer
 
-from inference.guard import lead
 from inference.modelfolder import ModelSpec
-from inference.tasks import Encoded, classify, embed, load_tokenizer, pad_batch, pad_id, qa
+from inference.tasks import Encoded, classify, embed, lead, load_tokenizer, pad_batch, pad_id, qa
 from inference.tasks.classify import score_function
 
 if TYPE_CHECKING:
@@ -46,6 +45,23 @@ def run_once(pipeline: Pipeline, backend: Backend, pad: int, payloads: Sequence[
         pipeline.finish(payload, seqs, [{k: v[i] for k, v in outputs.items()} for i in range(at, at + len(seqs))])
         at += len(seqs)
     return inputs
+
+
+def run_sorted(pipeline: Pipeline, backend: Backend, pad: int, encoded: list[Any], batch_size: int
+                ) -> list[list[dict[str, Any]]]:
+    """Every sequence of `encoded` (per payload) through `backend` in calls of at most
+    `batch_size`, sorted by length so that each call pads little (and costs what it does when
+    served); returns the reduced rows per payload per sequence (`evaluate`, the int8 guard)."""
+    flat = sorted(((j, k) for j, seqs in enumerate(encoded) for k in range(len(seqs))),
+                  key=lambda jk: len(encoded[jk[0]][jk[1]].ids))
+    rows: list[list[dict[str, Any]]] = [[{}] * len(seqs) for seqs in encoded]
+    for b in range(0, len(flat), batch_size):
+        batch = flat[b : b + batch_size]
+        inputs = pad_batch([encoded[j][k] for j, k in batch], pad)
+        outputs = pipeline.reduce(backend.forward(inputs), inputs)
+        for row, (j, k) in enumerate(batch):
+            rows[j][k] = {name: value[row] for name, value in outputs.items()}
+    return rows
 
 
 def valid_sequences(encoded: Sequence[Any] | Exception) -> Sequence[Any]:

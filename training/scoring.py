@@ -56,7 +56,7 @@ def headline_statistic(headline: str, records: Sequence[dict[str, Any]]) -> Call
 
 
 def near_tie(result: dict[str, Any], key: str) -> dict[str, Any]:
-    """How far the best answer led the second (`inference.guard.lead`; null with one candidate),
+    """How far the best answer led the second (`inference.tasks.lead`; null with one candidate),
     which answer was second (`runner_up`), and, where an int8 guard read the item again in fp32,
     what the bare int8 file had answered (its top `key`): what `int8_guard` calibrates on and
     `agreement` reports both ways."""

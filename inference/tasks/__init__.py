@@ -6,6 +6,7 @@ Tokenization uses the `tokenizers` library only (never transformers): the ONNX p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,19 @@ def pad_batch(seqs: Sequence[Sequenced], pad: int = 0) -> dict[str, np.ndarray]:
         types[row, :n] = seq.type_ids
         mask[row, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def lead(scores: Sequence[float], probabilities: bool = True) -> float:
+    """How far the best of `scores` (sorted best first) leads the second: log(best / second) for
+    probabilities, the plain difference for raw scores; infinite with a single candidate."""
+    if len(scores) < 2:
+        return math.inf
+    best, second = float(scores[0]), float(scores[1])
+    if not probabilities:
+        return best - second
+    if best <= 0.0:
+        return 0.0
+    return math.inf if second <= 0.0 else math.log(best / second)
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
