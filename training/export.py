@@ -1,8 +1,9 @@
 """Export a model folder to ONNX (fp32 `model.onnx`, int8 `model.int8.onnx`) with parity checks.
 
 The int8 schemes are in `training.int8`; with the default `auto`, every scheme of `AUTO_CHAIN`
-is built and timed against fp32 on this machine (`training.int8_speed`), and the fastest whose
-file passes parity is kept.
+is built and timed against fp32 on this machine (`training.int8_speed`), and the fastest as
+served (with its guard, for classification and QA) whose file passes parity is kept
+(`training.int8_choice`).
 `python -m training export MODEL --compare-schemes` (training/int8_compare.py, which adds that
 flag to this command) measures every scheme on a model instead of exporting it.
 
@@ -17,7 +18,7 @@ import logging
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,11 @@ from inference.backends import OUTPUT_NAMES, load_backend
 from inference.modelfolder import read_spec
 from training.graph_opt import AT_LOAD
 from training.int8 import AUTO_CHAIN, DEFAULT_SCHEME, SCHEMES, export_int8, require_calibration
+from training.int8_choice import FP32_FILE, INT8_FILE, Quantise, choose_int8
 from training.int8_speed import calibration_batches, shape_key
 from training.manifest import describe, read_manifest, versions, write_manifest
 from training.modeling import position_limit
 from training.parity import (
-    AGREEMENTS,
     PARITY_TEXTS,
     TOLERANCES,
     ExportParityError,
@@ -42,17 +43,14 @@ from training.parity import (
     ParitySet,
     breaches,
     compare,
-    final_breaches,
-    joined,
     own_items,
     prefix,
+    tolerance_of,
 )
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
-FP32_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
-Quantise = Callable[..., None]  # (fp32 path, int8 path, scheme=name): export_int8 with config and calibration bound
 SUPPORT_FILES = (
     "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
     "merges.txt", "vocab.json", "modules.json", "sentence_bert_config.json",
@@ -165,7 +163,7 @@ def export_model(model_dir: Path, *, int8: bool = True, parity_texts: list[str] 
                  task: str | None = None, out_dir: Path | None = None, scheme: str = DEFAULT_SCHEME,
                  tolerances: dict[str, dict[str, float]] | None = None, fuse: bool = False,
                  measured: dict[str, Any] | None = None, calibration_texts: list[str] | None = None,
-                 parity_qa: Sequence[tuple[str, str]] = ()) -> dict:
+                 parity_qa: Sequence[tuple[str, str]] = (), guard: bool = True) -> dict:
     """Export `model_dir` to ONNX in `out_dir` (default: in place) and return the manifest.
 
     `task` is only needed for a plain HF folder whose config does not say it; `tolerances`
@@ -180,7 +178,9 @@ def export_model(model_dir: Path, *, int8: bool = True, parity_texts: list[str] 
     what parity runs instead of the fixed set; unset, the int8 check also runs the model's own
     items (`own_items`): 24 generic texts alone let through int8 files that flipped 2.5% of a real
     set's labels and 19% of its QA spans (quick build, 2026-12-06). fp32 is checked against torch
-    on the fixed set, int8 against the fp32 file on the fixed set and the own items. Raises
+    on the fixed set, int8 against the fp32 file on the fixed set and the own items, as served:
+    with `guard`, a classification or QA int8 file is checked and chosen with the guard it will
+    be served with (`training.int8_choice`), which the manifest records beside it. Raises
     `ExportParityError` (after recording the figures and removing the file) on a breach.
     """
     if int8:
@@ -208,7 +208,8 @@ def export_model(model_dir: Path, *, int8: bool = True, parity_texts: list[str] 
     if int8:  # only from an fp32 graph that passed
         batches = calibration_batches(out_dir, task, calibration_texts, spec.max_length) if calibration_texts else []
         quantise = partial(export_int8, config=model.config, calibration=batches)
-        _export_int8_checked(out_dir, quantise, spec, (fp32, every), texts, manifest, scheme, tolerances, graph, memo)
+        _export_int8_checked(out_dir, quantise, spec, (fp32, every), texts, manifest, scheme, tolerances, graph, memo,
+                             guard)
     return manifest
 
 
@@ -232,79 +233,24 @@ def _bench_batch(out_dir: Path, spec: Any, texts: list[str] | None) -> dict[str,
 
 def _export_int8_checked(out_dir: Path, quantise: Quantise, spec: Any, parity: tuple[Outputs, ParitySet],
                          texts: list[str] | None, manifest: dict, scheme: str, tolerances: dict | None, graph: dict,
-                         memo: dict) -> None:
-    """Quantise with `scheme`; with `auto`, build every scheme of `AUTO_CHAIN`, time each against
-    fp32 and check them fastest first, keeping the first that passes (with an order in `memo`,
-    build them one by one in that order instead). `parity`: the fp32 file's outputs and the items
-    they are of; `texts` the speed batch. The failed attempts and every candidate's
-    speed stay in the manifest entry. Raises the last breach."""
+                         memo: dict, guard: bool) -> None:
+    """Quantise with `scheme` (with `auto`, every scheme of `AUTO_CHAIN`), keep the candidate
+    `training.int8_choice` chooses and record it, with every candidate's speed and the checks of
+    the others. Raises the last candidate's breach when none passes."""
     names = AUTO_CHAIN if scheme == "auto" else (scheme,)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".int8-") as tmp:
-        files: dict[str, Path] = {}
-        if "int8" not in memo or set(memo["int8"]) != set(names):
-            files = {name: Path(tmp) / f"{name}.onnx" for name in names}
-            for name, path in files.items():
-                quantise(out_dir / FP32_FILE, path, scheme=name)
-            memo["int8"] = _speeds(out_dir, spec, files, texts)
-        speeds = memo["int8"] if files else {n: {**f, "measured_on": memo["model"]} for n, f in memo["int8"].items()}
-        order = sorted(names, key=lambda name: speeds[name]["int8_ms"])
-        log.info("int8 candidates, fastest first: %s", ", ".join(f"{n} {speeds[n]['speedup']:.2f}x" for n in order))
-        tried: list[dict] = []
-        for i, name in enumerate(order):
-            if name in files:
-                shutil.move(files[name], out_dir / INT8_FILE)
-            else:  # measured on an earlier model of this shape: built only when its turn comes
-                quantise(out_dir / FP32_FILE, out_dir / INT8_FILE, scheme=name)
-            last = i + 1 == len(order)
-            got, failed = _int8_outputs(out_dir, spec, parity, tolerances, screen=not last)
-            if failed is None:
-                record = {"speed": speeds[name], "candidates": [{"scheme_name": n, **speeds[n]} for n in order],
-                          "graph": {**graph, "quantised_from": FP32_FILE}}
-                try:
-                    _check_and_record(out_dir, INT8_FILE, spec, parity[0], got, manifest, name, tolerances, tried,
-                                      record)
-                    return
-                except ExportParityError as exc:
-                    if last:
-                        raise  # its entry, with the earlier attempts in it, is written already
-                    failed = {**manifest["onnx"].pop(INT8_FILE)["parity"], "breach": str(exc).partition("parity ")[2]}
-            (out_dir / INT8_FILE).unlink(missing_ok=True)
-            tried.append({"scheme_name": name, "parity": failed, "speed": speeds[name]})
-            log.warning("int8 scheme %s failed parity (%s); trying %s", name, failed["breach"], order[i + 1])
-
-
-def _int8_outputs(out_dir: Path, spec: Any, parity: tuple[Outputs, ParitySet], tolerances: dict | None,
-                  screen: bool) -> tuple[Outputs, dict | None]:
-    """The int8 file's outputs on the parity items, from one session. With `screen`, about the
-    first third of the items run first; when they already fail for certain (`final_breaches`)
-    the rest is not run and their failure figures come back too: a failing candidate costs a
-    third of a check (the dynamic QA teacher file: 8 of the first 23 spans changed)."""
-    reference, items = parity
-    backend = load_backend(out_dir, spec.task, "onnx-int8")
-    total = items.size(spec.task)
-    cut = items.head_size(spec.task) if screen else total
-    got = items.run(backend, spec, 0, cut)
-    if cut == total:
-        return got, None
-    figures = compare(spec.task, prefix(reference, got), got)
-    bad = final_breaches(figures, _tolerance("int8", spec.task, tolerances), total)
-    if not bad:
-        return joined(got, items.run(backend, spec, cut)), None
-    metric, value, limit = bad[0]
-    bound = "at most " if metric in AGREEMENTS else ""  # the best the whole set could still reach
-    return got, {**figures, "ok": False, "of_items": total, "breach": f"{metric} {bound}{value:.6g} against "
-                 f"{limit:g}, certain after the first {figures['items']} of {total} items"}
-
-
-def _tolerance(precision: str, task: str, tolerances: dict | None) -> dict[str, float]:
-    return (tolerances or {}).get(precision) or TOLERANCES[precision][task]
-
-
-def _speeds(out_dir: Path, spec: Any, files: dict[str, Path], texts: list[str] | None) -> dict[str, dict]:
-    """Each candidate's ms against fp32 on one batch of the parity texts, measured in turns."""
-    from training.int8_speed import speed_figures
-
-    return speed_figures(out_dir / FP32_FILE, files, spec.task, _bench_batch(out_dir, spec, texts))
+        choice = choose_int8(out_dir, Path(tmp), quantise, spec, parity, partial(_bench_batch, out_dir, spec, texts),
+                             names, tolerances, memo, guard)
+    final = choice.kept or choice.checked[-1]
+    record: dict[str, Any] = {"speed": choice.speeds[final.name],
+                              "candidates": [{"scheme_name": n, **choice.speeds[n]} for n in choice.order],
+                              "graph": {**graph, "quantised_from": FP32_FILE}}
+    if final.guard:  # served with the guard chosen on the parity items until `guard` calibrates it
+        record.update(guard=final.guard, parity_bare=final.bare)
+    tried = [c.summary() for c in choice.checked if c is not final]
+    precision = "int8-guarded" if final.guard else "int8"
+    _check_and_record(out_dir, INT8_FILE, spec, parity[0], final.answered, manifest, final.name,
+                      {"int8": choice.tolerance}, tried, {**record, "checked_as": precision})
 
 
 def _check_and_record(out_dir: Path, file: str, spec: Any, reference: Outputs, got: Outputs,
@@ -313,7 +259,7 @@ def _check_and_record(out_dir: Path, file: str, spec: Any, reference: Outputs, g
     """Check one file, write its manifest entry (with `extra` figures); on a breach remove the file
     and raise."""
     precision = "int8" if file == INT8_FILE else "fp32"
-    tolerance = _tolerance(precision, spec.task, tolerances)
+    tolerance = tolerance_of(precision, spec.task, tolerances)
     entry, bad = check_file(out_dir, file, precision, spec, reference, got, tolerance)
     entry["scheme"] = SCHEMES[scheme][1] if precision == "int8" else "fp32 (no quantisation)"
     if precision == "int8":
@@ -358,14 +304,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "optimiser) and keep it where it is faster on this machine; off by default: it "
                         "measured 0.93-0.99x on every CPU tried")
     parser.add_argument("--int8-scheme", default=DEFAULT_SCHEME, choices=["auto", *sorted(SCHEMES)],
-                        help=f"int8 quantisation scheme (default {DEFAULT_SCHEME}: the fastest of "
-                             f"{', '.join(AUTO_CHAIN)}, timed here, that passes parity)")
+                        help=f"int8 quantisation scheme (default {DEFAULT_SCHEME}: of "
+                             f"{', '.join(AUTO_CHAIN)}, timed here, the fastest as served that passes parity)")
+    parser.add_argument("--no-int8-guard", dest="int8_guard", action="store_false",
+                        help="check and choose classification/QA int8 files bare, as served with the "
+                             "service's INT8_GUARD=false (default: with the guard they are served with, "
+                             "their answers then held to int8-guarded tolerances)")
     parser.add_argument("--calibration", type=Path, metavar="FILE",
                         help="texts (TSV/CSV/JSONL) that set activation ranges: for the static schemes' scales "
                              "and smooth-dynamic's migration")
     parser.add_argument("--calibration-limit", type=int, default=256, help="with --calibration: how many texts")
     parser.add_argument("--tolerance", action="append", default=[], metavar="PRECISION.METRIC=VALUE",
-                        help="override a parity tolerance, e.g. int8.mean_cosine=0.995 (repeatable)")
+                        help="override a parity tolerance, e.g. int8.mean_cosine=0.995 or "
+                             "int8-guarded.span_agreement=0.99 (repeatable)")
     parser.set_defaults(func=_run)
 
 
@@ -393,7 +344,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         manifest = export_model(args.model_dir, int8=not args.no_int8, task=args.task, out_dir=args.out,
                                 scheme=args.int8_scheme, tolerances=parse_tolerances(args.tolerance, task),
-                                fuse=args.fuse, calibration_texts=calibration_texts(args))
+                                fuse=args.fuse, calibration_texts=calibration_texts(args), guard=args.int8_guard)
     except ExportParityError as exc:
         log.error("export failed: %s", exc)
         return 1

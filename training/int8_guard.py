@@ -7,8 +7,9 @@ same two in both files, and at least the lead of every item whose answer it chan
 again (then the int8 file would run at about fp32's cost, and the threshold is capped there).
 It is recorded beside the int8 file in the manifest (`onnx.model.int8.onnx.guard`), with what it
 caught on the split and the share of items it reads again; the service and `evaluate` apply it
-from there. The report set is never looked at: `agreement` measures it afterwards. A new export
-writes a new int8 file without a guard: calibrate it again.
+from there. The report set is never looked at: `agreement` measures it afterwards. An export
+records the guard it chose its int8 file with, on the few parity items (`training.int8_choice`);
+this replaces it with one calibrated on the whole split (a build runs both).
 
   python -m training guard models/squad-quick-student
 """
@@ -53,7 +54,7 @@ def calibrate(model_dir: Path, data: Path | str | None = None, articles: Sequenc
                             "write": False}
     fp32 = evaluate_model(model_dir, "onnx", data_source(str(path)), **args)["records"]
     int8 = evaluate_model(model_dir, "onnx-int8", data_source(str(path)), guard=False, **args)["records"]
-    entry = {**_choose(fp32, int8), "data": {"path": str(path), **({"articles": list(articles)} if articles else {})},
+    entry = {**choose(fp32, int8), "data": {"path": str(path), **({"articles": list(articles)} if articles else {})},
              "calibrated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
     _record(model_dir, entry)
     log.info("%s: int8 guard %.4g reads %.1f%% of validation items again; agreement %.4f -> %.4f", model_dir.name,
@@ -62,7 +63,7 @@ def calibrate(model_dir: Path, data: Path | str | None = None, articles: Sequenc
     return entry
 
 
-def _choose(fp32: list[dict[str, Any]], int8: list[dict[str, Any]]) -> dict[str, Any]:
+def choose(fp32: list[dict[str, Any]], int8: list[dict[str, Any]]) -> dict[str, Any]:
     """The threshold and what it does on the split, from the two runs' per-item records."""
     if len(fp32) != len(int8):
         raise ValueError(f"the fp32 and int8 runs cover different items ({len(fp32)} vs {len(int8)})")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ import numpy as np
 from inference.backends import Backend
 from inference.modelfolder import ModelSpec
 from inference.tasks import classify as classify_task
-from inference.tasks import embed, load_tokenizer, pad_batch, pad_id, qa
+from inference.tasks import embed, lead, load_tokenizer, pad_batch, pad_id, qa
 
 PARITY_TEXTS: tuple[str, ...] = (
     "A gripping, beautifully shot film that never lets go of you.",
@@ -88,8 +88,20 @@ TOLERANCES: dict[str, dict[str, dict[str, float]]] = {
         "qa": {"span_agreement": 0.95, "max_prob_diff": 0.1},
         "embedding": {"mean_cosine": 0.99, "min_cosine": 0.98},
     },
+    # int8 as served with its guard (`training.int8_choice`): near ties answered by fp32, so the
+    # answers must agree to the quality issue's 99.5%; the probabilities of the items left to
+    # int8 stay as close as bare int8's must
+    "int8-guarded": {
+        "classification": {"label_agreement": 0.995, "max_prob_diff": 0.1},
+        "qa": {"span_agreement": 0.995, "max_prob_diff": 0.1},
+    },
 }
 _AT_MOST = ("max_abs_diff", "max_prob_diff")
+
+
+def tolerance_of(precision: str, task: str, tolerances: dict[str, dict[str, float]] | None) -> dict[str, float]:
+    """`tolerances[precision]` where given (a strict build, a test, `--tolerance`), else the default."""
+    return (tolerances or {}).get(precision) or TOLERANCES[precision][task]
 BATCH = 7  # odd on purpose: never the traced batch size
 log = logging.getLogger(__name__)
 OWN_ITEMS = {"classification": 128, "embedding": 128, "qa": 48}  # real items checked beside the fixed set
@@ -129,11 +141,21 @@ class ExportParityError(RuntimeError):
 
 @dataclass
 class Outputs:
-    """What one backend produced on the parity set: raw tensors (flattened per item) and the
-    served answer per item (label index, (start, end) span or pooled unit vector)."""
+    """What one backend produced on the parity set: raw tensors (one per item; per window for
+    QA, `counts` per item) and the served answer per item (logits, (start, end) span or pooled
+    unit vector); for classification and QA also each item's `records` as `evaluate` writes
+    them (prediction, runner_up, lead), which the int8 guard is chosen from."""
 
     raw: list[np.ndarray]
     answers: list[Any]
+    counts: list[int] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def part(self, start: int, stop: int) -> Outputs:
+        """Items [start, stop)."""
+        first, last = sum(self.counts[:start]), sum(self.counts[:stop])
+        return Outputs(self.raw[first:last], self.answers[start:stop], self.counts[start:stop],
+                       self.records[start:stop])
 
 
 def breaches(parity: dict[str, float], tolerance: dict[str, float]) -> list[tuple[str, float, float]]:
@@ -196,12 +218,20 @@ class ParitySet:
 
 def prefix(outputs: Outputs, like: Outputs) -> Outputs:
     """The first entries of `outputs`, as many as a run on the first items (`like`) produced."""
-    return Outputs(outputs.raw[: len(like.raw)], outputs.answers[: len(like.answers)])
+    return outputs.part(0, len(like.answers))
 
 
-def joined(first: Outputs, rest: Outputs) -> Outputs:
-    """The outputs of two consecutive parts of one set, as one."""
-    return Outputs(first.raw + rest.raw, first.answers + rest.answers)
+def joined(*parts: Outputs) -> Outputs:
+    """The outputs of consecutive parts of one set, as one."""
+    return Outputs([r for p in parts for r in p.raw], [a for p in parts for a in p.answers],
+                   [c for p in parts for c in p.counts], [r for p in parts for r in p.records])
+
+
+def served(reference: Outputs, got: Outputs, threshold: float) -> Outputs:
+    """What the service answers with the int8 guard (`inference.guard`): `got` (int8), except
+    the items whose lead is under `threshold`, which are `reference`'s (fp32's)."""
+    near = [float(r["lead"]) < threshold for r in got.records]
+    return joined(*((reference if n else got).part(k, k + 1) for k, n in enumerate(near)))
 
 
 def batch_edges(count: int) -> list[int]:
@@ -235,12 +265,22 @@ def run_parity_set(backend: Backend, spec: ModelSpec, texts: Sequence[str] | Non
         else:
             raw += list(out["logits"])
             answers += list(out["logits"])
-    return Outputs(raw, answers)
+    records = [_label_record(a, spec.problem_type) for a in answers] if spec.task == "classification" else []
+    return Outputs(raw, answers, [1] * len(answers), records)
+
+
+def _label_record(logits: np.ndarray, problem_type: str | None) -> dict[str, Any]:
+    """The best label, the second and the lead between them, as the served pipeline scores them."""
+    function = classify_task.score_function(len(logits), problem_type)
+    probs = classify_task.scores(logits, function)
+    order = np.argsort(-probs, kind="stable")
+    return {"prediction": int(order[0]), "runner_up": int(order[1]) if len(order) > 1 else None,
+            "lead": lead([float(probs[i]) for i in order], function != "none")}
 
 
 def _run_qa(backend: Backend, tokenizer: Any, max_length: int, pairs: Sequence[tuple[str, str]]) -> Outputs:
-    """Each (question, context) in windows, decoded to the served best span."""
-    pad, raw, answers = pad_id(tokenizer), [], []
+    """Each (question, context) in windows, decoded to the served best span (and the second)."""
+    pad, raw, answers, counts, records = pad_id(tokenizer), [], [], [], []
     for question, context in pairs:
         windows = qa.encode_qa(tokenizer, question, context, max_length, 128)
         inputs = pad_batch(windows, pad)
@@ -248,9 +288,12 @@ def _run_qa(backend: Backend, tokenizer: Any, max_length: int, pairs: Sequence[t
         starts = [s[: w.tokens] for s, w in zip(out["start_logits"], windows, strict=False)]
         ends = [e[: w.tokens] for e, w in zip(out["end_logits"], windows, strict=False)]
         raw += [np.concatenate([s, e]) for s, e in zip(starts, ends, strict=False)]
-        best = qa.decode_qa(windows, starts, ends, context)
-        answers.append((best[0]["start"], best[0]["end"]) if best else None)
-    return Outputs(raw, answers)
+        best = [(a["start"], a["end"], float(a["score"])) for a in qa.decode_qa(windows, starts, ends, context, 2)]
+        answers.append(best[0][:2] if best else None)
+        counts.append(len(windows))
+        records.append({"prediction": answers[-1], "runner_up": best[1][:2] if len(best) > 1 else None,
+                        "lead": lead([score for _, _, score in best])})
+    return Outputs(raw, answers, counts, records)
 
 
 def compare(task: str, ref: Outputs, got: Outputs) -> dict[str, float]:

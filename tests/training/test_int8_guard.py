@@ -57,7 +57,7 @@ def test_the_guard_reads_again_what_int8_changed_and_agreement_reports_both(tmp_
     texts = [" ".join(rng.choices(WORDS, k=rng.randint(3, 9))) for _ in range(160)]
     folder = save_tiny(tmp_path, "bert", "classification", seed=3)
     _near_ties(folder, texts)
-    export_model(folder, scheme="dynamic-per-channel")  # a lossy scheme: near ties move
+    export_model(folder, scheme="dynamic-per-channel", guard=False)  # a lossy scheme: near ties move
     data = tmp_path / "dev.tsv"
     data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{k % 2}\n" for k, t in enumerate(texts)))
     for backend in ("onnx", "onnx-int8"):  # before any guard: the bare int8 file
@@ -106,3 +106,38 @@ def test_an_embedding_model_has_no_guard_to_calibrate(tmp_path: Path, caplog) ->
     export_model(folder)
     assert main(["guard", str(folder), "--data", str(tmp_path / "none.tsv")]) == 2
     assert "task 'embedding' has no best answer to keep; the int8 guard serves classification, qa" in caplog.text
+
+
+def test_export_checks_the_int8_file_as_served_with_its_guard(tmp_path: Path) -> None:
+    """An int8 file that moves labels fails a bare check that wants them all, and passes when it
+    is checked as served: the guard chosen on the parity items, recorded beside the file, reads
+    the near ties again in fp32, and `agreement` then finds exactly what that guard missed."""
+    from training.export import ExportParityError
+
+    rng = random.Random(1)
+    texts = [" ".join(rng.choices(WORDS, k=rng.randint(3, 9))) for _ in range(160)]
+    folder = save_tiny(tmp_path, "bert", "classification", seed=3)
+    _near_ties(folder, texts)
+    strict = {"int8": {"label_agreement": 1.0}, "int8-guarded": {"label_agreement": 1.0}}
+    with pytest.raises(ExportParityError, match="label_agreement"):
+        export_model(folder, scheme="dynamic-per-channel", parity_texts=texts, tolerances=strict, guard=False)
+
+    export_model(folder, scheme="dynamic-per-channel", parity_texts=texts, tolerances=strict)
+    entry = _manifest(folder)["onnx"]["model.int8.onnx"]
+    guard, n = entry["guard"], len(texts)
+    assert entry["checked_as"] == "int8-guarded"
+    assert guard["validation"]["changed"] == round((1 - entry["parity_bare"]["label_agreement"]) * n) > 0
+    assert guard["validation"]["missed"] == 0 and entry["parity"]["label_agreement"] == 1.0
+    assert 0 < guard["rechecked_share"] <= guard["most"]
+    speed = entry["speed"]
+    assert guard["cost_ms"] == pytest.approx(speed["int8_ms"] + guard["rechecked_share"] * speed["fp32_ms"], abs=0.01)
+
+    data = tmp_path / "parity.tsv"  # the parity texts, served
+    data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{k % 2}\n" for k, t in enumerate(texts)))
+    assert main(["agreement", str(folder), "--data", str(data), "--name", "parity"]) == 0
+    agreement = _manifest(folder)["int8_agreement"]["parity"]
+    assert agreement["differ"] == 0
+    assert agreement["guard"]["bare"]["differ"] == guard["validation"]["changed"]
+    # dynamic int8 scales activations per batch, and parity batches by sevens where evaluate sorts
+    # by length: leads near the threshold move a little between the two runs
+    assert abs(agreement["guard"]["rechecked"] - round(guard["rechecked_share"] * n)) <= 3
