@@ -49,6 +49,7 @@ class Build:
     exact: bool = False  # keep a built folder only when this very recipe built it from the same data (build)
     eval_columns: Columns | None = None  # how the evaluation file is read (build --eval); None: its header
     measured: dict = field(default_factory=dict)  # export speed decisions per model shape, reused by later exports
+    validation: dict = field(default_factory=dict)  # evaluations on validation splits (calibrate.run_key): run once
 
     def step(self, model: str, what: str, seconds: float, cpu: float) -> None:
         self.steps.append({"model": model, "step": what, "seconds": round(seconds, 1), "cpu_s": round(cpu, 1)})
@@ -117,6 +118,8 @@ def guard_int8(build: Build, recipe: Recipe, tmp: Path, name: str) -> None:
     """Calibrate the int8 file's guard on the validation split (`training.int8_guard`), before
     the report set's evaluations, which then measure the int8 file as it is served."""
     from inference.modelfolder import read_spec
+    from training.calibrate import run_key, validation_split
+    from training.evaluate import data_source, evaluate_model
     from training.int8_guard import TASKS, calibrate
     from training.manifest import read_manifest
 
@@ -124,8 +127,13 @@ def guard_int8(build: Build, recipe: Recipe, tmp: Path, name: str) -> None:
         return
     if not read_manifest(tmp).get("validation"):
         log.warning("%s: %s records no validation split; its int8 file is served unguarded", build.command, name)
-    else:
-        timed(build, name, "int8 guard", calibrate, tmp, limit=recipe.calibrate_limit, threads=recipe.threads)
+        return
+    path, articles = validation_split(tmp)
+    limit, threads = recipe.calibrate_limit, recipe.threads
+    fp32 = timed(build, name, "validation (onnx)", evaluate_model, tmp, "onnx", data_source(path), articles=articles,
+                 limit=limit, threads=threads, write=False)
+    build.validation[run_key(name, "onnx", path, articles, limit)] = fp32  # the cascade's calibration reuses it
+    timed(build, name, "int8 guard", calibrate, tmp, limit=limit, threads=threads, fp32=fp32)
 
 
 def build_task(build: Build, task: str, prefix: str) -> None:
@@ -195,7 +203,7 @@ def calibrate_cascade(build: Build, recipe: Recipe, pair: str, student: Path) ->
     if recipe.task == "embedding" or manifest.get("cascade") or not manifest.get("validation"):
         return
     timed(build, pair, "calibrate", run_calibration, pair, build.models, None, None, recipe.eval_backend,
-          recipe.cascade_tolerance / 100, recipe.calibrate_limit)
+          recipe.cascade_tolerance / 100, recipe.calibrate_limit, build.validation)
 
 
 def pair_name(prefix: str, recipe: Recipe) -> str:

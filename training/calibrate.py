@@ -48,19 +48,28 @@ def validation_split(student: Path) -> tuple[str, list[int] | None]:
     return entry["path"], entry.get("articles")
 
 
+def run_key(model: str, backend: str, path: str | Path, articles: list[int] | None, limit: int | None
+            ) -> tuple[Any, ...]:
+    """What identifies one validation run of a model: a build keeps its runs by this key, so the
+    int8 guard's fp32 run is not run again for the cascade."""
+    return model, backend, str(path), tuple(articles or ()), limit
+
+
 def score_of(task: str, record: dict[str, Any]) -> float:
     return float(record["correct"]) if task == "classification" else float(record["f1"])
 
 
 def run_calibration(pair: str, models: Path, data: str | None, articles: list[int] | None, backend: str,
-                    tolerance: float, limit: int | None) -> dict[str, Any]:
-    """Evaluate both models on the split, calibrate every confidence kind, record the best."""
+                    tolerance: float, limit: int | None, known: dict[tuple[Any, ...], dict] | None = None
+                    ) -> dict[str, Any]:
+    """Evaluate both models on the split (unless `known` has the run, by `run_key`), calibrate
+    every confidence kind, record the best."""
     teacher_dir, student_dir = pair_folders(models, pair)
     task = read_spec(student_dir).task
     if task not in CONFIDENCES:
         raise ValueError(f"pair {pair!r} is a {task} pair; cascades serve classification and qa")
     path, articles = (data, articles) if data else validation_split(student_dir)
-    runs = {role: evaluate_model(folder, backend, data_source(path), articles=articles, limit=limit, write=False)
+    runs = {role: _answers(folder, backend, path, articles, limit, known or {})
             for role, folder in (("teacher", teacher_dir), ("student", student_dir))}
     s_records, t_records = runs["student"]["records"], runs["teacher"]["records"]
     student = [score_of(task, r) for r in s_records]
@@ -74,6 +83,16 @@ def run_calibration(pair: str, models: Path, data: str | None, articles: list[in
     for folder in (teacher_dir, student_dir):
         update_manifest(folder, cascade=entry)
     return {"pair": pair, **entry, "curve": _curve(best.confidence, s_records, student, teacher)}
+
+
+def _answers(folder: Path, backend: str, path: str, articles: list[int] | None, limit: int | None,
+         known: dict[tuple[Any, ...], dict]) -> dict[str, Any]:
+    """`folder`'s answers on the split: a run the caller already has (`known`), or a new one."""
+    found = known.get(run_key(folder.name, backend, path, articles, limit))
+    if found:
+        log.info("calibrate: %s answered the split already in this build; its answers are reused", folder.name)
+        return found
+    return evaluate_model(folder, backend, data_source(path), articles=articles, limit=limit, write=False)
 
 
 def _confidences(kind: str, task: str, records: list[dict[str, Any]]) -> list[float]:

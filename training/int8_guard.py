@@ -38,10 +38,11 @@ TASKS = ("classification", "qa")  # an embedding has no best answer to flip: its
 
 
 def calibrate(model_dir: Path, data: Path | str | None = None, articles: Sequence[int] | None = None,
-              limit: int | None = None, threads: int | None = None, columns: Columns | None = None
-              ) -> dict[str, Any]:
-    """Evaluate fp32 and bare int8 on the validation split (or `data`), choose the threshold,
-    record it beside the int8 file; returns the manifest entry."""
+              limit: int | None = None, threads: int | None = None, columns: Columns | None = None,
+              fp32: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate fp32 (unless given: `evaluate_model`'s result on the same items) and bare int8 on
+    the validation split (or `data`), choose the threshold, record it beside the int8 file;
+    returns the manifest entry."""
     model_dir = Path(model_dir)
     task = read_spec(model_dir).task
     if task not in TASKS:
@@ -52,9 +53,10 @@ def calibrate(model_dir: Path, data: Path | str | None = None, articles: Sequenc
     path, articles = (data, articles) if data else validation_split(model_dir)
     args: dict[str, Any] = {"articles": articles, "limit": limit, "threads": threads, "columns": columns,
                             "write": False}
-    fp32 = evaluate_model(model_dir, "onnx", data_source(str(path)), **args)["records"]
-    int8 = evaluate_model(model_dir, "onnx-int8", data_source(str(path)), guard=False, **args)["records"]
-    entry = {**choose(fp32, int8), "data": {"path": str(path), **({"articles": list(articles)} if articles else {})},
+    fp32 = fp32 or evaluate_model(model_dir, "onnx", data_source(str(path)), **args)
+    int8 = evaluate_model(model_dir, "onnx-int8", data_source(str(path)), guard=False, **args)
+    where = {"path": str(path), **({"articles": list(articles)} if articles else {})}
+    entry = {**choose(fp32["records"], int8["records"]), "data": where,
              "calibrated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
     _record(model_dir, entry)
     log.info("%s: int8 guard %.4g reads %.1f%% of validation items again; agreement %.4f -> %.4f", model_dir.name,

@@ -127,7 +127,8 @@ def test_export_checks_the_int8_file_as_served_with_its_guard(tmp_path: Path) ->
     guard, n = entry["guard"], len(texts)
     assert entry["checked_as"] == "int8-guarded"
     assert guard["validation"]["changed"] == round((1 - entry["parity_bare"]["label_agreement"]) * n) > 0
-    assert guard["validation"]["missed"] == 0 and entry["parity"]["label_agreement"] == 1.0
+    assert guard["validation"]["missed"] == 0
+    assert entry["parity"]["label_agreement"] == 1.0
     assert 0 < guard["rechecked_share"] <= guard["most"]
     speed = entry["speed"]
     assert guard["cost_ms"] == pytest.approx(speed["int8_ms"] + guard["rechecked_share"] * speed["fp32_ms"], abs=0.01)

@@ -74,7 +74,10 @@ def test_build_from_a_headerless_csv_records_how_the_file_was_read(built: dict) 
         assert agreement["items"] == 24
         assert agreement["label_agreement"] == pytest.approx(1 - agreement["differ"] / 24, abs=1e-6)
         assert m["quality"]["tickets-test"]["onnx-int8"]["rows"] == 24
-        assert "int8 agreement" in [step["step"] for step in m["build"]["steps"]]
+        steps = [step["step"] for step in m["build"]["steps"]]
+        assert steps[steps.index("export"):] == ["export", "validation (onnx)", "int8 guard", "evaluate (onnx)",
+                                                 "int8 agreement"]
+        assert m["onnx"]["model.int8.onnx"]["guard"]["validation"]["items"] == 21  # calibrated on validation
         assert quality["data"]["path"] == m["test"]["path"] == recipe["eval_data"]
     assert teacher["student"] == "tickets-student"
     # the test split is never trained on: training rows + validation + test = the file
@@ -86,6 +89,8 @@ def test_build_from_a_headerless_csv_records_how_the_file_was_read(built: dict) 
     assert not set(test_rows[1:]) & set(val_rows[1:])
     assert teacher["quality"]["tickets-test"]["onnx"]["accuracy"] >= 0.5, teacher["quality"]  # chance: 1/6
     assert student["cascade"]["items"] == 21  # calibrated on the validation split
+    for name in ("tickets-teacher", "tickets-student"):  # with the fp32 answers the int8 guard's step had
+        assert f"calibrate: {name} answered the split already in this build" in built["done"].stderr
     assert "tickets: student / teacher, 95% paired-bootstrap intervals" in out
     assert "| tickets-test (24) | onnx | accuracy |" in out
     assert f"pair tickets: {models / 'tickets-teacher'}, {models / 'tickets-student'}" in out
