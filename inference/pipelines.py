@@ -195,16 +195,18 @@ class QAPipeline:
         return outputs
 
     def finish(self, payload: QAItem, seqs: Sequence[qa.QAWindow], rows: Rows) -> dict[str, Any]:
+        best: list[float] = []  # per window, for the int8 guard (`inference.guard`)
         answers = qa.decode_qa(
             seqs, [r["start_logits"] for r in rows], [r["end_logits"] for r in rows], payload.context,
-            max(2, payload.top_k), payload.max_answer_len, payload.handle_impossible_answer,
+            max(2, payload.top_k), payload.max_answer_len, payload.handle_impossible_answer, best,
         )
         ahead = lead([float(a["score"]) for a in answers])  # the best span's lead over the second
         second = answers[1]["answer"] if len(answers) > 1 else None
         total = seqs[0].context_windows if seqs else None
         skipped = {"windows_skipped": total - len(seqs)} if total else {}
+        scores = {} if payload.handle_impossible_answer else {"window_scores": best}  # the null answer needs all
         return {"result": answers[: payload.top_k], "lead": ahead, "runner_up": second, **_meta(seqs),
-                "windows": len(seqs), **skipped}
+                "windows": len(seqs), **skipped, **scores}
 
 
 def make_pipeline(spec: ModelSpec) -> tuple[Pipeline, int]:

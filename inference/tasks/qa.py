@@ -141,15 +141,18 @@ def decode_qa(
     top_k: int = 1,
     max_answer_len: int = 15,
     handle_impossible_answer: bool = False,
+    window_best: list[float] | None = None,
 ) -> list[dict[str, str | float | int]]:
     """Best answers over all windows as `{"answer", "score", "start", "end"}` with
     `context[start:end] == answer`; the empty answer competes when `handle_impossible_answer`
-    (its score is the lowest CLS-CLS probability over windows, as in the HF pipeline)."""
+    (its score is the lowest CLS-CLS probability over windows, as in the HF pipeline).
+    `window_best`, when given, receives each window's best answer score (0.0: none)."""
     answers: list[dict[str, str | float | int]] = []
     min_null = 1_000_000.0
     for window, start, end in zip(windows, start_logits, end_logits, strict=False):
         spans, null = _window_spans(window, np.asarray(start), np.asarray(end), top_k, max_answer_len)
         min_null = min(min_null, null)
+        best = 0.0
         for s, e, score in spans:
             first, last = window.offsets[s], window.offsets[e]
             if first is None or last is None:  # spans are drawn from context tokens only
@@ -157,6 +160,9 @@ def decode_qa(
             begin, finish = answer_bounds(context, first[0], last[1])
             if begin < finish:
                 answers.append({"answer": context[begin:finish], "score": score, "start": begin, "end": finish})
+                best = max(best, score)
+        if window_best is not None:
+            window_best.append(best)
     if handle_impossible_answer:
         answers.append({"answer": "", "score": min_null, "start": 0, "end": 0})
     answers.sort(key=lambda a: a["score"], reverse=True)
