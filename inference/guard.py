@@ -8,7 +8,8 @@ labels. Those items are the near ties, and a near tie is visible in the int8 ans
 log-ratio of the best score to the second (`inference.tasks.lead`, which every classification
 and QA result carries; a logit gap for softmax classifiers). Reading only them again keeps
 int8's speed on the rest. The re-read runs through `inference.pipelines.run_sorted`, the loop
-`evaluate` runs every item through. The threshold is calibrated per model file on
+`evaluate` runs every item through; of a QA item, only the windows that can hold the fp32 answer
+(`Guard.contenders`). The threshold is calibrated per model file on
 its validation split (`training.int8_guard`) and recorded in the manifest beside the file, where
 both the service and `evaluate` read it, so a figure measured with `evaluate` is the served one.
 """
