@@ -86,7 +86,7 @@ def run_calibration(pair: str, models: Path, data: str | None, articles: list[in
 
 
 def _answers(folder: Path, backend: str, path: str, articles: list[int] | None, limit: int | None,
-         known: dict[tuple[Any, ...], dict]) -> dict[str, Any]:
+             known: dict[tuple[Any, ...], dict]) -> dict[str, Any]:
     """`folder`'s answers on the split: a run the caller already has (`known`), or a new one."""
     found = known.get(run_key(folder.name, backend, path, articles, limit))
     if found:

@@ -229,7 +229,9 @@ def joined(*parts: Outputs) -> Outputs:
 
 def served(reference: Outputs, got: Outputs, threshold: float) -> Outputs:
     """What the service answers with the int8 guard (`inference.guard`): `got` (int8), except
-    the items whose lead is under `threshold`, which are `reference`'s (fp32's)."""
+    the items whose lead is under `threshold`, which are `reference`'s (fp32's). (Of a QA item
+    the service reads again only the windows that can hold fp32's answer, `Guard.contenders`:
+    the same answer wherever int8 moved no score ratio by more than the threshold.)"""
     near = [float(r["lead"]) < threshold for r in got.records]
     return joined(*((reference if n else got).part(k, k + 1) for k, n in enumerate(near)))
 
