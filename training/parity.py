@@ -97,14 +97,14 @@ TOLERANCES: dict[str, dict[str, dict[str, float]]] = {
     },
 }
 _AT_MOST = ("max_abs_diff", "max_prob_diff")
+BATCH = 7  # odd on purpose: never the traced batch size
+log = logging.getLogger(__name__)
+OWN_ITEMS = {"classification": 128, "embedding": 128, "qa": 48}  # real items checked beside the fixed set
 
 
 def tolerance_of(precision: str, task: str, tolerances: dict[str, dict[str, float]] | None) -> dict[str, float]:
     """`tolerances[precision]` where given (a strict build, a test, `--tolerance`), else the default."""
     return (tolerances or {}).get(precision) or TOLERANCES[precision][task]
-BATCH = 7  # odd on purpose: never the traced batch size
-log = logging.getLogger(__name__)
-OWN_ITEMS = {"classification": 128, "embedding": 128, "qa": 48}  # real items checked beside the fixed set
 
 
 def own_items(manifest: dict, task: str) -> tuple[list[str], list[tuple[str, str]]]:
