@@ -60,7 +60,7 @@ class Guard:
             fp32 = {key: value for key, value in pipeline.finish(finished[k][0], seqs, item_rows).items()
                     if key not in _AS_ASKED}
             results[k] = {**fp32, **{key: int8[key] for key in _AS_ASKED if key in int8}, "rechecked": True,
-                          "int8_result": int8["result"], "sequences_rechecked": len(seqs)}
+                          "int8_result": int8["result"]}
         return results
 
     def contenders(self, seqs: Sequence[Any], result: dict[str, Any]) -> Sequence[Any]:

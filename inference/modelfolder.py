@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inference.backends import available_kinds
+from inference.backends import ONNX_FILES, available_kinds
 
 _MAX_HEADER = 100_000_000  # bytes: a bigger "header" is not safetensors
 
@@ -149,7 +149,7 @@ def read_spec(folder: Path) -> ModelSpec:
         kinds=available_kinds(folder),
         pair=pair_of(folder.name, manifest),
         cascade=manifest.get("cascade") or {},
-        int8_guard=_guard_threshold((manifest.get("onnx") or {}).get("model.int8.onnx") or {}),
+        int8_guard=_guard_threshold((manifest.get("onnx") or {}).get(ONNX_FILES["onnx-int8"]) or {}),
         recipe=(manifest.get("recipe") or {}).get("name") if isinstance(manifest.get("recipe"), dict) else None,
     )
 

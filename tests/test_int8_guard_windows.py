@@ -52,7 +52,6 @@ def test_a_long_near_tie_reads_again_only_its_contending_windows(model_repo: Pat
     [served] = guard.recheck(pipeline, pad, [(item, seqs, {**int8, "lead": 0.0})])
     assert fp32.sequences == 2  # only the two contending windows ran in fp32
     assert served["rechecked"] is True
-    assert served["sequences_rechecked"] == 2
     assert (served["windows"], served["tokens"]) == (int8["windows"], int8["tokens"])  # the request as asked
     assert "windows_skipped" not in served
     only = run_sorted(pipeline, fp32.backend, pad, [list(contenders)], 32)[0]

@@ -117,13 +117,14 @@ def finish(build: Build, recipe: Recipe, tmp: Path, name: str) -> Path:
 def guard_int8(build: Build, recipe: Recipe, tmp: Path, name: str) -> None:
     """Calibrate the int8 file's guard on the validation split (`training.int8_guard`), before
     the report set's evaluations, which then measure the int8 file as it is served."""
+    from inference.backends import ONNX_FILES
     from inference.modelfolder import read_spec
     from training.calibrate import run_key, validation_split
     from training.evaluate import data_source, evaluate_model
     from training.int8_guard import TASKS, calibrate
     from training.manifest import read_manifest
 
-    if not (tmp / "model.int8.onnx").is_file() or read_spec(tmp).task not in TASKS:
+    if not (tmp / ONNX_FILES["onnx-int8"]).is_file() or read_spec(tmp).task not in TASKS:
         return
     if not read_manifest(tmp).get("validation"):
         log.warning("%s: %s records no validation split; its int8 file is served unguarded", build.command, name)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inference.backends import load_backend
+from inference.backends import ONNX_FILES, load_backend
 from training.int8_guard import TASKS as GUARDED_TASKS
 from training.int8_guard import choose as choose_guard
 from training.parity import (
@@ -45,7 +45,7 @@ from training.parity import (
 
 log = logging.getLogger(__name__)
 
-FP32_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
+FP32_FILE, INT8_FILE = ONNX_FILES["onnx"], ONNX_FILES["onnx-int8"]
 Quantise = Callable[..., None]  # (fp32 path, int8 path, scheme=name): export_int8 with config and calibration bound
 
 

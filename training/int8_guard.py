@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from inference.backends import ONNX_FILES
 from inference.guard import QUANTILE, choose_threshold
 from inference.modelfolder import read_spec
 from training.calibrate import validation_split
@@ -48,7 +49,7 @@ def calibrate(model_dir: Path, data: Path | str | None = None, articles: Sequenc
     if task not in TASKS:
         raise ValueError(f"{model_dir.name}: task {task!r} has no best answer to keep; the int8 guard serves "
                          f"{', '.join(TASKS)}")
-    if not (model_dir / "model.int8.onnx").is_file():
+    if not (model_dir / ONNX_FILES["onnx-int8"]).is_file():
         raise ValueError(f"{model_dir}: no model.int8.onnx to guard (export it first)")
     path, articles = (data, articles) if data else validation_split(model_dir)
     args: dict[str, Any] = {"articles": articles, "limit": limit, "threads": threads, "columns": columns,
@@ -93,7 +94,7 @@ def _leads(records: list[dict[str, Any]]) -> list[float]:
 
 def _record(model_dir: Path, entry: dict[str, Any]) -> None:
     manifest = read_manifest(model_dir)
-    int8 = manifest.get("onnx", {}).get("model.int8.onnx")
+    int8 = manifest.get("onnx", {}).get(ONNX_FILES["onnx-int8"])
     if isinstance(int8, dict):
         int8["guard"] = entry
         write_manifest(model_dir, manifest)

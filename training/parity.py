@@ -267,17 +267,17 @@ def run_parity_set(backend: Backend, spec: ModelSpec, texts: Sequence[str] | Non
         else:
             raw += list(out["logits"])
             answers += list(out["logits"])
-    records = [_label_record(a, spec.problem_type) for a in answers] if spec.task == "classification" else []
+    records = [_label_record(a, spec) for a in answers] if spec.task == "classification" else []
     return Outputs(raw, answers, [1] * len(answers), records)
 
 
-def _label_record(logits: np.ndarray, problem_type: str | None) -> dict[str, Any]:
-    """The best label, the second and the lead between them, as the served pipeline scores them."""
-    function = classify_task.score_function(len(logits), problem_type)
-    probs = classify_task.scores(logits, function)
-    order = np.argsort(-probs, kind="stable")
-    return {"prediction": int(order[0]), "runner_up": int(order[1]) if len(order) > 1 else None,
-            "lead": lead([float(probs[i]) for i in order], function != "none")}
+def _label_record(logits: np.ndarray, spec: ModelSpec) -> dict[str, Any]:
+    """The best label, the second and the lead between them, scored as the served pipeline
+    scores them (`classify.postprocess`)."""
+    function = classify_task.score_function(len(logits), spec.problem_type)
+    labels = classify_task.postprocess(logits, spec.labels or {}, 2, function)
+    return {"prediction": labels[0]["label"], "runner_up": labels[1]["label"] if len(labels) > 1 else None,
+            "lead": lead([float(label["score"]) for label in labels], function != "none")}
 
 
 def _run_qa(backend: Backend, tokenizer: Any, max_length: int, pairs: Sequence[tuple[str, str]]) -> Outputs:
