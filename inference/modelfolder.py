@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inference.backends import ONNX_FILES, available_kinds
+from inference.backends import GUARD_KEYS, ONNX_FILES, available_kinds
 
 _MAX_HEADER = 100_000_000  # bytes: a bigger "header" is not safetensors
 
@@ -70,7 +70,15 @@ class ModelSpec:
     pair: str | None = None  # the teacher/student pair it belongs to (None: a lone model)
     recipe: str | None = None  # the training recipe's name (quick, standard, full, a file)
     cascade: dict[str, Any] = field(default_factory=dict)  # a student's calibration (training's calibrate)
-    int8_guard: float | None = None  # the int8 file's calibrated lead threshold (inference.guard)
+    # the int8 file's calibrated lead thresholds (inference.guard), per engine that was calibrated
+    int8_guards: dict[str, float] = field(default_factory=dict)
+
+    def int8_guard(self, kind: str) -> float | None:
+        """The guard threshold of int8 kind `kind`: its own engine's calibration, else (OpenVINO
+        not calibrated) ONNX Runtime's of the same file; None for fp32 kinds and unguarded files."""
+        if kind not in GUARD_KEYS:
+            return None
+        return self.int8_guards.get(kind, self.int8_guards.get("onnx-int8"))
 
 
 def _infer_task(config: dict[str, Any]) -> str:
@@ -149,16 +157,20 @@ def read_spec(folder: Path) -> ModelSpec:
         kinds=available_kinds(folder),
         pair=pair_of(folder.name, manifest),
         cascade=manifest.get("cascade") or {},
-        int8_guard=_guard_threshold((manifest.get("onnx") or {}).get(ONNX_FILES["onnx-int8"]) or {}),
+        int8_guards=_guard_thresholds((manifest.get("onnx") or {}).get(ONNX_FILES["onnx-int8"]) or {}),
         recipe=(manifest.get("recipe") or {}).get("name") if isinstance(manifest.get("recipe"), dict) else None,
     )
 
 
-def _guard_threshold(int8_entry: dict[str, Any]) -> float | None:
-    """The calibrated lead threshold recorded for an int8 file (None: the file has no guard)."""
-    guard = int8_entry.get("guard") if isinstance(int8_entry, dict) else None
-    value = guard.get("threshold") if isinstance(guard, dict) else None
-    return float(value) if isinstance(value, int | float) and value > 0 else None
+def _guard_thresholds(int8_entry: dict[str, Any]) -> dict[str, float]:
+    """The calibrated lead thresholds recorded beside an int8 file, by int8 kind (none: no guard)."""
+    found = {}
+    for kind, key in GUARD_KEYS.items():
+        guard = int8_entry.get(key) if isinstance(int8_entry, dict) else None
+        value = guard.get("threshold") if isinstance(guard, dict) else None
+        if isinstance(value, int | float) and value > 0:
+            found[kind] = float(value)
+    return found
 
 
 def quality_entries(quality: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:

@@ -61,6 +61,7 @@ class DummyBackend:
 def load_dummy(
     model_dir: Path | str, task: str, kind: str, threads: int | None = None,
     graph_optimization: str = "all", spinning: bool = False, device: str = "cpu", torch_thread: bool = False,
+    cache_dir: Path | None = None,
 ) -> DummyBackend:
     """`inference.backends.load_backend`'s signature; every argument but the task is ignored."""
     return DummyBackend(task)

@@ -17,7 +17,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from inference.backends import KINDS, load_backend
+from inference.backends import FP32_OF, KINDS, load_backend
 from inference.evaluation import Served, serve
 from inference.guard import Guard
 from inference.modelfolder import ModelSpec, read_spec
@@ -118,9 +118,9 @@ def evaluate_model(model_dir: Path, backend: str, data_path: Path | str, *, data
 def _guard(spec: ModelSpec, backend: str, threads: int | None) -> Guard | None:
     """The int8 file's guard as the service builds it (`app.repository.loading`): its fp32 file
     and the calibrated threshold; None for other backends and files without one."""
-    if backend != "onnx-int8" or spec.int8_guard is None:
+    if (threshold := spec.int8_guard(backend)) is None:
         return None
-    return Guard(load_backend(spec.path, spec.task, "onnx", threads), spec.int8_guard)
+    return Guard(load_backend(spec.path, spec.task, FP32_OF[backend], threads), threshold)
 
 
 def _guard_figures(guard: Guard | None, records: list[dict[str, Any]]) -> dict[str, Any]:

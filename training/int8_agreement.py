@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from inference.agreement import row_cosines
+from inference.backends import FP32_OF, ONNX_FILES
 from inference.intervals import interval, mean_of
 from inference.modelfolder import read_spec
 from training.data import Columns
@@ -34,15 +35,18 @@ TARGETS = {"label_agreement": 0.995, "span_agreement": 0.995, "mean_cosine": 0.9
 
 def measure(model_dir: Path, data: Path | str, *, set_name: str | None = None, limit: int | None = None,
             articles: Sequence[int] | None = None, threads: int | None = None,
-            columns: Columns | None = None, fp32: dict[str, Any] | None = None) -> dict[str, Any]:
+            columns: Columns | None = None, fp32: dict[str, Any] | None = None,
+            backend: str = "onnx-int8") -> dict[str, Any]:
     """Evaluate the int8 file on the set (its quality is recorded like any evaluation), compare
-    it item by item with the fp32 ONNX file, and record the agreement in the manifest. `fp32`:
+    it item by item with the fp32 ONNX file, and record the agreement in the manifest. `backend`:
+    the engine that runs the int8 file (`openvino-int8`: OpenVINO; recorded as `SET@openvino-int8`);
+    the reference is always the fp32 file on ONNX Runtime, the file the build evaluated. `fp32`:
     `evaluate_model`'s result for the fp32 file on the same set, when the caller has it (a build
     evaluates it just before): the embedding vectors are not stored, so this saves running it again."""
     model_dir = Path(model_dir)
     task = read_spec(model_dir).task
     args: dict[str, Any] = {"limit": limit, "articles": articles, "threads": threads, "columns": columns}
-    int8 = evaluate_model(model_dir, "onnx-int8", data, set_name=set_name, **args)
+    int8 = evaluate_model(model_dir, backend, data, set_name=set_name, **args)
     name = int8["set"]
     if task == "embedding":
         if not fp32 or (fp32["set"], fp32["backend"], fp32["rows"]) != (name, "onnx", int8["rows"]):
@@ -53,13 +57,13 @@ def measure(model_dir: Path, data: Path | str, *, set_name: str | None = None, l
         figures = _same_answers(task, fp32["records"], int8["records"])
     headline = next(iter(int8["interval"]))
     figures.update(set=name, int8_quality={headline: int8["interval"][headline]},
-                   int8_items_s=int8["throughput_items_s"], scheme=_scheme(model_dir))
+                   int8_items_s=int8["throughput_items_s"], scheme=_scheme(model_dir), backend=backend)
     metric = next(k for k in TARGETS if k in figures)
     figures["target"] = {metric: TARGETS[metric], "met": figures[metric] >= TARGETS[metric]}
     (log.info if figures["target"]["met"] else log.warning)(
         "%s: int8 vs fp32 on %s (%d items): %s %.4f (target %.3f)", model_dir.name, name, figures["items"], metric,
         figures[metric], TARGETS[metric])
-    _record(model_dir, name, figures)
+    _record(model_dir, name if backend == "onnx-int8" else f"{name}@{backend}", figures)
     return figures
 
 
@@ -101,7 +105,7 @@ def _cosines(fp32: list[np.ndarray], int8: list[np.ndarray]) -> dict[str, Any]:
 def _scheme(model_dir: Path) -> str | None:
     from training.manifest import read_manifest
 
-    entry = read_manifest(model_dir).get("onnx", {}).get("model.int8.onnx", {})
+    entry = read_manifest(model_dir).get("onnx", {}).get(ONNX_FILES["onnx-int8"], {})
     return entry.get("scheme_name")
 
 
@@ -126,6 +130,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--data", type=data_source, required=True, help="the evaluation file (as `evaluate` takes)")
     parser.add_argument("--name", help="evaluation set name (default e.g. sst2-dev)")
+    parser.add_argument("--backend", default="onnx-int8", choices=sorted(FP32_OF),
+                        help="the engine that runs the int8 file: ONNX Runtime (default) or OpenVINO")
     add_item_options(parser, "30:38")
     parser.set_defaults(func=_run)
 
@@ -133,11 +139,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from training.cli import columns_from_args
 
-    if not (args.model_dir / "model.int8.onnx").is_file():
-        raise ValueError(f"{args.model_dir}: no model.int8.onnx (export it first: python -m training export "
+    if not (args.model_dir / ONNX_FILES["onnx-int8"]).is_file():
+        raise ValueError(f"{args.model_dir}: no {ONNX_FILES['onnx-int8']} (export it first: python -m training export "
                          f"{args.model_dir})")
     figures = measure(args.model_dir, args.data, set_name=args.name, limit=args.limit,
-                      articles=parse_articles(args.articles), threads=args.threads, columns=columns_from_args(args))
+                      articles=parse_articles(args.articles), threads=args.threads, columns=columns_from_args(args),
+                      backend=args.backend)
     print(json.dumps(figures, indent=2))
     return 0
 

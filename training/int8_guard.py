@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from inference.backends import ONNX_FILES
+from inference.backends import GUARD_KEYS, ONNX_FILES
 from inference.guard import QUANTILE, choose_threshold
 from inference.modelfolder import read_spec
 from training.calibrate import validation_split
@@ -40,10 +40,12 @@ TASKS = ("classification", "qa")  # an embedding has no best answer to flip: its
 
 def calibrate(model_dir: Path, data: Path | str | None = None, articles: Sequence[int] | None = None,
               limit: int | None = None, threads: int | None = None, columns: Columns | None = None,
-              fp32: dict[str, Any] | None = None) -> dict[str, Any]:
+              fp32: dict[str, Any] | None = None, backend: str = "onnx-int8") -> dict[str, Any]:
     """Evaluate fp32 (unless given: `evaluate_model`'s result on the same items) and bare int8 on
     the validation split (or `data`), choose the threshold, record it beside the int8 file;
-    returns the manifest entry."""
+    returns the manifest entry. `backend`: the engine whose int8 arithmetic is calibrated
+    (`openvino-int8` quantises activations in other groups than ONNX Runtime, so its near ties
+    move by other amounts; recorded under its own key, `inference.backends.GUARD_KEYS`)."""
     model_dir = Path(model_dir)
     task = read_spec(model_dir).task
     if task not in TASKS:
@@ -55,13 +57,13 @@ def calibrate(model_dir: Path, data: Path | str | None = None, articles: Sequenc
     args: dict[str, Any] = {"articles": articles, "limit": limit, "threads": threads, "columns": columns,
                             "write": False}
     fp32 = fp32 or evaluate_model(model_dir, "onnx", data_source(str(path)), **args)
-    int8 = evaluate_model(model_dir, "onnx-int8", data_source(str(path)), guard=False, **args)
+    int8 = evaluate_model(model_dir, backend, data_source(str(path)), guard=False, **args)
     where = {"path": str(path), **({"articles": list(articles)} if articles else {})}
-    entry = {**choose(fp32["records"], int8["records"]), "data": where,
+    entry = {**choose(fp32["records"], int8["records"]), "data": where, "backend": backend,
              "calibrated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    _record(model_dir, entry)
-    log.info("%s: int8 guard %.4g reads %.1f%% of validation items again; agreement %.4f -> %.4f", model_dir.name,
-             entry["threshold"], 100 * entry["rechecked_share"], entry["validation"]["agreement_bare"],
+    _record(model_dir, entry, GUARD_KEYS[backend])
+    log.info("%s: %s guard %.4g reads %.1f%% of validation items again; agreement %.4f -> %.4f", model_dir.name,
+             backend, entry["threshold"], 100 * entry["rechecked_share"], entry["validation"]["agreement_bare"],
              entry["validation"]["agreement_guarded"])
     return entry
 
@@ -92,11 +94,11 @@ def _leads(records: list[dict[str, Any]]) -> list[float]:
     return [math.inf if r.get("lead") is None else float(r["lead"]) for r in records]
 
 
-def _record(model_dir: Path, entry: dict[str, Any]) -> None:
+def _record(model_dir: Path, entry: dict[str, Any], key: str) -> None:
     manifest = read_manifest(model_dir)
     int8 = manifest.get("onnx", {}).get(ONNX_FILES["onnx-int8"])
     if isinstance(int8, dict):
-        int8["guard"] = entry
+        int8[key] = entry
         write_manifest(model_dir, manifest)
 
 
@@ -111,6 +113,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "python -m training guard models/squad-quick-student")
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--data", help="calibrate on this file instead of the recorded validation split")
+    parser.add_argument("--backend", default="onnx-int8", choices=sorted(GUARD_KEYS),
+                        help="the engine whose int8 answers are calibrated (OpenVINO's has its own threshold)")
     add_item_options(parser, "26:30")
     parser.set_defaults(func=_run)
 
@@ -119,6 +123,6 @@ def _run(args: argparse.Namespace) -> int:
     from training.cli import columns_from_args
 
     entry = calibrate(args.model_dir, args.data, parse_articles(args.articles), args.limit, args.threads,
-                      columns_from_args(args))
+                      columns_from_args(args), backend=args.backend)
     print(json.dumps(entry, indent=2))
     return 0

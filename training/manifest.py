@@ -16,6 +16,7 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from inference.backends import ONNX_FILES
 from inference.modelfolder import read_json
 from training.modeling import count_params, num_layers, position_limit
 
@@ -125,6 +126,6 @@ def is_complete(model_dir: Path, need_quality: bool = True, need_onnx: bool = Tr
         return False
     if recipe is not None and (manifest.get("recipe") or {}).get("name") != recipe:
         return False
-    if need_onnx and not (manifest.get("onnx") and (Path(model_dir) / "model.onnx").is_file()):
+    if need_onnx and not (manifest.get("onnx") and (Path(model_dir) / ONNX_FILES["onnx"]).is_file()):
         return False
     return bool(manifest.get("quality")) or not need_quality

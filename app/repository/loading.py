@@ -27,7 +27,7 @@ from app.repository.registry import (
     served_names,
 )
 from app.settings import Settings
-from inference.backends import Backend, BackendUnavailable, available_kinds, load_backend
+from inference.backends import FP32_OF, Backend, BackendUnavailable, available_kinds, load_backend
 from inference.guard import Guard
 from inference.modelfolder import ModelSpec, read_spec
 from inference.pipelines import (
@@ -56,6 +56,7 @@ class BackendLoader(Protocol):
     def __call__(
         self, model_dir: Path | str, task: str, kind: str, threads: int | None = None,
         graph_optimization: str = "all", spinning: bool = False, device: str = "cpu", torch_thread: bool = False,
+        cache_dir: Path | None = None,
     ) -> Backend: ...
 
 
@@ -179,10 +180,11 @@ def _guard(load: BackendLoader, spec: ModelSpec, kind: str, settings: Settings) 
     """An int8 model's guard: its fp32 file, opened beside it in the background, for the near
     ties the manifest's calibrated threshold names (`inference.guard`); None for other backends,
     for a file without a calibrated guard, or with `INT8_GUARD=false`."""
-    if kind != "onnx-int8" or spec.int8_guard is None or not settings.int8_guard or "onnx" not in spec.kinds:
+    partner, threshold = FP32_OF.get(kind), spec.int8_guard(kind)
+    if partner is None or threshold is None or not settings.int8_guard or partner not in spec.kinds:
         return None
-    fp32 = Opening(lambda: _open(load, spec, "onnx", settings, settings.threads), f"{spec.name} (int8 guard)")
-    return Guard(fp32, spec.int8_guard)
+    fp32 = Opening(lambda: _open(load, spec, partner, settings, settings.threads), f"{spec.name} (int8 guard)", partner)
+    return Guard(fp32, threshold)
 
 
 class Opening:
@@ -190,11 +192,10 @@ class Opening:
     fp32 MPNet student took 0.52-0.56 s to open, half a cold start); a call waits until it is
     open. A file that fails to open fails the calls (the guard then keeps int8's answers)."""
 
-    kind = "onnx"
     input_names: tuple[str, ...] = ()  # the Backend contract's; the guard needs only forward
 
-    def __init__(self, opener: Callable[[], Backend], name: str) -> None:
-        self._ready, self._error, self._name = threading.Event(), "", name
+    def __init__(self, opener: Callable[[], Backend], name: str, kind: str = "onnx") -> None:
+        self._ready, self._error, self._name, self.kind = threading.Event(), "", name, kind
         self._backend: Backend | None = None
         threading.Thread(target=self._open, args=(opener,), name=f"open-{name}", daemon=True).start()
 
@@ -229,6 +230,7 @@ def _open(load: BackendLoader, spec: ModelSpec, kind: str, settings: Settings, t
         settings.ort_spinning,
         settings.device,
         torch_thread=True,  # every torch model's calls on one thread: one OpenMP team
+        cache_dir=settings.openvino_cache,
     )
 
 

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from inference.backends import Backend
+from inference.backends import Backend, onnx_file
 from inference.pipelines import Pipeline, concurrent_throughput
 
 log = logging.getLogger("distilserve")
@@ -69,8 +69,8 @@ def split_threads(kind: str, threads: int | None, calls: int) -> int | None:
 def machine_key(model_dir: Path, kind: str, threads: int | None) -> str:
     """What a choice holds for: this CPU (model name, cores usable), the model file (size and
     time), the backend and the thread setting."""
-    files = [model_dir / n for n in ("model.int8.onnx" if kind == "onnx-int8" else "model.onnx",)]
-    stamp = [(f.stat().st_size, int(f.stat().st_mtime)) for f in files if f.is_file()]
+    file = model_dir / onnx_file(kind)
+    stamp = [(file.stat().st_size, int(file.stat().st_mtime))] if file.is_file() else []
     return json.dumps([_cpu_name(), len(os.sched_getaffinity(0)), str(model_dir.resolve()), kind, threads, stamp])
 
 

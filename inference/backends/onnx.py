@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from inference.backends import GRAPH_OPTIMIZATIONS, OUTPUT_NAMES
+from inference.backends import GRAPH_OPTIMIZATIONS, OUTPUT_NAMES, model_input
 
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -57,14 +57,6 @@ class OnnxBackend:
 
     def forward(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One session.run; token_type_ids default to zeros when the caller has none."""
-        feeds = {name: self._input(inputs, name) for name in self.input_names}
+        feeds = {name: model_input(inputs, name) for name in self.input_names}
         outs = self.session.run(self.output_names, feeds)
         return {n: np.asarray(o, dtype=np.float32) for n, o in zip(self.output_names, outs, strict=False)}
-
-    @staticmethod
-    def _input(inputs: dict[str, np.ndarray], name: str) -> np.ndarray:
-        if name in inputs:
-            return np.asarray(inputs[name], dtype=np.int64)
-        if name == "token_type_ids":
-            return np.zeros_like(np.asarray(inputs["input_ids"], dtype=np.int64))
-        raise KeyError(f"model input {name!r} was not provided")

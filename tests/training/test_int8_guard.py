@@ -52,7 +52,8 @@ def _lead(record: dict) -> float:
     return math.inf if record["lead"] is None else float(record["lead"])
 
 
-def test_the_guard_reads_again_what_int8_changed_and_agreement_reports_both(tmp_path: Path, capsys) -> None:
+def _lossy_classifier(tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny classifier with near ties, exported with a lossy int8 scheme, and its dev set."""
     rng = random.Random(0)
     texts = [" ".join(rng.choices(WORDS, k=rng.randint(3, 9))) for _ in range(160)]
     folder = save_tiny(tmp_path, "bert", "classification", seed=3)
@@ -60,6 +61,11 @@ def test_the_guard_reads_again_what_int8_changed_and_agreement_reports_both(tmp_
     export_model(folder, scheme="dynamic-per-channel", guard=False)  # a lossy scheme: near ties move
     data = tmp_path / "dev.tsv"
     data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{k % 2}\n" for k, t in enumerate(texts)))
+    return folder, data
+
+
+def test_the_guard_reads_again_what_int8_changed_and_agreement_reports_both(tmp_path: Path, capsys) -> None:
+    folder, data = _lossy_classifier(tmp_path)
     for backend in ("onnx", "onnx-int8"):  # before any guard: the bare int8 file
         assert main(["evaluate", str(folder), "--backend", backend, "--data", str(data), "--name", "dev"]) == 0
     fp32, bare = read_predictions(folder, "dev", "onnx"), read_predictions(folder, "dev", "onnx-int8")
@@ -99,6 +105,32 @@ def test_the_guard_reads_again_what_int8_changed_and_agreement_reports_both(tmp_
     quality = _manifest(folder)["quality"]["dev"]["onnx-int8"]
     assert quality["guard"] == {"threshold": threshold, "rechecked": sum(under),
                                 "rechecked_share": round(sum(under) / len(under), 6)}
+
+
+def test_openvino_int8_has_its_own_guard_beside_onnx_runtimes(tmp_path: Path, capsys) -> None:
+    """OpenVINO runs the same int8 file with other arithmetic: `guard --backend openvino-int8`
+    calibrates its own threshold under its own key, and `evaluate` / `agreement` on that backend
+    read again exactly the OpenVINO answers under it."""
+    pytest.importorskip("openvino")
+    folder, data = _lossy_classifier(tmp_path)
+    assert main(["guard", str(folder), "--data", str(data)]) == 0
+    onnx_runtime = json.loads(capsys.readouterr().out)
+    assert main(["guard", str(folder), "--data", str(data), "--backend", "openvino-int8"]) == 0
+    entry = json.loads(capsys.readouterr().out)
+    int8 = _manifest(folder)["onnx"]["model.int8.onnx"]
+    assert (int8["guard"], int8["guard_openvino"]) == (onnx_runtime, entry)
+    assert entry["backend"] == "openvino-int8"
+    assert entry["threshold"] != onnx_runtime["threshold"]  # other arithmetic, other near ties
+
+    assert main(["evaluate", str(folder), "--backend", "openvino-int8", "--data", str(data), "--name", "dev"]) == 0
+    assert _manifest(folder)["quality"]["dev"]["openvino-int8"]["guard"]["threshold"] == entry["threshold"]
+    assert main(["agreement", str(folder), "--data", str(data), "--name", "dev", "--backend", "openvino-int8"]) == 0
+    agreement = _manifest(folder)["int8_agreement"]["dev@openvino-int8"]
+    assert agreement["backend"] == "openvino-int8"
+    assert agreement["differ"] == entry["validation"]["missed"]
+    assert agreement["guard"]["bare"]["differ"] == entry["validation"]["changed"]
+    assert agreement["guard"]["rechecked_share"] == pytest.approx(entry["rechecked_share"], abs=1e-6)
+    assert "dev" not in _manifest(folder).get("int8_agreement", {})  # ONNX Runtime's figure is not overwritten
 
 
 def test_an_embedding_model_has_no_guard_to_calibrate(tmp_path: Path, caplog) -> None:
