@@ -37,6 +37,7 @@ models: setup
 # later starts skip the measurement (a quarter of a MiniLM's cold start) and choose the same.
 serve: models
 	DISTILSERVE_MODEL_WORKERS_MEMORY=$${DISTILSERVE_MODEL_WORKERS_MEMORY-.cache/model-workers.json} \
+	DISTILSERVE_OPENVINO_CACHE=$${DISTILSERVE_OPENVINO_CACHE-.cache/openvino} \
 	  $(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) --no-access-log  # the service writes its own JSON access line
 
 # The tests use tiny models they build, and the one small pretrained model (MiniLM, 83 MB) that

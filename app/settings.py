@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from inference.backends import GRAPH_OPTIMIZATIONS, KINDS
+from inference.backends import GRAPH_OPTIMIZATIONS, KINDS, OPENVINO_KINDS, openvino_installed
 
 ALIASES = ("teacher", "student")
 
@@ -130,6 +130,9 @@ class Settings(BaseSettings):
             raise ValueError(f"backends {bad or value!r} invalid; each must be one of {list(KINDS)}")
         if len(set(value)) != len(value):
             raise ValueError(f"backends {value!r} lists a backend twice")
+        if (engine := [b for b in value if b in OPENVINO_KINDS]) and not openvino_installed():
+            raise ValueError(f"backends {engine!r} need OpenVINO, which is not installed: "
+                             "pip install 'distilserve[openvino]'")
         return value
 
     @field_validator("graph_optimization")

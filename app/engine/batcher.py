@@ -59,6 +59,9 @@ class Batcher:
         self._m = ModelMetrics(pipeline.task, labels)
         self.split: Backend | None = None  # the same model on fewer threads, for concurrent calls
         self.split_threads: int | None = None
+        # threads still opening this model's other sessions (split, guard) in the background: joined
+        # at stop, so that the process never exits while a runtime is half-way through creating one
+        self.openings: list[threading.Thread] = []
 
     @property
     def name(self) -> str:
@@ -92,7 +95,7 @@ class Batcher:
 
     def stop(self) -> None:
         self.queue.stop()
-        for thread in self._threads:
+        for thread in self._threads + self.openings:
             thread.join(timeout=10)
 
     async def run(self, payloads: Sequence[Any]) -> list[dict[str, Any]]:

@@ -158,8 +158,11 @@ def build(
         batcher.calibrate(_WARMUP[spec.task])  # seeds the service-time estimate for admission
     batcher.start(loop)
     lap("calibrate")
+    if guard is not None and isinstance(guard.fp32, Opening):
+        batcher.openings.append(guard.fp32.thread)
     if (threads := workers.split_threads(kind, settings.threads, calls)) is not None:
-        open_split(batcher, lambda: _open(load, spec, kind, settings, threads), threads, name, settings.warmup)
+        batcher.openings.append(
+            open_split(batcher, lambda: _open(load, spec, kind, settings, threads), threads, name, settings.warmup))
     model = ServedModel(name, spec, kind, backend, batcher, startup_s=lap.seconds)
     register_model(
         name,
@@ -197,7 +200,8 @@ class Opening:
     def __init__(self, opener: Callable[[], Backend], name: str, kind: str = "onnx") -> None:
         self._ready, self._error, self._name, self.kind = threading.Event(), "", name, kind
         self._backend: Backend | None = None
-        threading.Thread(target=self._open, args=(opener,), name=f"open-{name}", daemon=True).start()
+        self.thread = threading.Thread(target=self._open, args=(opener,), name=f"open-{name}", daemon=True)
+        self.thread.start()
 
     def _open(self, opener: Callable[[], Backend]) -> None:
         started = time.perf_counter()
@@ -234,10 +238,11 @@ def _open(load: BackendLoader, spec: ModelSpec, kind: str, settings: Settings, t
     )
 
 
-def open_split(batcher: Batcher, opener: Callable[[], Backend], threads: int, name: str, warm: bool) -> None:
+def open_split(batcher: Batcher, opener: Callable[[], Backend], threads: int, name: str,
+               warm: bool) -> threading.Thread:
     """Open the split session (`app.repository.workers.split_threads`) in the background: the
     model serves on its shared session meanwhile, so cold start does not wait for a second
-    load. A session that fails to open leaves every call on the shared one."""
+    load. A session that fails to open leaves every call on the shared one. Returns the thread."""
 
     def run() -> None:
         try:
@@ -251,7 +256,9 @@ def open_split(batcher: Batcher, opener: Callable[[], Backend], threads: int, na
         batcher.use_split(split, threads)
         log.info("model %s: calls that start while another runs use a session of %d thread(s)", name, threads)
 
-    threading.Thread(target=run, name=f"split-{name}", daemon=True).start()
+    thread = threading.Thread(target=run, name=f"split-{name}", daemon=True)
+    thread.start()
+    return thread
 
 
 def choose_workers(pipeline: Pipeline, backend: Backend, pad: int, spec: ModelSpec, name: str, kind: str,

@@ -4,23 +4,25 @@
 torch is imported only inside `app.backends.torch`, and only when a torch backend is asked
 for: the ONNX serving path must run on a machine without torch. The same two ONNX files also run
 on OpenVINO (`openvino`, `openvino-int8`; the optional `openvino` extra), imported only when asked
-for: on AVX512 CPUs it runs the block-wise int8 files 1.3-1.7x faster than ONNX Runtime does
-(README, "OpenVINO").
+for: on AVX512 CPUs it runs the block-wise int8 files 1.1-1.7x faster than ONNX Runtime does,
+and `openvino-bf16` computes the fp32 file in bfloat16 on CPUs with bf16 units (README, "OpenVINO").
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 TASKS: tuple[str, ...] = ("classification", "qa", "embedding")
-KINDS: tuple[str, ...] = ("torch", "torch-bf16", "onnx", "onnx-int8", "openvino", "openvino-int8")
+KINDS: tuple[str, ...] = ("torch", "torch-bf16", "onnx", "onnx-int8", "openvino", "openvino-int8", "openvino-bf16")
 TORCH_KINDS: tuple[str, ...] = ("torch", "torch-bf16")
 ONNX_FILES: dict[str, str] = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 # OpenVINO kinds run the ONNX Runtime kind's file: the same numbers of the same file, another engine
-OPENVINO_KINDS: dict[str, str] = {"openvino": "onnx", "openvino-int8": "onnx-int8"}
+# (`openvino-bf16`: the fp32 file computed in bfloat16, where the CPU has bf16 units)
+OPENVINO_KINDS: dict[str, str] = {"openvino": "onnx", "openvino-int8": "onnx-int8", "openvino-bf16": "onnx"}
 # an int8 kind's fp32 partner on the same engine: where the int8 guard reads near ties again
 FP32_OF: dict[str, str] = {"onnx-int8": "onnx", "openvino-int8": "openvino"}
 # where the int8 file's manifest entry keeps each engine's guard calibration (training.int8_guard)
@@ -55,7 +57,17 @@ def available_kinds(model_dir: Path) -> list[str]:
     if any((model_dir / f).is_file() for f in TORCH_WEIGHT_FILES):
         kinds += list(TORCH_KINDS)
     kinds += [k for k, f in ONNX_FILES.items() if (model_dir / f).is_file()]
-    return kinds + [k for k, onnx_kind in OPENVINO_KINDS.items() if onnx_kind in kinds]
+    if openvino_installed():
+        kinds += [k for k, onnx_kind in OPENVINO_KINDS.items() if onnx_kind in kinds]
+    return kinds
+
+
+def openvino_installed() -> bool:
+    """Whether the `[openvino]` extra is installed (found, not imported: importing it takes time)."""
+    try:
+        return importlib.util.find_spec("openvino") is not None
+    except ValueError:  # sys.modules["openvino"] is None: made unimportable
+        return False
 
 
 def model_input(inputs: dict[str, np.ndarray], name: str) -> np.ndarray:
@@ -132,4 +144,5 @@ __all__ = [
     "load_backend",
     "model_input",
     "onnx_file",
+    "openvino_installed",
 ]

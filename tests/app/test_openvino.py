@@ -1,7 +1,7 @@
 """The OpenVINO backends over HTTP: the same ONNX files on another engine give the fp32 file's
-answers (`openvino`) and int8 answers close to them (`openvino-int8`), whose near ties the int8
-guard reads again on OpenVINO's fp32 session; without OpenVINO installed the kind is refused with
-the extra to install."""
+answers (`openvino`) and answers close to them (`openvino-int8`, `openvino-bf16`); the int8 guard
+reads int8's near ties again on OpenVINO's fp32 session; without OpenVINO installed the kind is
+refused with the extra to install."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ on_the_session_loop = pytest.mark.asyncio(loop_scope="session")
 
 TEXTS = ["a good film", "the worst movie of the year, really boring", "funny story", "dull", "a fine cast"]
 QA = {"question": "who jumps over the dog?", "context": "the quick brown fox jumps over the lazy dog", "top_k": 2}
-KINDS = ["onnx", "onnx-int8", "openvino", "openvino-int8"]
+KINDS = ["onnx", "onnx-int8", "openvino", "openvino-int8", "openvino-bf16"]
 
 
 async def _post(client, path: str, body: dict) -> dict:
@@ -42,7 +42,7 @@ async def test_openvino_serves_the_fp32_files_answers(model_repo: Path) -> None:
     async with serve(Settings(models_dir=model_repo, backends=KINDS, threads=1)) as client:
         listed = {m["name"]: m["backend"] for m in (await client.get("/models")).json()["models"]}
         got = {k: await _post(client, "/classify", {"inputs": TEXTS, "top_k": None, "model": f"sst2-student@{k}"})
-               for k in ("onnx-int8", "openvino", "openvino-int8")}
+               for k in ("onnx-int8", "openvino", "openvino-int8", "openvino-bf16")}
         got["onnx"] = await _post(client, "/classify", {"inputs": TEXTS, "top_k": None, "model": "sst2-student"})
         qa = {k: await _post(client, "/qa", {**QA, "model": f"squad-student@{k}"}) for k in ("openvino",)}
         qa["onnx"] = await _post(client, "/qa", {**QA, "model": "squad-student"})
@@ -54,6 +54,7 @@ async def test_openvino_serves_the_fp32_files_answers(model_repo: Path) -> None:
     fp32 = _probabilities(got["onnx"])
     assert np.abs(_probabilities(got["openvino"]) - fp32).max() < 1e-4  # the same file's fp32 numbers
     assert np.abs(_probabilities(got["openvino-int8"]) - fp32).max() < 0.05  # int8, the same file as onnx-int8
+    assert np.abs(_probabilities(got["openvino-bf16"]) - fp32).max() < 0.02  # the fp32 file in bf16
     spans = {k: [[(a["answer"], a["start"]) for a in item] for item in qa[k]["results"]] for k in qa}
     assert spans["openvino"] == spans["onnx"]
     assert len(spans["onnx"][0]) == 2
@@ -68,15 +69,19 @@ async def test_openvino_serves_the_fp32_files_answers(model_repo: Path) -> None:
 
 
 @on_the_session_loop
-async def test_the_guard_of_openvino_int8_reads_again_on_openvinos_fp32_session(model_repo: Path,
-                                                                                tmp_path: Path) -> None:
+@pytest.mark.parametrize("guards", [
+    {"guard": {"threshold": 1e9}},  # only ONNX Runtime's calibration: openvino-int8 uses it
+    {"guard": {"threshold": 1e-12}, "guard_openvino": {"threshold": 1e9}},  # OpenVINO's own comes first
+])
+async def test_the_guard_of_openvino_int8_reads_again_on_openvinos_fp32_session(model_repo: Path, tmp_path: Path,
+                                                                                guards: dict) -> None:
     from app.settings import Settings
 
     repo = tmp_path / "repo"
     shutil.copytree(model_repo / "sst2-student", repo / "sst2-student")
     path = repo / "sst2-student" / "manifest.json"
     manifest = json.loads(path.read_text())
-    manifest["onnx"] = {"model.int8.onnx": {"precision": "int8", "guard": {"threshold": 1e9}}}  # every item
+    manifest["onnx"] = {"model.int8.onnx": {"precision": "int8", **guards}}  # 1e9: every item is a near tie
     path.write_text(json.dumps(manifest))
     async with serve(Settings(models_dir=repo, backends=["openvino", "openvino-int8"], threads=1)) as client:
         before = parse((await client.get("/metrics")).text)
@@ -91,9 +96,15 @@ async def test_the_guard_of_openvino_int8_reads_again_on_openvinos_fp32_session(
 
 def test_without_openvino_the_kind_is_refused_with_the_extra_to_install(model_repo: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from inference.backends import BackendUnavailable, load_backend
+    from pydantic import ValidationError
+
+    from app.settings import Settings
+    from inference.backends import BackendUnavailable, available_kinds, load_backend
 
     monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` raises ImportError
     monkeypatch.delitem(sys.modules, "inference.backends.openvino", raising=False)
+    with pytest.raises(ValidationError, match=r"\['openvino-int8'\] need OpenVINO.*distilserve\[openvino\]"):
+        Settings(models_dir=model_repo, backends=["onnx", "openvino-int8"])  # refused at start-up
+    assert "openvino" not in available_kinds(model_repo / "sst2-student")  # not offered where it cannot run
     with pytest.raises(BackendUnavailable, match=r"pip install 'distilserve\[openvino\]'"):
         load_backend(model_repo / "sst2-student", "classification", "openvino")
