@@ -57,8 +57,9 @@ class Settings(BaseSettings):
         default=None, description="where the openvino backends keep compiled models, so that a later start imports "
         "them (the QA student's two files: 1.4 and 1.2 s to compile, 0.14 and 0.10 s to import)")
     int8_guard: bool = Field(
-        default=True, description="onnx-int8 models whose manifest records a guard read their near ties again on "
-        "the fp32 file (inference.guard); false serves every int8 answer as the int8 file gives it")
+        default=True, description="int8 models (onnx-int8, openvino-int8) whose manifest records a guard read their "
+        "near ties again on the fp32 file, on the same engine (inference.guard); false serves every int8 answer as the "
+        "int8 file gives it")
     model_workers_memory: Path | None = Field(
         default=None,
         description="a JSON file where the measured model-worker choice is remembered per machine and model file, so "
