@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from inference.agreement import row_cosines
 from inference.backends import ONNX_FILES, OPENVINO_KINDS, Backend, available_kinds, load_backend
 from inference.modelfolder import read_spec
 
@@ -44,7 +45,7 @@ def timed(backend: Backend, inputs: dict[str, np.ndarray]) -> tuple[float, np.nd
 
 
 def closeness(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
-    cosine = (reference * other).sum(-1) / (np.linalg.norm(reference, axis=-1) * np.linalg.norm(other, axis=-1))
+    cosine = row_cosines(reference, other)
     return {"argmax_same": round(float((reference.argmax(-1) == other.argmax(-1)).mean()), 4),
             "min_cosine": round(float(cosine.min()), 6),
             "max_abs_diff": round(float(np.abs(reference - other).max()), 4)}

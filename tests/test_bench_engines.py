@@ -6,11 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from benchmarks.bench_engines import main
-
-pytest.importorskip("openvino")
 
 
 def test_every_engine_of_the_folder_is_timed_against_onnx(model_repo: Path, tmp_path: Path, capsys) -> None:

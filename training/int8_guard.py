@@ -52,7 +52,7 @@ def calibrate(model_dir: Path, data: Path | str | None = None, articles: Sequenc
         raise ValueError(f"{model_dir.name}: task {task!r} has no best answer to keep; the int8 guard serves "
                          f"{', '.join(TASKS)}")
     if not (model_dir / ONNX_FILES["onnx-int8"]).is_file():
-        raise ValueError(f"{model_dir}: no model.int8.onnx to guard (export it first)")
+        raise ValueError(f"{model_dir}: no {ONNX_FILES['onnx-int8']} to guard (export it first)")
     path, articles = (data, articles) if data else validation_split(model_dir)
     args: dict[str, Any] = {"articles": articles, "limit": limit, "threads": threads, "columns": columns,
                             "write": False}

@@ -80,6 +80,14 @@ def model_input(inputs: dict[str, np.ndarray], name: str) -> np.ndarray:
     raise KeyError(f"model input {name!r} was not provided")
 
 
+def required_outputs(path: Path, task: str, declared: set[str]) -> list[str]:
+    """The outputs `task` needs (`OUTPUT_NAMES`), in order; a graph that lacks one is refused at load."""
+    missing = [n for n in OUTPUT_NAMES[task] if n not in declared]
+    if missing:
+        raise ValueError(f"{path} lacks outputs {missing} required for task {task!r}")
+    return list(OUTPUT_NAMES[task])
+
+
 def onnx_file(kind: str) -> str:
     """The ONNX file an ONNX Runtime or OpenVINO kind runs (`model.onnx`, `model.int8.onnx`)."""
     return ONNX_FILES[OPENVINO_KINDS.get(kind, kind)]
@@ -145,4 +153,5 @@ __all__ = [
     "model_input",
     "onnx_file",
     "openvino_installed",
+    "required_outputs",
 ]

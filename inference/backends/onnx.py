@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from inference.backends import GRAPH_OPTIMIZATIONS, OUTPUT_NAMES, model_input
+from inference.backends import GRAPH_OPTIMIZATIONS, model_input, required_outputs
 
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -49,11 +49,7 @@ class OnnxBackend:
             str(path), session_options(threads, graph_optimization, spinning), providers=["CPUExecutionProvider"]
         )
         self.input_names: tuple[str, ...] = tuple(i.name for i in self.session.get_inputs())
-        declared = {o.name for o in self.session.get_outputs()}
-        missing = [n for n in OUTPUT_NAMES[task] if n not in declared]
-        if missing:
-            raise ValueError(f"{path} lacks outputs {missing} required for task {task!r}")
-        self.output_names: list[str] = list(OUTPUT_NAMES[task])
+        self.output_names = required_outputs(path, task, {o.name for o in self.session.get_outputs()})
 
     def forward(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One session.run; token_type_ids default to zeros when the caller has none."""

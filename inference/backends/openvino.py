@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.backends import OUTPUT_NAMES, BackendUnavailable, model_input
+from inference.backends import BackendUnavailable, model_input, required_outputs
 
 try:
     import openvino as ov
@@ -54,10 +54,7 @@ class OpenVinoBackend:
             log.warning("%s: this CPU has no bf16 units; openvino-bf16 computes in %s", path, self.precision)
         self.input_names: tuple[str, ...] = tuple(i.get_any_name() for i in self.compiled.inputs)
         declared = {o.get_any_name(): o for o in self.compiled.outputs}
-        missing = [n for n in OUTPUT_NAMES[task] if n not in declared]
-        if missing:
-            raise ValueError(f"{path} lacks outputs {missing} required for task {task!r}")
-        self._outputs = [declared[n] for n in OUTPUT_NAMES[task]]
+        self._outputs = [declared[n] for n in required_outputs(path, task, set(declared))]
         self._local = threading.local()
 
     def forward(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

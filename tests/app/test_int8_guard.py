@@ -3,12 +3,11 @@ again on its fp32 file, says so per item, counts it in /metrics, and can be swit
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.app.guarded import guarded_copy
 from tests.conftest import serve
 from tests.scrape import delta, parse
 
@@ -20,13 +19,7 @@ QA = {"question": "who jumps?", "context": "the quick brown fox jumps over the l
 
 def _guarded_copy(model_repo: Path, tmp_path: Path, name: str, threshold: float) -> Path:
     """A repository holding one model of `model_repo`, its int8 file guarded at `threshold`."""
-    repo = tmp_path / "repo"
-    shutil.copytree(model_repo / name, repo / name)
-    path = repo / name / "manifest.json"
-    manifest = json.loads(path.read_text())
-    manifest["onnx"] = {"model.int8.onnx": {"precision": "int8", "guard": {"threshold": threshold}}}
-    path.write_text(json.dumps(manifest))
-    return repo
+    return guarded_copy(model_repo, tmp_path, name, {"guard": {"threshold": threshold}})
 
 
 async def _answers(client, path: str, body: dict) -> dict:

@@ -5,18 +5,17 @@ refused with the extra to install."""
 
 from __future__ import annotations
 
-import json
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from inference.agreement import row_cosines
+from tests.app.guarded import guarded_copy
 from tests.conftest import serve
 from tests.scrape import delta, parse
 
-pytest.importorskip("openvino")
 on_the_session_loop = pytest.mark.asyncio(loop_scope="session")
 
 TEXTS = ["a good film", "the worst movie of the year, really boring", "funny story", "dull", "a fine cast"]
@@ -60,12 +59,8 @@ async def test_openvino_serves_the_fp32_files_answers(model_repo: Path) -> None:
     assert len(spans["onnx"][0]) == 2
     scores = {k: [[a["score"] for a in item] for item in qa[k]["results"]] for k in qa}
     assert np.allclose(scores["openvino"], scores["onnx"], atol=1e-4)
-    cos = (vectors["onnx"] * vectors["openvino"]).sum(-1) / np.linalg.norm(vectors["onnx"], axis=-1) \
-        / np.linalg.norm(vectors["openvino"], axis=-1)
-    assert cos.min() > 0.99999
-    cos8 = (vectors["onnx"] * vectors["openvino-int8"]).sum(-1) / np.linalg.norm(vectors["onnx"], axis=-1) \
-        / np.linalg.norm(vectors["openvino-int8"], axis=-1)
-    assert 0.98 < cos8.min() < 0.99999  # int8's own numbers, close to fp32's
+    assert row_cosines(vectors["onnx"], vectors["openvino"]).min() > 0.99999
+    assert 0.98 < row_cosines(vectors["onnx"], vectors["openvino-int8"]).min() < 0.99999  # int8's own, close
 
 
 @on_the_session_loop
@@ -77,12 +72,7 @@ async def test_the_guard_of_openvino_int8_reads_again_on_openvinos_fp32_session(
                                                                                 guards: dict) -> None:
     from app.settings import Settings
 
-    repo = tmp_path / "repo"
-    shutil.copytree(model_repo / "sst2-student", repo / "sst2-student")
-    path = repo / "sst2-student" / "manifest.json"
-    manifest = json.loads(path.read_text())
-    manifest["onnx"] = {"model.int8.onnx": {"precision": "int8", **guards}}  # 1e9: every item is a near tie
-    path.write_text(json.dumps(manifest))
+    repo = guarded_copy(model_repo, tmp_path, "sst2-student", guards)  # 1e9: every item is a near tie
     async with serve(Settings(models_dir=repo, backends=["openvino", "openvino-int8"], threads=1)) as client:
         before = parse((await client.get("/metrics")).text)
         body = {"inputs": TEXTS, "top_k": None}

@@ -111,7 +111,6 @@ def test_openvino_int8_has_its_own_guard_beside_onnx_runtimes(tmp_path: Path, ca
     """OpenVINO runs the same int8 file with other arithmetic: `guard --backend openvino-int8`
     calibrates its own threshold under its own key, and `evaluate` / `agreement` on that backend
     read again exactly the OpenVINO answers under it."""
-    pytest.importorskip("openvino")
     folder, data = _lossy_classifier(tmp_path)
     assert main(["guard", str(folder), "--data", str(data)]) == 0
     onnx_runtime = json.loads(capsys.readouterr().out)
