@@ -9,8 +9,10 @@ request until it answers 200 (the service answers 503 while models load), reads 
 start-up phases from /models, and stops the process. Two modes, `--rounds` starts each:
 `measured` decides the model-worker count at every start (MODEL_WORKERS_MEMORY unset), and
 `remembered` reads the choice that one earlier start of the same model wrote to a memory file
-(what every later start on the same machine does when the setting is on). Target: the first
-answer in <= 1 s per model on ONNX. Medians over the rounds; the machine should be quiet.
+(what every later start on the same machine does when the setting is on). The choice is measured
+after the service answers, once it is idle (`app.repository.workers`): `workers_chosen_s` says when
+it was made (each start waits for it; remembered: at once). Target: the first answer in <= 1 s per
+model on ONNX. Medians over the rounds; the machine should be quiet.
 """
 from __future__ import annotations
 
@@ -65,10 +67,22 @@ def one_start(models_dir: Path, name: str, kind: str, port: int, env: dict[str, 
         try:
             listening = poll(url + "/health", None, started + 120)
             answered = poll(url + ENDPOINT[task], request, started + 300)
-            phases = next(m["startup_s"] for m in served_models(url) if m["name"] == name)
+            chosen, model = settled(url, name, started + 300)
         finally:
             stop_process(proc, signal.SIGINT, 20)
-    return {"listening_s": listening - started, "first_answer_s": answered - started, **phases}
+    return {"listening_s": listening - started, "first_answer_s": answered - started, **model["startup_s"],
+            "workers_chosen_s": chosen - started, "workers": model["model_workers"]}
+
+
+def settled(url: str, name: str, deadline: float) -> tuple[float, dict[str, Any]]:
+    """perf_counter when the model's worker choice is made (measured once the service has been
+    idle a moment, after the first answer), and the model's /models entry then."""
+    while time.perf_counter() < deadline:
+        model = next(m for m in served_models(url) if m["name"] == name)
+        if model["model_workers_choice"] != "measuring":
+            return time.perf_counter(), model
+        time.sleep(POLL_S)
+    raise RuntimeError(f"{name}'s model-worker choice was not made before the deadline")
 
 
 def run_mode(model_dir: Path, kind: str, port: int, rounds: int, memory: Path | None) -> list[dict[str, Any]]:

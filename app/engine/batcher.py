@@ -62,6 +62,9 @@ class Batcher:
         # threads still opening this model's other sessions (split, guard) in the background: joined
         # at stop, so that the process never exits while a runtime is half-way through creating one
         self.openings: list[threading.Thread] = []
+        self.workers_choice = "set"  # how config.workers was chosen (app.repository.loading.first_workers)
+        self.activity = 0  # items submitted so far, and when the last came: a model-worker measurement
+        self._last_submit = time.perf_counter()  # made after start samples only while no request runs
 
     @property
     def name(self) -> str:
@@ -83,15 +86,30 @@ class Batcher:
         start while another worker's call runs (`app.repository.workers.split_threads`)."""
         self.split, self.split_threads = backend, threads
 
+    def add_worker(self) -> None:
+        """One more model call in flight: the model-worker choice, measured after serving began."""
+        self.queue.add_worker()
+        self.config = self.queue.config
+        self._start_worker(self.config.workers - 1)
+
+    def idle_for(self) -> float:
+        """Seconds since the last request came in, if nothing is queued or running since; else 0."""
+        return time.perf_counter() - self._last_submit if self.queue.idle else 0.0
+
+    @property
+    def stopping(self) -> bool:
+        return self.queue.stopping
+
     # ---- event-loop side -------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._threads = [
-            threading.Thread(target=self._run, args=(k,), name=f"batcher-{self._m.name}-{k}", daemon=True)
-            for k in range(self.config.workers)
-        ]
-        for thread in self._threads:
-            thread.start()
+        for k in range(self.config.workers):
+            self._start_worker(k)
+
+    def _start_worker(self, k: int) -> None:
+        thread = threading.Thread(target=self._run, args=(k,), name=f"batcher-{self._m.name}-{k}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
 
     def stop(self) -> None:
         self.queue.stop()
@@ -117,6 +135,7 @@ class Batcher:
         loop = self._loop or asyncio.get_running_loop()
         now = time.perf_counter()
         jobs = [Job(p, loop.create_future(), now, now + self.config.deadline_s) for p in payloads]
+        self.activity, self._last_submit = self.activity + len(jobs), now
         self._m.depth.set(self.queue.put(jobs))
         return [j.future for j in jobs]
 

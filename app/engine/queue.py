@@ -16,7 +16,7 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from app.engine.cost import ServiceRate
@@ -150,6 +150,20 @@ class WorkQueue:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, cut or in a model call (read without the lock: a hint)."""
+        return not self._queue and not self._ready and not any(self.busy_until)
+
+    def add_worker(self) -> None:
+        """One more call in flight from now on (the model-worker choice made after start)."""
+        self.busy_until.append(0.0)
+        self.config = replace(self.config, workers=len(self.busy_until))
 
     # ---- worker side -----------------------------------------------------------------
     def take(self) -> Batch | list[Job] | None:

@@ -286,7 +286,13 @@ class ModelInfo(BaseModel):
     student: str | None = None
     pair: str | None = Field(default=None, description="the teacher/student pair it belongs to; null: a lone model")
     model_workers: int | None = Field(
-        default=None, description="model calls in flight at once (chosen at warm-up unless set)"
+        default=None, description="model calls in flight at once (measured once the service answers, unless set "
+        "or remembered; see model_workers_choice)"
+    )
+    model_workers_choice: str | None = Field(
+        default=None, description="how model_workers was chosen: set (MODEL_WORKERS), fixed (one: torch, OpenVINO, "
+        "no warm-up), remembered (MODEL_WORKERS_MEMORY), measuring (one until measured while the service is idle), "
+        "measured",
     )
     split_threads: int | None = Field(
         default=None,

@@ -7,8 +7,9 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -84,7 +85,7 @@ def warm_up(pipeline: Pipeline, backend: Backend, pad: int, task: str) -> None:
 
 
 def batch_config(settings: Settings, workers: int) -> BatchConfig:
-    """The batcher's settings, with `workers` model calls in flight (see `choose_workers`)."""
+    """The batcher's settings, with `workers` model calls in flight (see `first_workers`)."""
     return BatchConfig(
         max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
         max_wait_ms=settings.max_wait_ms, sort_by_length=settings.sort_by_length,
@@ -150,10 +151,11 @@ def build(
     if settings.warmup:
         warm_up(pipeline, backend, pad, spec.task)
     lap("warm_up")
-    calls = choose_workers(pipeline, backend, pad, spec, name, kind, settings)
+    calls, choice = first_workers(spec, name, kind, settings)
     lap("model_workers")
     guard = _guard(load, spec, kind, settings)
     batcher = Batcher(pipeline, backend, batch_config(settings, calls), metric_labels(name, spec, kind), pad, guard)
+    batcher.workers_choice = choice
     if settings.warmup:
         batcher.calibrate(_WARMUP[spec.task])  # seeds the service-time estimate for admission
     batcher.start(loop)
@@ -242,46 +244,88 @@ def open_split(batcher: Batcher, opener: Callable[[], Backend], threads: int, na
                warm: bool) -> threading.Thread:
     """Open the split session (`app.repository.workers.split_threads`) in the background: the
     model serves on its shared session meanwhile, so cold start does not wait for a second
-    load. A session that fails to open leaves every call on the shared one. Returns the thread."""
-
-    def run() -> None:
-        try:
-            split = opener()
-            if warm:
-                warm_up(batcher.pipeline, split, batcher.pad, batcher.pipeline.task)
-        except Exception as exc:  # noqa: BLE001 - the model serves on without it
-            log.warning("model %s: no split session (%s: %s); concurrent calls share one", name,
-                        type(exc).__name__, exc)
-            return
-        batcher.use_split(split, threads)
-        log.info("model %s: calls that start while another runs use a session of %d thread(s)", name, threads)
-
-    thread = threading.Thread(target=run, name=f"split-{name}", daemon=True)
+    load. Returns the thread."""
+    thread = threading.Thread(target=add_split, args=(batcher, opener, threads, name, warm), name=f"split-{name}",
+                              daemon=True)
     thread.start()
     return thread
 
 
-def choose_workers(pipeline: Pipeline, backend: Backend, pad: int, spec: ModelSpec, name: str, kind: str,
-                   settings: Settings) -> int:
-    """`model_workers` when set; else one on torch (two CPU calls oversubscribe its OpenMP
-    threads; a GPU runs one call at a time anyway) and, on ONNX Runtime, the choice remembered
-    for this machine and model file, or else what `app.repository.workers` measures (one
-    without warm-up, which is what the measurement needs)."""
+def add_split(batcher: Batcher, opener: Callable[[], Backend], threads: int, name: str, warm: bool) -> None:
+    """Open, warm and hand the batcher its split session; one that fails to open leaves every
+    call on the shared session."""
+    try:
+        split = opener()
+        if warm:
+            warm_up(batcher.pipeline, split, batcher.pad, batcher.pipeline.task)
+    except Exception as exc:  # noqa: BLE001 - the model serves on without it
+        log.warning("model %s: no split session (%s: %s); concurrent calls share one", name, type(exc).__name__, exc)
+        return
+    batcher.use_split(split, threads)
+    log.info("model %s: calls that start while another runs use a session of %d thread(s)", name, threads)
+
+
+def first_workers(spec: ModelSpec, name: str, kind: str, settings: Settings) -> tuple[int, str]:
+    """Model calls in flight at start, and how that was chosen: `model_workers` when set
+    ("set"); one on torch (two CPU calls oversubscribe its OpenMP threads; a GPU runs one call
+    at a time anyway), on OpenVINO and without warm-up ("fixed"); on ONNX Runtime the choice
+    remembered for this machine and model file ("remembered"), or else one until
+    `settle_workers` has measured it with the service answering ("measuring")."""
     if settings.model_workers:
-        return settings.model_workers
+        return settings.model_workers, "set"
     if not kind.startswith("onnx") or not settings.warmup:
-        return 1
+        return 1, "fixed"
     memory, key = workers.Memory(settings.model_workers_memory), workers.machine_key(spec.path, kind, settings.threads)
     if (remembered := memory.get(key)) is not None:
         log.info("model workers for %s: %d (remembered in %s)", name, remembered, memory.path)
-        return remembered
-    figures = workers.measure(pipeline, backend, pad, [_WARMUP[spec.task]] * 8)
+        return remembered, "remembered"
+    return 1, "measuring"
+
+
+SplitOpener = Callable[[int], Backend]  # a served model's backend opened again on n intra-op threads
+
+
+def settle_workers(models: Sequence[ServedModel], openers: dict[str, SplitOpener], settings: Settings) -> None:
+    """Measure the model-worker choice of every model that started on one call for want of a
+    remembered one (`first_workers`), on a thread of its own, one model at a time and only while
+    no model of the service has a request (`app.repository.workers.measure`); remember it, and
+    where two calls win add the second worker and its split session. The thread is joined at
+    stop with each such model's batcher."""
+    todo = [m for m in models if m.batcher.workers_choice == "measuring"]
+    if not todo:
+        return
+    quiet = workers.Quiet([m.batcher for m in models])
+
+    def run() -> None:
+        for model in todo:
+            _settle(model, quiet, openers[model.name], settings)
+
+    thread = threading.Thread(target=run, name="model-workers", daemon=True)
+    thread.start()
+    for model in todo:
+        model.batcher.openings.append(thread)
+
+
+def _settle(model: ServedModel, quiet: workers.Traffic, opener: SplitOpener, settings: Settings) -> None:
+    batcher, spec, kind = model.batcher, model.spec, model.backend_kind
+    try:
+        figures = workers.measure(batcher.pipeline, model.backend, batcher.pad, [_WARMUP[spec.task]] * 8, quiet)
+    except Exception as exc:  # noqa: BLE001 - the model serves on, on one call at a time
+        log.warning("model workers for %s: not measured (%s: %s); 1", model.name, type(exc).__name__, exc)
+        return
+    if figures is None:  # the service stopped first
+        return
     chosen = workers.decide(figures)
     log.info("model workers for %s: %d (batch 8: %.0f items/s with one call, %.0f with two; median paired ratio "
-             "%.2f, two kept from %.2f)", name, chosen, figures["one_items_s"], figures["two_items_s"],
+             "%.2f, two kept from %.2f)", model.name, chosen, figures["one_items_s"], figures["two_items_s"],
              figures["ratio"], workers.PAIR_GAIN)
-    memory.put(key, chosen, figures)
-    return chosen
+    workers.Memory(settings.model_workers_memory).put(workers.machine_key(spec.path, kind, settings.threads),
+                                                      chosen, figures)
+    if chosen == 2:
+        batcher.add_worker()
+        if (threads := workers.split_threads(kind, settings.threads, 2)) is not None:
+            add_split(batcher, lambda: opener(threads), threads, model.name, settings.warmup)
+    batcher.workers_choice = "measured"
 
 
 async def load_all(settings: Settings, state: LoadState, source: BackendSource | None = None) -> list[ServedModel]:
@@ -292,7 +336,8 @@ async def load_all(settings: Settings, state: LoadState, source: BackendSource |
     specs = await asyncio.to_thread(all_specs, settings, skip, state.missing, source)
     load = source.load if source is not None else load_backend
     todo = [(spec, name, kind) for spec, kinds in specs for name, kind in served_names(spec, kinds)]
-    models = []
+    models: list[ServedModel] = []
+    openers: dict[str, SplitOpener] = {}
     for n, (spec, name, kind) in enumerate(todo, 1):
         state.reason = f"loading {name} ({n}/{len(todo)})"
         try:
@@ -304,8 +349,11 @@ async def load_all(settings: Settings, state: LoadState, source: BackendSource |
             log.error("model fault: %s", fault, exc_info=exc)
             continue
         models.append(model)
+        openers[name] = partial(_open, load, spec, kind, settings)
         log.info(
-            "serving %s (%s, %s, %s, %d model workers; start-up %s s)", name, spec.task, spec.role, kind,
-            model.batcher.config.workers, ", ".join(f"{k} {v:.3f}" for k, v in model.startup_s.items()),
+            "serving %s (%s, %s, %s, %d model workers, %s; start-up %s s)", name, spec.task, spec.role, kind,
+            model.batcher.config.workers, model.batcher.workers_choice,
+            ", ".join(f"{k} {v:.3f}" for k, v in model.startup_s.items()),
         )
+    settle_workers(models, openers, settings)
     return models

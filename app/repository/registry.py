@@ -97,7 +97,8 @@ class ServedModel:
             "max_length": s.max_length,
             "labels": [s.labels[k] for k in sorted(s.labels)] if s.labels else None,
             "quality": s.quality, "teacher": s.teacher, "student": s.student, "pair": s.pair,
-            "model_workers": self.batcher.config.workers, "split_threads": self.batcher.split_threads,
+            "model_workers": self.batcher.config.workers, "model_workers_choice": self.batcher.workers_choice,
+            "split_threads": self.batcher.split_threads,
             "int8_guard": self.batcher.guard.threshold if self.batcher.guard else None,
             "startup_s": self.startup_s,
         }

@@ -1,7 +1,13 @@
-"""How many model calls to keep in flight per model: measured at warm-up on paired samples and
-decided with a margin, logged with the figures it was decided on, and, when a memory file is
-set, remembered per machine and model file so that every start of the same model on the same
-machine makes the same choice without measuring again.
+"""How many model calls to keep in flight per model: measured on paired samples and decided with
+a margin, logged with the figures it was decided on, and, when a memory file is set, remembered
+per machine and model file so that every start of the same model on the same machine makes the
+same choice without measuring again.
+
+The measurement runs after the service answers, not before: it took 0.6-1.0 s per model, which
+made a first start miss the 1 s cold-start target by itself. A model serves on one call at a
+time until it is done; its pairs are sampled only while no request is in the service (and
+sampled again when one came in meanwhile), one model at a time, and a second worker (and the
+split session) joins once two calls win.
 
 Which wins depends on the model and the machine: on 2 cores the int8 MiniLM runs 1.2-1.4x
 faster with two calls (one call at a time spends much of a small batch synchronising ONNX
@@ -29,27 +35,87 @@ import json
 import logging
 import os
 import statistics
+import threading
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from inference.backends import Backend, onnx_file
 from inference.pipelines import Pipeline, concurrent_throughput
 
 log = logging.getLogger("distilserve")
+_WRITING = threading.Lock()
 PAIR_GAIN = 1.15  # two calls in flight must beat one by this much (median of the paired ratios)
-PAIRS = 3  # paired samples (one call, then two) at warm-up
+PAIRS = 3  # paired samples (one call, then two)
+SETTLE_S = 0.5  # no request for this long before a pair is sampled on a serving model
+_POLL_S = 0.05
 
 
-def measure(pipeline: Pipeline, backend: Backend, pad: int, payloads: Sequence[Any]) -> dict[str, float]:
-    """Items/s with one call and with two in flight, and the median of their paired ratios."""
-    ones, twos = [], []
-    for _ in range(PAIRS):
-        ones.append(concurrent_throughput(pipeline, backend, pad, payloads, 1, calls=3)[0])
-        twos.append(concurrent_throughput(pipeline, backend, pad, payloads, 2, calls=3)[0])
+class Traffic(Protocol):
+    """What the measurement watches of the served models (`app.engine.batcher.Batcher`, or
+    `Quiet` over all of them)."""
+
+    @property
+    def activity(self) -> int: ...  # items submitted so far
+
+    @property
+    def stopping(self) -> bool: ...
+
+    def idle_for(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Quiet:
+    """Every served model's traffic as one: a sample of one model's speed is disturbed by a
+    request to any model on the same cores."""
+
+    batchers: Sequence[Traffic]
+
+    @property
+    def activity(self) -> int:
+        return sum(b.activity for b in self.batchers)
+
+    @property
+    def stopping(self) -> bool:
+        return any(b.stopping for b in self.batchers)
+
+    def idle_for(self) -> float:
+        return min(b.idle_for() for b in self.batchers)
+
+
+def measure(pipeline: Pipeline, backend: Backend, pad: int, payloads: Sequence[Any],
+            traffic: Traffic | None = None) -> dict[str, float] | None:
+    """Items/s with one call and with two in flight, and the median of their paired ratios.
+
+    With `traffic` (the service already answering), a pair starts only once no request has come
+    in for `SETTLE_S` and nothing runs, and a pair during which a request came in is taken again:
+    it timed the request's call too, and the request waited for it. None once the service stops
+    before `PAIRS` clean pairs."""
+    ones: list[float] = []
+    twos: list[float] = []
+    while len(ones) < PAIRS:
+        if traffic is not None and not _await_idle(traffic):
+            return None
+        mark = traffic.activity if traffic is not None else 0
+        one = concurrent_throughput(pipeline, backend, pad, payloads, 1, calls=3)[0]
+        two = concurrent_throughput(pipeline, backend, pad, payloads, 2, calls=3)[0]
+        if traffic is None or traffic.activity == mark:
+            ones.append(one)
+            twos.append(two)
     ratio = statistics.median(two / one for one, two in zip(ones, twos, strict=True))
     return {"one_items_s": round(statistics.median(ones), 1), "two_items_s": round(statistics.median(twos), 1),
             "ratio": round(ratio, 3)}
+
+
+def _await_idle(traffic: Traffic) -> bool:
+    """Poll until the service has been idle for `SETTLE_S`; False once it stops."""
+    while not traffic.stopping:
+        if traffic.idle_for() >= SETTLE_S:
+            return True
+        time.sleep(_POLL_S)
+    return False
 
 
 def decide(figures: dict[str, float]) -> int:
@@ -96,6 +162,11 @@ class Memory:
     def put(self, key: str, workers: int, figures: dict[str, float]) -> None:
         if self.path is None:
             return
+        with _WRITING:  # read, change, write: one writer at a time
+            self._write(key, workers, figures)
+
+    def _write(self, key: str, workers: int, figures: dict[str, float]) -> None:
+        assert self.path is not None
         entries = self._read()
         entries[key] = {"workers": workers, **figures}
         try:

@@ -1,11 +1,13 @@
-"""The model-worker choice: measured at warm-up and, with a memory file, remembered per machine
-and model file, so that the next start makes the same choice without measuring."""
+"""The model-worker choice: measured once the service answers, while it has no request, and, with
+a memory file, remembered per machine and model file, so that the next start makes the same
+choice without measuring."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -21,11 +23,25 @@ async def _workers(client) -> dict[str, int]:
     return {m["name"]: m["model_workers"] for m in (await client.get("/models")).json()["models"]}
 
 
+async def _choices(client) -> dict[str, str]:
+    return {m["name"]: m["model_workers_choice"] for m in (await client.get("/models")).json()["models"]}
+
+
+async def _measured(client) -> dict[str, int]:
+    """Every model's worker count once all are measured (polled)."""
+
+    async def done() -> bool:
+        return set((await _choices(client)).values()) == {"measured"}
+
+    await wait_for_async(done, timeout=120, interval=0.1, what="every model's choice to be measured")
+    return await _workers(client)
+
+
 async def test_the_choice_is_remembered_and_read_back(model_repo: Path, tmp_path: Path) -> None:
     memory = tmp_path / "workers.json"
     settings = Settings(models_dir=model_repo, backends=["onnx"], threads=1, model_workers_memory=memory)
     async with serve(settings) as client:
-        measured = await _workers(client)
+        measured = await _measured(client)
     entries = json.loads(memory.read_text())
     assert len(entries) == len(measured) == 6
     for entry in entries.values():
@@ -38,7 +54,33 @@ async def test_the_choice_is_remembered_and_read_back(model_repo: Path, tmp_path
     memory.write_text(json.dumps(flipped))
     async with serve(settings) as client:
         again = await _workers(client)
+        assert set((await _choices(client)).values()) == {"remembered"}
     assert again == {name: 3 - n for name, n in measured.items()}  # read back, not measured again
+
+
+async def test_the_choice_is_measured_only_while_no_request_runs(model_repo: Path, tmp_path: Path) -> None:
+    """The service answers before the choice is made, on one call per model; while requests keep
+    coming nothing is measured (each pair waits for half a second without one), and once they
+    stop every model is measured, the ones where two calls won then running two."""
+    memory = tmp_path / "workers.json"
+    settings = Settings(models_dir=model_repo, backends=["onnx"], threads=1, model_workers_memory=memory)
+    async with serve(settings) as client:
+        assert set((await _workers(client)).values()) == {1}
+        started, labels = time.monotonic(), set()
+        while time.monotonic() - started < 2.0:  # 2 s of traffic, never 0.5 s apart
+            r = await client.post("/classify", json={"inputs": "a fine film"})
+            assert r.status_code == 200
+            labels.add(r.json()["results"][0][0]["label"])
+            assert set((await _choices(client)).values()) == {"measuring"}
+        assert not memory.exists()
+        assert labels <= {"negative", "positive"} and labels
+        measured = await _measured(client)
+        texts = [f"a fine film, take {i}" for i in range(16)]  # on the workers as they now are
+        together = await asyncio.gather(*(client.post("/classify", json={"inputs": t}) for t in texts))
+        alone = [await client.post("/classify", json={"inputs": t}) for t in texts]
+        assert [r.json()["results"] for r in together] == [r.json()["results"] for r in alone]
+    entries = json.loads(memory.read_text())
+    assert sorted(e["workers"] for e in entries.values()) == sorted(measured.values())
 
 
 async def test_an_unreadable_memory_is_measured_around(model_repo: Path, tmp_path: Path) -> None:
@@ -46,7 +88,7 @@ async def test_an_unreadable_memory_is_measured_around(model_repo: Path, tmp_pat
     memory.write_text("not json")
     settings = Settings(models_dir=model_repo, backends=["onnx"], threads=1, model_workers_memory=memory)
     async with serve(settings) as client:
-        assert set((await _workers(client)).values()) <= {1, 2}
+        assert set((await _measured(client)).values()) <= {1, 2}
     assert len(json.loads(memory.read_text())) == 6  # rewritten with what was measured
 
 
