@@ -77,21 +77,22 @@ def set_name_for(path: Path | str, dataset: str, articles: Sequence[int] | None)
 def evaluate_model(model_dir: Path, backend: str, data_path: Path | str, *, dataset: str | None = None,
                    limit: int | None = None, articles: Sequence[int] | None = None, set_name: str | None = None,
                    batch_size: int = 32, threads: int | None = None, write: bool = True,
-                   columns: Columns | None = None, guard: bool = True) -> dict:
+                   columns: Columns | None = None, guard: bool = True, openvino_group: int | None = None) -> dict:
     """Evaluate `model_dir` on `data_path` with `backend`; return the figures and (if the folder
     has a manifest and `write`) store them as manifest["quality"][set_name][backend], with the
     per-item records in `evaluations/<set>@<backend>.jsonl` beside it. `columns`: how a labelled
     file is read (default: its header names the columns). An int8 file with a calibrated guard
     is evaluated as it is served, near ties read again in fp32 (`guard=False`: the bare int8
     file). The result also carries each served item's raw output (`outputs`: vectors for
-    embeddings), which is not stored."""
+    embeddings), which is not stored. `openvino_group`: `openvino-int8`'s activation group
+    (None: the recorded one, `inference.backends.load_backend`)."""
     model_dir, data_path = Path(model_dir), data_source(str(data_path))
     spec = read_spec(model_dir)
     dataset = dataset or detect_dataset(data_path, spec.task)
     if TASK_OF.get(dataset) != spec.task:
         raise ValueError(f"{model_dir.name} is a {spec.task} model; dataset {dataset!r} needs {TASK_OF.get(dataset)}")
     pipeline, pad = make_pipeline(spec)
-    model = load_backend(model_dir, spec.task, backend, threads)
+    model = load_backend(model_dir, spec.task, backend, threads, openvino_group=openvino_group)
     checker = _guard(spec, backend, threads) if guard else None
 
     def run(items: list) -> Served:

@@ -103,6 +103,7 @@ def load_backend(
     device: str = "cpu",
     torch_thread: bool = False,
     cache_dir: Path | None = None,
+    openvino_group: int | None = None,
 ) -> Backend:
     """Load `model_dir` for `task` on runtime `kind`.
 
@@ -110,6 +111,8 @@ def load_backend(
     transformers). `threads` sets intra-op threads (None: the runtime's default);
     `graph_optimization` and `spinning` (ORT thread spin-waiting) apply to ONNX Runtime only;
     `cache_dir` to OpenVINO only (its compiled models, so that a later start imports them);
+    `openvino_group` to `openvino-int8` only (activations per scale; None: the group its guard
+    was calibrated with, `inference.backends.openvino.recorded_group`, else OpenVINO's default);
     `device` ("cpu", "cuda", "cuda:1") applies to torch only. `torch-bf16` is the torch model
     with its Linear weights in bfloat16, run under autocast: on the 2-core AMX Xeon 2.0-2.3x
     ONNX Runtime's fp32 speed (README, Benchmarks), at bf16's precision.
@@ -129,7 +132,7 @@ def load_backend(
         if kind in OPENVINO_KINDS:
             from inference.backends.openvino import OpenVinoBackend
 
-            return OpenVinoBackend(path, task, kind, threads, cache_dir)
+            return OpenVinoBackend(path, task, kind, threads, cache_dir, openvino_group)
         from inference.backends.onnx import OnnxBackend
 
         return OnnxBackend(path, task, kind, threads, graph_optimization, spinning)

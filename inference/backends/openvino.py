@@ -12,6 +12,7 @@ cosine of its outputs to fp32's 0.99997 and more). Imported only when an OpenVIN
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.backends import BackendUnavailable, model_input, required_outputs
+from inference.backends import GUARD_KEYS, BackendUnavailable, model_input, required_outputs
 
 try:
     import openvino as ov
@@ -30,25 +31,45 @@ except ImportError as exc:  # the optional extra is not installed
 log = logging.getLogger("distilserve")
 
 
-def compile_config(kind: str, threads: int | None) -> dict[str, Any]:
+def compile_config(kind: str, threads: int | None, group: int | None = None) -> dict[str, Any]:
     """One stream (one call at a time per compiled model, as the batcher feeds it), latency-first;
     fp32 arithmetic outside the int8 MatMuls, bf16 for `openvino-bf16`; `threads` cores per call
-    (None: every usable core)."""
-    return {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
-            "INFERENCE_PRECISION_HINT": "bf16" if kind == "openvino-bf16" else "f32",
-            "INFERENCE_NUM_THREADS": threads or len(os.sched_getaffinity(0))}
+    (None: every usable core); `group`: how many activations of an int8 MatMul's input share
+    one scale (None: OpenVINO's default, 32 in 2026.4)."""
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                              "INFERENCE_PRECISION_HINT": "bf16" if kind == "openvino-bf16" else "f32",
+                              "INFERENCE_NUM_THREADS": threads or len(os.sched_getaffinity(0))}
+    if group is not None:
+        config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = group
+    return config
+
+
+def recorded_group(path: Path) -> int | None:
+    """The activation group size that `python -m training guard --backend openvino-int8` chose
+    for this int8 file (manifest `onnx.model.int8.onnx.guard_openvino.group_size`), so that the
+    file is served with the arithmetic its guard was calibrated on; None when not recorded."""
+    try:
+        manifest = json.loads((path.parent / "manifest.json").read_text())
+        group = manifest["onnx"][path.name][GUARD_KEYS["openvino-int8"]]["group_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return group if isinstance(group, int) and group > 0 else None
 
 
 class OpenVinoBackend:
     """Runs `model.onnx` / `model.int8.onnx` on OpenVINO's CPU plugin; feeds only the inputs the
     graph declares. Each calling thread gets its own infer request (a request is not thread-safe)."""
 
-    def __init__(self, path: Path, task: str, kind: str, threads: int | None, cache_dir: Path | None = None) -> None:
+    def __init__(self, path: Path, task: str, kind: str, threads: int | None, cache_dir: Path | None = None,
+                 group: int | None = None) -> None:
         self.kind, self.task, self.path = kind, task, path
         core = ov.Core()
         if cache_dir is not None:
             core.set_property({"CACHE_DIR": str(cache_dir)})
-        self.compiled = core.compile_model(str(path), "CPU", compile_config(kind, threads))
+        if kind == "openvino-int8" and group is None:
+            group = recorded_group(path)
+        self.group = group
+        self.compiled = core.compile_model(str(path), "CPU", compile_config(kind, threads, group))
         self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         if kind == "openvino-bf16" and "bf" not in self.precision:
             log.warning("%s: this CPU has no bf16 units; openvino-bf16 computes in %s", path, self.precision)
