@@ -72,6 +72,7 @@ class ModelSpec:
     cascade: dict[str, Any] = field(default_factory=dict)  # a student's calibration (training's calibrate)
     # the int8 file's calibrated lead thresholds (inference.guard), per engine that was calibrated
     int8_guards: dict[str, float] = field(default_factory=dict)
+    int8_speedup: float | None = None  # the export's fp32 time over its int8 file's as served, on its machine
 
     def int8_guard(self, kind: str) -> float | None:
         """The guard threshold of int8 kind `kind`: its own engine's calibration, else (OpenVINO
@@ -138,6 +139,7 @@ def read_spec(folder: Path) -> ModelSpec:
             raise ValueError(f"{folder}/manifest.json: missing {missing} or bad task {manifest.get('task')!r}")
     task = manifest.get("task") or _infer_task(config)
     pooling, normalize = _st_pooling(folder)
+    int8_entry = (manifest.get("onnx") or {}).get(ONNX_FILES["onnx-int8"]) or {}
     return ModelSpec(
         name=folder.name,
         path=folder,
@@ -157,9 +159,14 @@ def read_spec(folder: Path) -> ModelSpec:
         kinds=available_kinds(folder),
         pair=pair_of(folder.name, manifest),
         cascade=manifest.get("cascade") or {},
-        int8_guards=_guard_thresholds((manifest.get("onnx") or {}).get(ONNX_FILES["onnx-int8"]) or {}),
+        int8_guards=_guard_thresholds(int8_entry),
+        int8_speedup=_number(int8_entry.get("served_speedup")),
         recipe=(manifest.get("recipe") or {}).get("name") if isinstance(manifest.get("recipe"), dict) else None,
     )
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _guard_thresholds(int8_entry: dict[str, Any]) -> dict[str, float]:

@@ -247,10 +247,20 @@ def _export_int8_checked(out_dir: Path, quantise: Quantise, spec: Any, parity: t
                               "graph": {**graph, "quantised_from": FP32_FILE}}
     if final.guard:  # served with the guard chosen on the parity items until `guard` calibrates it
         record.update(guard=final.guard, parity_bare=final.bare)
+    record["served_speedup"] = round(float(final.speed["fp32_ms"]) / final.cost_ms, 3)
+    if choice.kept and record["served_speedup"] < 1:
+        _warn_slower(out_dir.name, final.name, record["served_speedup"])
     tried = [c.summary() for c in choice.checked if c is not final]
     precision = "int8-guarded" if final.guard else "int8"
     _check_and_record(out_dir, INT8_FILE, spec, parity[0], final.answered, manifest, final.name,
                       {"int8": choice.tolerance}, tried, {**record, "checked_as": precision})
+
+
+def _warn_slower(model: str, scheme: str, speedup: float) -> None:
+    """Why: on a CPU without AVX-512 VNNI (the 2-core AVX2 EPYC, 2026-12-08) every scheme that kept
+    parity on the SST-2 quick pair ran at 0.72-0.74x fp32: `onnx-int8` would cost speed for nothing."""
+    log.warning("%s: no int8 scheme that keeps parity is faster than fp32 on this CPU (%s: %.2fx fp32 as served); "
+                "serve it on onnx", model, scheme, speedup)
 
 
 def _check_and_record(out_dir: Path, file: str, spec: Any, reference: Outputs, got: Outputs,

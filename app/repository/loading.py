@@ -355,5 +355,16 @@ async def load_all(settings: Settings, state: LoadState, source: BackendSource |
             model.batcher.config.workers, model.batcher.workers_choice,
             ", ".join(f"{k} {v:.3f}" for k, v in model.startup_s.items()),
         )
+    for model in models:
+        _warn_slow_int8(model)
     settle_workers(models, openers, settings)
     return models
+
+
+def _warn_slow_int8(model: ServedModel) -> None:
+    """A user who asked for `onnx-int8` where its export found it slower than fp32 (CPUs without
+    AVX-512 VNNI: `training.export`) is told so at start, not left to find it in the latencies."""
+    speedup = model.spec.int8_speedup
+    if model.backend_kind == "onnx-int8" and speedup is not None and speedup < 1:
+        log.warning("model %s: its int8 file ran at %.2fx fp32 as served where it was exported; onnx is faster "
+                    "on such a CPU", model.name, speedup)

@@ -89,3 +89,17 @@ async def test_an_fp32_file_that_does_not_open_leaves_the_int8_answers(model_rep
     assert first["results"] == again["results"]
     assert len(first["results"]) == len(TEXTS)
     assert all("rechecked" not in item for item in first["items"] + again["items"])
+
+
+async def test_an_int8_file_slower_than_fp32_is_said_at_start(model_repo: Path, tmp_path: Path, caplog) -> None:
+    """Where the export found no int8 scheme faster than fp32 (an AVX2 CPU), serving it warns."""
+    from app.settings import Settings
+
+    for speedup, warned in ((0.74, True), (1.3, False)):
+        caplog.clear()
+        repo = guarded_copy(model_repo, tmp_path / str(speedup), "sst2-student", {"served_speedup": speedup})
+        async with serve(Settings(models_dir=repo, backends=["onnx", "onnx-int8"], threads=1)) as client:
+            assert (await client.get("/models")).status_code == 200
+        slow = [r.getMessage() for r in caplog.records if "int8 file ran at" in r.getMessage()]
+        assert slow == (["model sst2-student@onnx-int8: its int8 file ran at 0.74x fp32 as served where it was "
+                         "exported; onnx is faster on such a CPU"] if warned else [])

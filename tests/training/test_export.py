@@ -4,6 +4,7 @@ parity recorded in the manifest, and a breached tolerance failing the export."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,26 @@ def test_without_fuse_the_exported_graph_is_left_as_it_is(tmp_path: Path) -> Non
     import onnx
 
     assert "SkipLayerNormalization" not in {n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node}
+
+
+def test_an_int8_file_slower_than_fp32_as_served_is_recorded_and_warned(tmp_path: Path, caplog) -> None:
+    """The served speed-up is recorded beside the int8 file; under 1 (AVX2 CPUs) the export warns.
+    The speeds come from a build's memo of an earlier same-shape model (`measured`), so that the
+    test sets them."""
+    from training.int8_speed import shape_key
+
+    folder = save_tiny(tmp_path, "mpnet", "embedding")
+    config = json.loads((folder / "config.json").read_text())
+    key = shape_key(type("Config", (), config))
+    caplog.set_level(logging.WARNING, logger="training.export")  # the tests quiet the root logger
+    for int8_ms, warned in ((7.4, True), (5.0, False)):
+        caplog.clear()
+        memo = {key: {"model": "earlier", "int8": {"blockwise8": {"int8_ms": int8_ms, "fp32_ms": 5.5,
+                                                                   "speedup": round(5.5 / int8_ms, 3)}}}}
+        entry = export_model(folder, scheme="blockwise8", measured=memo)["onnx"]["model.int8.onnx"]
+        assert entry["served_speedup"] == round(5.5 / int8_ms, 3)  # an embedding has no guard: its bare time
+        assert ("no int8 scheme that keeps parity is faster than fp32 on this CPU (blockwise8: 0.74x fp32 as served)"
+                in caplog.text) is warned
 
 
 def test_int8_graph_is_quantised(tmp_path: Path) -> None:
