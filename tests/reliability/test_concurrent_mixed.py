@@ -5,9 +5,10 @@ Batching only changes float reassociation in padded matrix products, so labels, 
 counts and windows must be identical; scores and vectors agree within 1e-5.
 
 int8 models are the exception, by construction: ONNX Runtime's dynamic quantization scales the
-activations of a whole batch tensor at once, so an int8 answer moves slightly (~3e-5 here) with
-the requests it is batched with. For them scores are compared per label (an exact tie could
-reorder) within 5e-4, and QA, where random tiny models have near-tied spans, runs on fp32 only."""
+activations of a whole batch tensor at once, so an int8 answer moves slightly with the requests
+it is batched with (~3e-5 on an AVX-512 VNNI CPU, up to 5.1e-4 on an AVX2-only one). For them
+scores are compared per label (an exact tie could reorder) within 2e-3, and QA, where random
+tiny models have near-tied spans, runs on fp32 only."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def distinct_requests() -> list[tuple[str, dict]]:
 
 def assert_same(path: str, alone: dict, together: dict) -> None:
     int8 = alone["model"].endswith("@onnx-int8")
-    tol = 5e-4 if int8 else 1e-5
+    tol = 2e-3 if int8 else 1e-5
     assert together["model"] == alone["model"]
     assert together["items"] == alone["items"]
     if path == "/embed":
