@@ -139,7 +139,7 @@ def read_spec(folder: Path) -> ModelSpec:
             raise ValueError(f"{folder}/manifest.json: missing {missing} or bad task {manifest.get('task')!r}")
     task = manifest.get("task") or _infer_task(config)
     pooling, normalize = _st_pooling(folder)
-    int8_entry = (manifest.get("onnx") or {}).get(ONNX_FILES["onnx-int8"]) or {}
+    int8 = int8_entry(manifest)
     return ModelSpec(
         name=folder.name,
         path=folder,
@@ -159,8 +159,8 @@ def read_spec(folder: Path) -> ModelSpec:
         kinds=available_kinds(folder),
         pair=pair_of(folder.name, manifest),
         cascade=manifest.get("cascade") or {},
-        int8_guards=_guard_thresholds(int8_entry),
-        int8_speedup=_number(int8_entry.get("served_speedup")),
+        int8_guards=_guard_thresholds(int8),
+        int8_speedup=_number(int8.get("served_speedup")),
         recipe=(manifest.get("recipe") or {}).get("name") if isinstance(manifest.get("recipe"), dict) else None,
     )
 
@@ -169,11 +169,17 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _guard_thresholds(int8_entry: dict[str, Any]) -> dict[str, float]:
+def int8_entry(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a manifest records beside the int8 file (scheme, speed, each engine's guard); {} when none."""
+    entry = (manifest.get("onnx") or {}).get(ONNX_FILES["onnx-int8"])
+    return entry if isinstance(entry, dict) else {}
+
+
+def _guard_thresholds(int8: dict[str, Any]) -> dict[str, float]:
     """The calibrated lead thresholds recorded beside an int8 file, by int8 kind (none: no guard)."""
     found = {}
     for kind, key in GUARD_KEYS.items():
-        guard = int8_entry.get(key) if isinstance(int8_entry, dict) else None
+        guard = int8.get(key)
         value = guard.get("threshold") if isinstance(guard, dict) else None
         if isinstance(value, int | float) and value > 0:
             found[kind] = float(value)

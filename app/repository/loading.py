@@ -355,7 +355,6 @@ async def load_all(settings: Settings, state: LoadState, source: BackendSource |
             model.batcher.config.workers, model.batcher.workers_choice,
             ", ".join(f"{k} {v:.3f}" for k, v in model.startup_s.items()),
         )
-    for model in models:
         _warn_slow_int8(model)
     settle_workers(models, openers, settings)
     return models

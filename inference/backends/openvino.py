@@ -12,7 +12,6 @@ cosine of its outputs to fp32's 0.99997 and more). Imported only when an OpenVIN
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from inference.backends import GUARD_KEYS, BackendUnavailable, model_input, required_outputs
+from inference.modelfolder import int8_entry, read_json
 
 try:
     import openvino as ov
@@ -49,10 +49,10 @@ def recorded_group(path: Path) -> int | None:
     for this int8 file (manifest `onnx.model.int8.onnx.guard_openvino.group_size`), so that the
     file is served with the arithmetic its guard was calibrated on; None when not recorded."""
     try:
-        manifest = json.loads((path.parent / "manifest.json").read_text())
-        group = manifest["onnx"][path.name][GUARD_KEYS["openvino-int8"]]["group_size"]
-    except (OSError, ValueError, KeyError, TypeError):
+        guard = int8_entry(read_json(path.parent / "manifest.json")).get(GUARD_KEYS["openvino-int8"])
+    except (OSError, ValueError):  # an unreadable manifest: OpenVINO's default
         return None
+    group = guard.get("group_size") if isinstance(guard, dict) else None
     return group if isinstance(group, int) and group > 0 else None
 
 
